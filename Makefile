@@ -1,0 +1,55 @@
+# Local development: `make run` (stack + Dagster UI on http://127.0.0.1:3000), `make test`.
+# Works on a fresh Debian machine: `deps` installs Maven and JDK 17 when they are missing.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+STACK := $(BIN)/programuser-dagster stack
+
+# The local Cassandra runs with PasswordAuthenticator so its guardrails apply; clients log in
+# as the ordinary role the stack creates (override both to use another role).
+export CASSANDRA_USERNAME ?= programuser
+export CASSANDRA_PASSWORD ?= programuser
+
+.PHONY: deps venv stack run test lint down
+
+# Acts only when something is missing (we run as root on CI and dev boxes).
+deps:
+	@missing=""; \
+	command -v mvn >/dev/null 2>&1 || missing="$$missing maven"; \
+	ls /usr/lib/jvm/*17*/bin/java >/dev/null 2>&1 || missing="$$missing openjdk-17-jdk-headless"; \
+	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when pyproject.toml changed since the last install.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+stack: deps venv
+	$(STACK) up
+
+run: stack
+	mkdir -p .dagster_home
+	ln -sfn ../dagster.yaml .dagster_home/dagster.yaml
+	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# tests/conftest.py starts the stack (reusing running servers) and stops what it started.
+test: deps venv
+	$(BIN)/pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+
+down: venv
+	$(STACK) down

@@ -1,0 +1,111 @@
+"""Environment variables -> one typed settings object.
+
+Every command, the local stack and the Dagster resources read configuration from here, so the
+names and defaults live in exactly one place (the README lists them). Secrets (passwords) are
+not read here: the resources take them through dagster.EnvVar so that they are never shown.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
+
+
+def check_identifier(name: str, what: str) -> str:
+    """CQL identifiers cannot be bound as parameters, so only plain ones are allowed."""
+    if not _IDENTIFIER.fullmatch(name):
+        raise ValueError(
+            f"{what} {name!r} is not a plain identifier: use letters, digits and '_' "
+            "(starting with a letter, at most 48 characters)."
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str = "dev"
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_input_topic: str = ""
+    kafka_group_id: str = ""
+    kafka_dlq_topic: str = ""
+    kafka_partitions: int = 4
+    kafka_security_protocol: str | None = None
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_ssl_ca_location: str | None = None
+    kafka_delivery_timeout_s: float = 30.0
+    cassandra_hosts: tuple[str, ...] = ("127.0.0.1",)
+    cassandra_port: int = 9042
+    cassandra_keyspace: str = "sunbird_programs"
+    cassandra_table: str = "program_enrollment"
+    cassandra_replication: str = "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+    cassandra_consistency: str = "LOCAL_QUORUM"
+    cassandra_local_dc: str | None = None
+    cassandra_username: str | None = None
+    cassandra_ssl_ca: str | None = None
+    cassandra_create_schema: bool = True
+    max_messages: int = 50_000
+    sensor_interval_s: int = 30
+
+    def __post_init__(self) -> None:
+        # Topic and group names default from the environment name, as the Flink job's did.
+        if not self.kafka_input_topic:
+            object.__setattr__(self, "kafka_input_topic", f"{self.env}.programuser.info")
+        if not self.kafka_group_id:
+            object.__setattr__(self, "kafka_group_id", f"{self.env}-programuser-group")
+        if not self.kafka_dlq_topic:
+            object.__setattr__(self, "kafka_dlq_topic", f"{self.kafka_input_topic}.failed")
+        check_identifier(self.cassandra_keyspace, "CASSANDRA_KEYSPACE")
+        check_identifier(self.cassandra_table, "CASSANDRA_TABLE")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str, default: str = "") -> str:
+            return env.get(name, "").strip() or default
+
+        def opt(name: str) -> str | None:
+            return get(name) or None
+
+        def number(name: str, default: str, kind: type = int) -> int | float:
+            raw = get(name, default)
+            try:
+                return kind(raw)
+            except ValueError:
+                raise ValueError(f"{name}={raw!r} is not a number.") from None
+
+        return cls(
+            env=get("PROGRAMUSER_ENV", "dev"),
+            kafka_bootstrap_servers=get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            kafka_input_topic=get("KAFKA_INPUT_TOPIC"),
+            kafka_group_id=get("KAFKA_GROUP_ID"),
+            kafka_dlq_topic=get("KAFKA_DLQ_TOPIC"),
+            kafka_partitions=int(number("KAFKA_INPUT_PARTITIONS", "4")),
+            kafka_security_protocol=opt("KAFKA_SECURITY_PROTOCOL"),
+            kafka_sasl_mechanism=opt("KAFKA_SASL_MECHANISM"),
+            kafka_sasl_username=opt("KAFKA_SASL_USERNAME"),
+            kafka_ssl_ca_location=opt("KAFKA_SSL_CA_LOCATION"),
+            kafka_delivery_timeout_s=float(number("KAFKA_DELIVERY_TIMEOUT_S", "30", float)),
+            cassandra_hosts=tuple(
+                h.strip() for h in get("CASSANDRA_HOSTS", "127.0.0.1").split(",") if h.strip()
+            ),
+            cassandra_port=int(number("CASSANDRA_PORT", "9042")),
+            cassandra_keyspace=get("CASSANDRA_KEYSPACE", "sunbird_programs"),
+            cassandra_table=get("CASSANDRA_TABLE", "program_enrollment"),
+            cassandra_replication=get(
+                "CASSANDRA_REPLICATION", "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+            ),
+            cassandra_consistency=get("CASSANDRA_CONSISTENCY", "LOCAL_QUORUM").upper(),
+            cassandra_local_dc=opt("CASSANDRA_LOCAL_DC"),
+            cassandra_username=opt("CASSANDRA_USERNAME"),
+            cassandra_ssl_ca=opt("CASSANDRA_SSL_CA"),
+            cassandra_create_schema=get("CASSANDRA_CREATE_SCHEMA", "true").lower()
+            not in ("false", "0", "no"),
+            max_messages=int(number("PROGRAMUSER_MAX_MESSAGES", "50000")),
+            sensor_interval_s=int(number("PROGRAMUSER_SENSOR_INTERVAL_S", "30")),
+        )
