@@ -1,0 +1,74 @@
+"""What one run did to one partition's offset range, and the check that nothing went missing.
+
+Each term is counted where it happens (read at the consumer, written from Cassandra's
+acknowledgements, dead-lettered from the broker's delivery reports, skipped by the core), so
+`read == written + skipped + dead_lettered` is a real check, not arithmetic.
+Only offsets, counts and reasons live here: no message content (it is personal data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RangeReport:
+    partition: int
+    start: int
+    end: int
+    high_watermark: int
+    lost_to_retention: int = 0
+    read: int = 0
+    written: int = 0
+    rows_upserted: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    dead_lettered: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
+
+    @property
+    def dead_lettered_total(self) -> int:
+        return sum(self.dead_lettered.values())
+
+    @property
+    def balanced(self) -> bool:
+        return self.read == self.written + self.skipped_total + self.dead_lettered_total
+
+    def imbalance(self) -> str:
+        return (
+            f"read {self.read} != written {self.written} + skipped {self.skipped_total} "
+            f"+ dead-lettered {self.dead_lettered_total}"
+        )
+
+    def describe(self) -> str:
+        """One line an operator can read."""
+        text = (
+            f"partition {self.partition} offsets [{self.start}, {self.end}): read {self.read}, "
+            f"written {self.written} ({self.rows_upserted} rows upserted), "
+            f"skipped {self.skipped_total}, dead-lettered {self.dead_lettered_total}"
+        )
+        if self.lost_to_retention:
+            text += f", {self.lost_to_retention} lost to retention before they were read"
+        return text
+
+    def metadata(self) -> dict[str, Any]:
+        """Numeric metadata (so the UI plots it) plus the per-reason breakdowns."""
+        meta: dict[str, Any] = {
+            "partition": self.partition,
+            "start_offset": self.start,
+            "end_offset": self.end,
+            "messages_read": self.read,
+            "messages_written": self.written,
+            "messages_skipped": self.skipped_total,
+            "messages_dead_lettered": self.dead_lettered_total,
+            "rows_upserted": self.rows_upserted,
+            "lost_to_retention": self.lost_to_retention,
+        }
+        if self.skipped:
+            meta["skipped_by_reason"] = dict(sorted(self.skipped.items()))
+        if self.dead_lettered:
+            meta["dead_lettered_by_reason"] = dict(sorted(self.dead_lettered.items()))
+        return meta

@@ -1,0 +1,123 @@
+"""Which partitions need a run now: the one planning rule shared by sensor, schedule and drain.
+
+A partition gets a run request when it has records past its committed offset and no run of it
+is queued or in progress. A range whose run failed is requested again (the sensor is the one
+owner of retries), after a back-off that doubles with each failed attempt at the same start.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from dagster import (
+    AssetObservation,
+    DagsterInstance,
+    DagsterRunStatus,
+    RunRequest,
+    RunsFilter,
+)
+
+from .assets import PROGRAM_ENROLLMENT
+from .jobs import END_TAG, JOB_NAME, START_TAG, kafka_partitions
+from .resources.kafka import KafkaResource, PartitionOffsets
+
+IN_FLIGHT = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+]
+PARTITION_TAG = "dagster/partition"
+RETRY_BASE_S = 30.0
+RETRY_MAX_S = 900.0
+
+
+@dataclass
+class BacklogPlan:
+    offsets: list[PartitionOffsets]
+    new_partitions: list[str]
+    run_requests: list[RunRequest] = field(default_factory=list)
+    waiting: dict[int, str] = field(default_factory=dict)  # partition -> why no run now
+
+    def lag_observation(self) -> AssetObservation:
+        lag = {f"lag_partition_{o.partition}": o.lag for o in self.offsets}
+        return AssetObservation(
+            PROGRAM_ENROLLMENT, metadata={"lag_total": sum(lag.values()), **lag}
+        )
+
+    def summary(self) -> str:
+        if not self.offsets:
+            return "The input topic has no partitions."
+        parts = [f"{len(self.run_requests)} run(s) requested"]
+        parts += [f"partition {p}: {why}" for p, why in sorted(self.waiting.items())]
+        return "; ".join(parts)
+
+
+def runs_in_flight(instance: DagsterInstance, partition: int) -> int:
+    return len(
+        instance.get_run_records(
+            RunsFilter(job_name=JOB_NAME, statuses=IN_FLIGHT, tags={PARTITION_TAG: str(partition)}),
+            limit=5,
+        )
+    )
+
+
+def retry_wait_s(failed_attempts: int) -> float:
+    """Back-off before the next attempt at a range that failed `failed_attempts` times."""
+    if failed_attempts <= 0:
+        return 0.0
+    return min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (failed_attempts - 1))
+
+
+def sync_partitions(instance: DagsterInstance, kafka: KafkaResource) -> tuple[list[int], list[str]]:
+    """The topic's partitions, and those not yet known as dynamic partitions of the job."""
+    partitions = kafka.partitions()
+    known = set(instance.get_dynamic_partitions(kafka_partitions.name or ""))
+    return partitions, [str(p) for p in partitions if str(p) not in known]
+
+
+def plan_backlog(
+    instance: DagsterInstance,
+    kafka: KafkaResource,
+    now: float | None = None,
+    partitions: Sequence[int] | None = None,
+) -> BacklogPlan:
+    now = time.time() if now is None else now
+    all_partitions, new = sync_partitions(instance, kafka)
+    offsets = kafka.offsets(all_partitions if partitions is None else partitions)
+    plan = BacklogPlan(offsets=offsets, new_partitions=new)
+    for o in offsets:
+        if o.lag == 0:
+            continue
+        if runs_in_flight(instance, o.partition):
+            plan.waiting[o.partition] = f"lag {o.lag}, a run is queued or in progress"
+            continue
+        failed = instance.get_run_records(
+            RunsFilter(
+                job_name=JOB_NAME,
+                statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED],
+                tags={PARTITION_TAG: str(o.partition), START_TAG: str(o.next_offset)},
+            ),
+            limit=100,
+        )
+        wait = retry_wait_s(len(failed))
+        last_end = max((r.end_time or 0.0 for r in failed), default=0.0)
+        if failed and now - last_end < wait:
+            plan.waiting[o.partition] = (
+                f"lag {o.lag}, {len(failed)} failed attempt(s) at offset {o.next_offset}, "
+                f"retrying in {wait - (now - last_end):.0f}s"
+            )
+            continue
+        start, end = o.next_offset, o.high
+        plan.run_requests.append(
+            RunRequest(
+                run_key=f"partition-{o.partition}:{start}-{end}:attempt-{len(failed) + 1}",
+                partition_key=str(o.partition),
+                run_config={"ops": {"flatten_events": {"config": {"end_offset": end}}}},
+                tags={START_TAG: str(start), END_TAG: str(end)},
+            )
+        )
+    return plan

@@ -1,0 +1,27 @@
+"""The one place where the job, sensor, schedule, asset, checks and resources meet."""
+
+from __future__ import annotations
+
+from dagster import Definitions
+
+from .assets import accounting_balanced, program_enrollment
+from .jobs import program_user_info
+from .resources import build_resources
+from .schedules import kafka_backlog_schedule
+from .sensors import build_backlog_sensor
+from .settings import Settings
+
+
+def build_definitions(settings: Settings | None = None) -> Definitions:
+    settings = settings or Settings.from_env()
+    return Definitions(
+        assets=[program_enrollment],
+        asset_checks=[accounting_balanced],
+        jobs=[program_user_info],
+        sensors=[build_backlog_sensor(settings.sensor_interval_s)],
+        schedules=[kafka_backlog_schedule],
+        resources=build_resources(settings),
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,98 @@
+"""Drain every partition's backlog by executing the job in this process, on the UI's instance.
+
+For cron jobs, scripts and tests: the runs show in the UI like the sensor's, a partition whose
+run is queued or in progress there is skipped with a message, and the caller learns whether
+any run failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dagster import DagsterInstance
+
+from .backlog import runs_in_flight, sync_partitions
+from .jobs import END_TAG, START_TAG, kafka_partitions, program_user_info
+from .resources import build_resources
+from .settings import Settings
+
+
+@dataclass
+class DrainResult:
+    runs: list[tuple[int, bool, str]] = field(default_factory=list)  # partition, ok, line
+    skipped: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for _, ok, _ in self.runs if not ok)
+
+
+def drain(
+    instance: DagsterInstance,
+    settings: Settings,
+    say: Callable[[str], None] = print,
+    max_messages: int | None = None,
+) -> DrainResult:
+    """Run the job for each partition with lag until every partition is caught up.
+
+    A partition whose run fails is not tried again in this drain (the sensor retries it).
+    """
+    resources = build_resources(settings)
+    kafka = resources["kafka"]
+    result = DrainResult()
+    try:
+        partitions, new = sync_partitions(instance, kafka)
+        if new:
+            instance.add_dynamic_partitions(kafka_partitions.name or "", new)
+        done: set[int] = set()
+        while True:
+            pending = [
+                o for o in kafka.offsets(partitions) if o.lag > 0 and o.partition not in done
+            ]
+            if not pending:
+                return result
+            for o in pending:
+                if runs_in_flight(instance, o.partition):
+                    result.skipped[o.partition] = "a run is queued or in progress in the UI"
+                    say(f"partition {o.partition}: skipped, a run is queued or in progress")
+                    done.add(o.partition)
+                    continue
+                ok, line = _run_once(instance, resources, o.partition, o.next_offset, o.high,
+                                     max_messages or settings.max_messages)
+                result.runs.append((o.partition, ok, line))
+                say(line)
+                if not ok:
+                    done.add(o.partition)
+    finally:
+        kafka.close()
+
+
+def _run_once(
+    instance: DagsterInstance,
+    resources: dict,
+    partition: int,
+    start: int,
+    end: int,
+    max_messages: int,
+) -> tuple[bool, str]:
+    run_config = {
+        "ops": {"flatten_events": {"config": {"end_offset": end, "max_messages": max_messages}}}
+    }
+    result = program_user_info.execute_in_process(
+        run_config=run_config,
+        instance=instance,
+        partition_key=str(partition),
+        resources=resources,
+        tags={START_TAG: str(start), END_TAG: str(end), "programuser/launched_by": "drain"},
+        raise_on_error=False,
+    )
+    run_id = result.run_id[:8]
+    if not result.success:
+        failure = next(
+            (e for e in result.all_events if e.is_step_failure or e.is_failure), None
+        )
+        why = failure.message if failure is not None else "see the run in the UI"
+        return False, f"partition {partition}: run {run_id} FAILED: {why}"
+    report = result.output_for_node("flatten_events", "report")
+    return True, f"partition {partition}: run {run_id} ok: {report.describe()}"

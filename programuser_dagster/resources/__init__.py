@@ -1,0 +1,56 @@
+"""The resources of a deployment, built in one place from the settings."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from dagster import EnvVar
+
+from ..settings import Settings
+from .cassandra import CassandraIOManager
+from .kafka import KafkaResource
+
+
+def _secret(name: str) -> Any:
+    # EnvVar keeps the value out of run config and the UI; None when the variable is unset.
+    return EnvVar(name) if os.environ.get(name) else None
+
+
+def kafka_resource(settings: Settings) -> KafkaResource:
+    return KafkaResource(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        input_topic=settings.kafka_input_topic,
+        group_id=settings.kafka_group_id,
+        dlq_topic=settings.kafka_dlq_topic,
+        security_protocol=settings.kafka_security_protocol,
+        sasl_mechanism=settings.kafka_sasl_mechanism,
+        sasl_username=settings.kafka_sasl_username,
+        sasl_password=_secret("KAFKA_SASL_PASSWORD"),
+        ssl_ca_location=settings.kafka_ssl_ca_location,
+        delivery_timeout_s=settings.kafka_delivery_timeout_s,
+    )
+
+
+def cassandra_io_manager(settings: Settings) -> CassandraIOManager:
+    return CassandraIOManager(
+        hosts=",".join(settings.cassandra_hosts),
+        port=settings.cassandra_port,
+        keyspace=settings.cassandra_keyspace,
+        table=settings.cassandra_table,
+        consistency=settings.cassandra_consistency,
+        local_dc=settings.cassandra_local_dc,
+        username=settings.cassandra_username,
+        password=_secret("CASSANDRA_PASSWORD"),
+        ssl_ca=settings.cassandra_ssl_ca,
+        create_schema=settings.cassandra_create_schema,
+        replication=settings.cassandra_replication,
+    )
+
+
+def build_resources(settings: Settings | None = None) -> dict[str, Any]:
+    settings = settings or Settings.from_env()
+    return {
+        "kafka": kafka_resource(settings),
+        "cassandra_io_manager": cassandra_io_manager(settings),
+    }

@@ -1,0 +1,212 @@
+"""Helpers for tests that drive the real job against the real Kafka and Cassandra."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+from cassandra.cluster import Session
+from confluent_kafka import Consumer, Producer, TopicPartition
+from dagster import DagsterInstance, ExecuteInProcessResult
+
+from programuser_dagster.jobs import kafka_partitions, program_user_info
+from programuser_dagster.resources import build_resources, kafka_resource
+from programuser_dagster.resources.kafka import PartitionOffsets
+from programuser_dagster.settings import Settings
+
+SEED_EVENT: dict[str, Any] = {
+    "_id": "63bfa8f173f6368ebde21bbe",
+    "deleted": False,
+    "programId": "5f362b78af0a4decfa9a106f",
+    "programName": "$prorgramName",
+    "programExternalId": "$programExternalId",
+    "requestForPIIConsent": True,
+    "userRoleInformation": {
+        "role": "HM,DEO",
+        "state": "db331a8c-b9e2-45f8-b3c0-7ec1e826b6df",
+        "district": "1dcbc362-ec4c-4559-9081-e0c2864c2931",
+        "school": "c5726207-4f9f-4f45-91f1-3e9e8e84d824",
+    },
+    "userId": "ba9aa220-ff1b-4717-b6ea-ace55f04fc16",
+    "appInformation": {"appName": "Diksha", "appVersion": "5.2"},
+    "userProfile": {
+        "userLocations": [
+            {"code": "2822", "name": "ANANTAPUR", "id": "2f76dcf5-e43b-4f71-a3f2-c8f19e1fce03",
+             "type": "district", "parentId": "bc75cc99-9205-463e-a722-5326857838f8"},
+            {"code": "282262", "name": "AGALI", "id": "966c3be4-c125-467d-aaff-1eb1cd525923",
+             "type": "block", "parentId": "2f76dcf5-e43b-4f71-a3f2-c8f19e1fce03"},
+            {"code": "28", "name": "Andhra Pradesh", "id": "bc75cc99-9205-463e-a722-5326857838f8",
+             "type": "state", "parentId": None},
+            {"code": "2822620004", "name": "ZPHS AGALI",
+             "id": "beb0bcf4-d7cd-4a72-8f35-be8e5b03c0d1", "type": "cluster",
+             "parentId": "966c3be4-c125-467d-aaff-1eb1cd525923"},
+            {"code": "28226200816", "name": "SMT PRAMEELAMMA AND SRI KGA GUPTA EM UP SCHOOL",
+             "id": "01337588247832985613211", "type": "school", "parentId": ""},
+        ],
+        "profileUserTypes": [{"subType": "deo", "type": "administrator"}],
+        "framework": {"board": ["CBSE"]},
+        "rootOrg": {"id": "0126796199493140480", "orgName": "Staging Custodian Organization"},
+    },
+    "noOfResourcesStarted": 3,
+    "updatedAt": "2023-01-12T06:30:56.829Z",
+    "createdAt": "2023-01-12T06:30:09.476Z",
+    "__v": 0,
+}
+
+
+def event(program: str, user: str, **fields: Any) -> dict[str, Any]:
+    return {"programId": program, "userId": user, **fields}
+
+
+def produce(
+    settings: Settings,
+    values: Iterable[bytes | dict[str, Any] | None],
+    partition: int = 0,
+    key: bytes | None = b"k",
+    headers: Sequence[tuple[str, bytes]] | None = None,
+    timestamp: int | None = None,
+) -> list[int]:
+    """Produce values to one partition of the input topic; returns their offsets."""
+    producer = Producer(
+        {"bootstrap.servers": settings.kafka_bootstrap_servers, "message.max.bytes": 5 << 20}
+    )
+    offsets: list[int] = []
+
+    def report(err: Any, msg: Any) -> None:
+        assert err is None, err
+        offsets.append(msg.offset())
+
+    for v in values:
+        raw = orjson.dumps(v) if isinstance(v, dict) else v
+        extra: dict[str, Any] = {}
+        if timestamp is not None:
+            extra["timestamp"] = timestamp
+        producer.produce(
+            settings.kafka_input_topic,
+            value=raw,
+            key=key,
+            partition=partition,
+            headers=list(headers) if headers else None,
+            on_delivery=report,
+            **extra,
+        )
+        producer.flush(30)  # one at a time keeps offsets in the order given
+    return offsets
+
+
+def run_partition(
+    instance: DagsterInstance,
+    settings: Settings,
+    partition: int = 0,
+    end_offset: int | None = None,
+    resources: dict[str, Any] | None = None,
+) -> ExecuteInProcessResult:
+    """Execute the real job for one partition, as the sensor's run would."""
+    instance.add_dynamic_partitions(
+        kafka_partitions.name or "", [str(p) for p in range(settings.kafka_partitions)]
+    )
+    config: dict[str, Any] = {}
+    if end_offset is not None:
+        config["end_offset"] = end_offset
+    return program_user_info.execute_in_process(
+        run_config={"ops": {"flatten_events": {"config": config}}},
+        instance=instance,
+        partition_key=str(partition),
+        resources=resources or build_resources(settings),
+        raise_on_error=False,
+    )
+
+
+def offsets(settings: Settings, partition: int = 0) -> PartitionOffsets:
+    kafka = kafka_resource(settings)
+    try:
+        return kafka.partition_offsets(partition)
+    finally:
+        kafka.close()
+
+
+def row(session: Session, settings: Settings, program: str, user: str) -> dict[str, Any] | None:
+    found = session.execute(
+        f"SELECT * FROM {settings.cassandra_keyspace}.{settings.cassandra_table} "
+        "WHERE program_id=%s AND user_id=%s",
+        (program, user),
+    ).one()
+    if found is None:
+        return None
+    out = dict(found._asdict())
+    for col in ("created_at", "updated_at"):
+        if out[col] is not None:  # cassandra.util.Date -> datetime.date
+            out[col] = dt.date.fromisoformat(str(out[col]))
+    if out["user_locations"] is not None:
+        out["user_locations"] = dict(out["user_locations"])
+    return out
+
+
+def all_rows(session: Session, settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
+    result = {}
+    for r in session.execute(
+        f"SELECT program_id, user_id FROM {settings.cassandra_keyspace}.{settings.cassandra_table}"
+    ):
+        result[(r.program_id, r.user_id)] = row(session, settings, r.program_id, r.user_id)
+    return result
+
+
+def dead_letters(settings: Settings, expected: int, timeout_s: float = 20.0) -> list[Any]:
+    """Every message of the dead-letter topic (all partitions), waiting for `expected`."""
+    import time
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": f"{settings.kafka_group_id}-dlq-reader",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        md = consumer.list_topics(settings.kafka_dlq_topic, timeout=10)
+        parts = md.topics[settings.kafka_dlq_topic].partitions
+        consumer.assign([TopicPartition(settings.kafka_dlq_topic, p, 0) for p in parts])
+        got: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for m in consumer.consume(100, timeout=0.5):
+                if m.error() is None:
+                    got.append(m)
+            if len(got) >= expected:
+                # Linger briefly so that an unexpected extra letter is seen too.
+                got += [m for m in consumer.consume(100, timeout=1.0) if m.error() is None]
+                break
+        return got
+    finally:
+        consumer.close()
+
+
+def step_metadata(result: ExecuteInProcessResult, step: str = "flatten_events") -> dict[str, Any]:
+    """The metadata of a step's `report` output, as values."""
+    for ev in result.all_events:
+        if ev.is_successful_output and ev.step_key == step:
+            data = ev.event_specific_data
+            if data.step_output_handle.output_name == "report":
+                return {k: v.value for k, v in data.metadata.items()}
+    raise AssertionError("no report output")
+
+
+def create_schema(session: Session, settings: Settings) -> None:
+    from programuser_dagster.schema import schema_statements
+
+    for stmt in schema_statements(
+        settings.cassandra_keyspace, settings.cassandra_table, settings.cassandra_replication
+    ):
+        session.execute(stmt)
+
+
+def failure_text(result: Any) -> str:
+    """What a failed run's step failures say, causes included (as the UI shows them)."""
+    texts = []
+    for ev in result.all_events:
+        if ev.is_step_failure:
+            error = ev.event_specific_data.error
+            texts.append(error.to_string() if error is not None else ev.message)
+    return "\n".join(texts)

@@ -1,0 +1,361 @@
+"""The job program_user_info against the real Kafka broker and Cassandra node."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    Out,
+    ReexecutionOptions,
+    execute_job,
+    instance_for_test,
+    job,
+    op,
+    reconstructable,
+)
+from dagster._core.definitions.reconstruct import ReconstructableJob
+
+from programuser_dagster.accounting import RangeReport
+from programuser_dagster.jobs import commit_offsets
+from programuser_dagster.resources import build_resources, kafka_resource
+from programuser_dagster.settings import Settings
+from tests.pipeline_helpers import (
+    SEED_EVENT,
+    create_schema,
+    dead_letters,
+    event,
+    failure_text,
+    offsets,
+    produce,
+    row,
+    run_partition,
+    step_metadata,
+)
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture
+def instance() -> Iterator[DagsterInstance]:
+    with instance_for_test() as inst:
+        yield inst
+
+
+def test_seed_sample_becomes_its_row(instance, kafka_topics: Settings, cassandra_session) -> None:
+    s = kafka_topics
+    produce(s, [SEED_EVENT])
+    result = run_partition(instance, s)
+    assert result.success
+    got = row(cassandra_session, s, SEED_EVENT["programId"], SEED_EVENT["userId"])
+    assert got == {
+        "program_id": "5f362b78af0a4decfa9a106f",
+        "user_id": "ba9aa220-ff1b-4717-b6ea-ace55f04fc16",
+        "program_externalid": "$programExternalId",
+        "program_name": "$prorgramName",
+        "pii_consent_required": True,
+        "user_locations": {
+            "district_name": "ANANTAPUR",
+            "district_id": "2f76dcf5-e43b-4f71-a3f2-c8f19e1fce03",
+            "district_code": "2822",
+            "block_name": "AGALI",
+            "block_id": "966c3be4-c125-467d-aaff-1eb1cd525923",
+            "block_code": "282262",
+            "state_name": "Andhra Pradesh",
+            "state_id": "bc75cc99-9205-463e-a722-5326857838f8",
+            "state_code": "28",
+            "cluster_name": "ZPHS AGALI",
+            "cluster_id": "beb0bcf4-d7cd-4a72-8f35-be8e5b03c0d1",
+            "cluster_code": "2822620004",
+            "school_name": "SMT PRAMEELAMMA AND SRI KGA GUPTA EM UP SCHOOL",
+            "school_id": "01337588247832985613211",
+            "school_code": "28226200816",
+        },
+        "organisation_id": "0126796199493140480",
+        "organisation_name": "Staging Custodian Organization",
+        "user_type": "administrator",
+        "user_sub_type": "DEO",
+        "created_at": dt.date(2023, 1, 12),
+        "updated_at": dt.date(2023, 1, 12),
+    }
+    assert offsets(s).committed == 1
+    md = step_metadata(result)
+    assert (md["messages_read"], md["messages_written"], md["rows_upserted"]) == (1, 1, 1)
+
+
+# The contract's two-event example: event 2 leaves locations, user types and created_at alone.
+EVENT_1 = event(
+    "p1", "u1",
+    programName="A",
+    userProfile={
+        "userLocations": [{"type": "state", "name": "Kerala"}],
+        "rootOrg": {"id": "o1"},
+        "profileUserTypes": [{"type": "administrator", "subType": "hm"}],
+    },
+    createdAt="2023-01-12T06:30:09.476Z",
+    updatedAt="2023-03-01T10:00:00Z",
+)
+EVENT_2 = event(
+    "p1", "u1",
+    programName="B",
+    userProfile={"rootOrg": {"id": "o2", "orgName": "  "}},
+    updatedAt="2023-04-02T10:00:00Z",
+)
+EXPECTED_AFTER_BOTH = {
+    "program_id": "p1",
+    "user_id": "u1",
+    "program_externalid": None,
+    "program_name": "B",
+    "pii_consent_required": False,
+    "user_locations": {"state_name": "Kerala"},
+    "organisation_id": "o2",
+    "organisation_name": None,
+    "user_type": "administrator",
+    "user_sub_type": "HM",
+    "created_at": dt.date(2023, 1, 12),
+    "updated_at": dt.date(2023, 4, 2),
+}
+
+
+def test_partial_update_across_runs_leaves_unwritten_columns_alone(
+    instance, kafka_topics: Settings, cassandra_session
+) -> None:
+    s = kafka_topics
+    produce(s, [EVENT_1])
+    assert run_partition(instance, s).success
+    produce(s, [EVENT_2])
+    assert run_partition(instance, s).success
+    assert row(cassandra_session, s, "p1", "u1") == EXPECTED_AFTER_BOTH
+    assert offsets(s).committed == 2
+
+
+def test_events_for_one_key_in_one_batch_merge_in_offset_order(
+    instance, kafka_topics: Settings, cassandra_session
+) -> None:
+    s = kafka_topics
+    produce(s, [EVENT_1, EVENT_2])
+    result = run_partition(instance, s)
+    assert result.success
+    assert row(cassandra_session, s, "p1", "u1") == EXPECTED_AFTER_BOTH
+    md = step_metadata(result)
+    # Two events merged into one upsert count as two written.
+    assert (md["messages_written"], md["rows_upserted"]) == (2, 1)
+
+
+def test_every_outcome_is_counted_and_dead_letters_keep_the_original_message(
+    instance, kafka_topics: Settings, cassandra_session
+) -> None:
+    s = kafka_topics
+    values: list[bytes | dict | None] = [
+        None,  # tombstone -> skipped: empty
+        b"",  # zero bytes -> skipped: empty
+        b"{not json",  # dead-lettered: not_json
+        b"[1, 2]",  # dead-lettered: not_an_object
+        event(7, "u"),  # dead-lettered: wrong_type:programId  # type: ignore[arg-type]
+        event("p", "u", createdAt="12/01/2023"),  # dead-lettered: bad_date:createdAt
+        event("p", " "),  # skipped: missing_id
+        event("p", "u-ok", programName="fine"),  # written
+    ]
+    headers = [("trace", b"abc"), ("origin", b"\x00\xff")]
+    produced = produce(s, values, headers=headers, timestamp=1_700_000_000_000)
+    result = run_partition(instance, s)
+    assert result.success
+    md = step_metadata(result)
+    assert md["messages_read"] == 8
+    assert md["messages_written"] == 1
+    assert md["skipped_by_reason"] == {"empty": 2, "missing_id": 1}
+    assert md["dead_lettered_by_reason"] == {
+        "not_json": 1,
+        "not_an_object": 1,
+        "wrong_type:programId": 1,
+        "bad_date:createdAt": 1,
+    }
+    assert offsets(s).committed == produced[-1] + 1
+    assert row(cassandra_session, s, "p", "u-ok")["program_name"] == "fine"
+
+    letters = sorted(
+        dead_letters(s, expected=4), key=lambda m: int(dict(m.headers())["source_offset"])
+    )
+    assert len(letters) == 4
+    expected_reasons = ["not_json", "not_an_object", "wrong_type:programId", "bad_date:createdAt"]
+    for letter, reason, source in zip(letters, expected_reasons, produced[2:6], strict=True):
+        raw = values[2 + produced[2:6].index(source)]
+        assert letter.value() == (raw if isinstance(raw, bytes) else orjson.dumps(raw))
+        assert letter.key() == b"k"
+        assert letter.headers() == [
+            *headers,
+            ("reason", reason.encode()),
+            ("source_topic", s.kafka_input_topic.encode()),
+            ("source_partition", b"0"),
+            ("source_offset", str(source).encode()),
+            ("source_timestamp", b"1700000000000"),
+        ]
+
+
+def test_a_row_cassandra_refuses_is_dead_lettered(
+    instance, kafka_topics: Settings, cassandra_session
+) -> None:
+    # The local node refuses collections of over 1000 items (a guardrail): a row no retry fixes.
+    huge = [{"type": f"t{i}", "name": "n", "id": "i", "code": "c"} for i in range(400)]
+    s = kafka_topics
+    produced = produce(s, [event("p", "big", userProfile={"userLocations": huge}),
+                           event("p", "small")])
+    result = run_partition(instance, s)
+    assert result.success
+    md = step_metadata(result)
+    assert md["dead_lettered_by_reason"] == {"rejected_by_cassandra": 1}
+    assert md["messages_written"] == 1
+    assert row(cassandra_session, s, "p", "big") is None
+    assert row(cassandra_session, s, "p", "small") is not None
+    [letter] = dead_letters(s, expected=1)
+    assert dict(letter.headers())["source_offset"] == str(produced[0]).encode()
+    assert offsets(s).committed == produced[-1] + 1
+
+
+def job_from_env():
+    """The deployed job, built from the environment, so that Dagster can re-execute it."""
+    from programuser_dagster.definitions import build_definitions
+
+    return build_definitions(Settings.from_env()).get_job_def("program_user_info")
+
+
+def reconstructable_job_from_env() -> ReconstructableJob:
+    # Dagster caches the last reconstructed job; each test sets its own environment.
+    ReconstructableJob.get_definition.cache_clear()
+    ReconstructableJob.get_repository_definition.cache_clear()
+    return reconstructable(job_from_env)
+
+
+@pytest.mark.parametrize("how", ["whole", "from_failure"])
+def test_failed_write_commits_nothing_and_a_reexecution_ends_as_if_nothing_failed(
+    how: str, instance, kafka_topics: Settings, cassandra_session, monkeypatch
+) -> None:
+    s = kafka_topics
+    for name, value in {
+        "KAFKA_INPUT_TOPIC": s.kafka_input_topic,
+        "KAFKA_GROUP_ID": s.kafka_group_id,
+        "KAFKA_DLQ_TOPIC": s.kafka_dlq_topic,
+        "CASSANDRA_KEYSPACE": s.cassandra_keyspace,
+        "CASSANDRA_CREATE_SCHEMA": "false",
+    }.items():
+        monkeypatch.setenv(name, value)
+    produce(s, [EVENT_1, EVENT_2])
+    instance.add_dynamic_partitions("kafka_partitions", ["0"])
+    # Make Cassandra refuse every write: the table is gone and the job may not recreate it.
+    cassandra_session.execute(f"DROP TABLE {s.cassandra_keyspace}.{s.cassandra_table}")
+    with execute_job(
+        reconstructable_job_from_env(), instance, tags={"dagster/partition": "0"},
+        raise_on_error=False,
+    ) as failed:
+        assert not failed.success
+        message = failure_text(failed)
+    assert "Nothing of partition 0 offsets [0, 2) was committed" in message
+    assert offsets(s).committed is None
+
+    create_schema(cassandra_session, s)
+    options = (
+        ReexecutionOptions.from_failure(failed.run_id, instance)
+        if how == "from_failure"
+        else ReexecutionOptions(parent_run_id=failed.run_id)
+    )
+    # The UI's re-execution keeps the parent's tags, the partition among them; so does this.
+    with execute_job(
+        reconstructable_job_from_env(), instance, reexecution_options=options,
+        tags={"dagster/partition": "0"},
+    ) as rerun:
+        assert rerun.success
+    assert row(cassandra_session, s, "p1", "u1") == EXPECTED_AFTER_BOTH
+    assert offsets(s).committed == 2
+
+
+def test_a_group_without_offsets_starts_at_the_low_watermark(
+    instance, kafka_topics: Settings, cassandra_session
+) -> None:
+    s = kafka_topics
+    produce(s, [event("p", f"u{i}") for i in range(5)])
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+    for fut in admin.delete_records([TopicPartition(s.kafka_input_topic, 0, 2)]).values():
+        fut.result(30)
+    result = run_partition(instance, s)
+    assert result.success
+    md = step_metadata(result)
+    assert (md["start_offset"], md["end_offset"], md["messages_read"]) == (2, 5, 3)
+    assert md["lost_to_retention"] == 0
+    assert row(cassandra_session, s, "p", "u1") is None
+    assert row(cassandra_session, s, "p", "u2") is not None
+
+
+def test_records_deleted_before_they_were_read_are_reported_lost_to_retention(
+    instance, kafka_topics: Settings
+) -> None:
+    s = kafka_topics
+    produce(s, [event("p", f"u{i}") for i in range(2)])
+    assert run_partition(instance, s).success  # committed 2
+    produce(s, [event("p", f"u{i}") for i in range(2, 6)])
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+    for fut in admin.delete_records([TopicPartition(s.kafka_input_topic, 0, 4)]).values():
+        fut.result(30)
+    result = run_partition(instance, s)
+    md = step_metadata(result)
+    assert (md["start_offset"], md["end_offset"], md["lost_to_retention"]) == (4, 6, 2)
+    assert offsets(s).committed == 6
+
+
+def test_the_range_ends_at_the_given_end_offset_and_max_messages(
+    instance, kafka_topics: Settings
+) -> None:
+    s = kafka_topics
+    produce(s, [event("p", f"u{i}") for i in range(10)])
+    md = step_metadata(run_partition(instance, s, end_offset=4))
+    assert (md["start_offset"], md["end_offset"], md["messages_read"]) == (0, 4, 4)
+    assert offsets(s).committed == 4
+    result = program_user_info_with_max(instance, s, max_messages=3)
+    md = step_metadata(result)
+    assert (md["start_offset"], md["end_offset"]) == (4, 7)
+    assert offsets(s).committed == 7
+
+
+def program_user_info_with_max(instance, s: Settings, max_messages: int):
+    from programuser_dagster.jobs import program_user_info
+
+    return program_user_info.execute_in_process(
+        run_config={"ops": {"flatten_events": {"config": {"max_messages": max_messages}}}},
+        instance=instance,
+        partition_key="0",
+        resources=build_resources(s),
+    )
+
+
+def test_an_accounting_mismatch_records_the_failed_check_and_commits_nothing(
+    instance, kafka_topics: Settings
+) -> None:
+    s = kafka_topics
+    produce(s, [event("p", "u")])
+
+    # A report one message short, fed to the real commit step with the real Kafka resource.
+    @op(out=Out(RangeReport))
+    def short_report() -> RangeReport:
+        return RangeReport(partition=0, start=0, end=1, high_watermark=1, read=1, written=0)
+
+    @job(resource_defs={"kafka": kafka_resource(s)})
+    def mismatch_job():
+        commit_offsets(report=short_report())
+
+    result = mismatch_job.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    evaluations = [
+        e.event_specific_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
+    assert [(ev.asset_key, ev.check_name, ev.passed) for ev in evaluations] == [
+        (AssetKey("program_enrollment"), "accounting_balanced", False)
+    ]
+    assert "read 1 != written 0" in failure_text(result)
+    assert offsets(s).committed is None

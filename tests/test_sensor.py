@@ -1,0 +1,148 @@
+"""The ingestion sensor's ticks, against the real broker and a real (temporary) instance."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewPartitions
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    SensorResult,
+    build_sensor_context,
+    instance_for_test,
+)
+from dagster._core.utils import make_new_run_id
+
+from programuser_dagster.backlog import plan_backlog
+from programuser_dagster.resources import kafka_resource
+from programuser_dagster.sensors import build_backlog_sensor
+from programuser_dagster.settings import Settings
+from tests.pipeline_helpers import event, produce, run_partition
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture
+def instance() -> Iterator[DagsterInstance]:
+    with instance_for_test() as inst:
+        yield inst
+
+
+def tick(instance: DagsterInstance, s: Settings) -> SensorResult:
+    sensor = build_backlog_sensor()
+    kafka = kafka_resource(s)
+    try:
+        with build_sensor_context(instance=instance, resources={"kafka": kafka}) as ctx:
+            result = sensor(ctx)
+    finally:
+        kafka.close()
+    assert isinstance(result, SensorResult)
+    return result
+
+
+def add_run(instance: DagsterInstance, partition: int, status: DagsterRunStatus, start: int = 0):
+    run = DagsterRun(
+        job_name="program_user_info",
+        run_id=make_new_run_id(),
+        status=status,
+        tags={"dagster/partition": str(partition), "programuser/start_offset": str(start)},
+    )
+    return instance.add_run(run)
+
+
+def test_a_tick_without_lag_requests_nothing_and_reports_zero_lag(
+    instance, kafka_topics: Settings
+) -> None:
+    result = tick(instance, kafka_topics)
+    assert result.run_requests == []
+    assert result.skip_reason is not None
+    [obs] = result.asset_events
+    assert obs.metadata["lag_total"].value == 0
+    # The job's partitions follow the topic's.
+    [request] = result.dynamic_partitions_requests
+    assert sorted(request.partition_keys) == ["0", "1", "2", "3"]
+
+
+def test_a_tick_with_lag_requests_one_run_per_partition_up_to_the_high_watermark(
+    instance, kafka_topics: Settings
+) -> None:
+    s = kafka_topics
+    produce(s, [event("p", f"u{i}") for i in range(3)], partition=0)
+    produce(s, [event("p", "x")], partition=2)
+    result = tick(instance, s)
+    requests = sorted(result.run_requests, key=lambda r: r.partition_key)
+    assert [(r.partition_key, r.run_key) for r in requests] == [
+        ("0", "partition-0:0-3:attempt-1"),
+        ("2", "partition-2:0-1:attempt-1"),
+    ]
+    assert requests[0].run_config["ops"]["flatten_events"]["config"]["end_offset"] == 3
+    lag = {k: v.value for k, v in result.asset_events[0].metadata.items()}
+    assert lag == {"lag_total": 4, "lag_partition_0": 3, "lag_partition_1": 0,
+                   "lag_partition_2": 1, "lag_partition_3": 0}
+
+
+def test_a_partition_with_a_run_in_flight_gets_no_second_run(
+    instance, kafka_topics: Settings
+) -> None:
+    s = kafka_topics
+    produce(s, [event("p", "u")], partition=0)
+    produce(s, [event("p", "v")], partition=1)
+    add_run(instance, 0, DagsterRunStatus.STARTED)
+    result = tick(instance, s)
+    assert [r.partition_key for r in result.run_requests] == ["1"]
+
+
+def test_a_failed_range_is_requested_again_after_a_growing_back_off(
+    instance, kafka_topics: Settings
+) -> None:
+    s = kafka_topics
+    produce(s, [event("p", "u")], partition=0)
+    run = add_run(instance, 0, DagsterRunStatus.STARTED)
+    instance.report_run_failed(run)
+    # Right after the failure: wait (30 s for the first retry).
+    assert tick(instance, s).run_requests == []
+    kafka = kafka_resource(s)
+    try:
+        later = plan_backlog(instance, kafka, now=time.time() + 31)
+        assert [r.run_key for r in later.run_requests] == ["partition-0:0-1:attempt-2"]
+        # A second failure at the same start doubles the wait.
+        run2 = add_run(instance, 0, DagsterRunStatus.STARTED)
+        instance.report_run_failed(run2)
+        assert plan_backlog(instance, kafka, now=time.time() + 31).run_requests == []
+        retry = plan_backlog(instance, kafka, now=time.time() + 61).run_requests
+        assert [r.run_key for r in retry] == ["partition-0:0-1:attempt-3"]
+    finally:
+        kafka.close()
+
+
+def test_a_successful_run_clears_the_lag_seen_by_the_next_tick(
+    instance, kafka_topics: Settings
+) -> None:
+    s = kafka_topics
+    produce(s, [event("p", "u")], partition=3)
+    [request] = tick(instance, s).run_requests
+    assert run_partition(instance, s, partition=3, end_offset=1).success
+    result = tick(instance, s)
+    assert result.run_requests == []
+    assert result.asset_events[0].metadata["lag_partition_3"].value == 0
+    assert request.partition_key == "3"
+
+
+def test_a_new_partition_of_the_topic_is_added_and_drained(
+    instance, kafka_topics: Settings
+) -> None:
+    s = kafka_topics
+    tick(instance, s)  # the first tick registers partitions 0-3
+    instance.add_dynamic_partitions("kafka_partitions", ["0", "1", "2", "3"])
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+    for fut in admin.create_partitions([NewPartitions(s.kafka_input_topic, 5)]).values():
+        fut.result(30)
+    produce(s, [event("p", "new")], partition=4)
+    result = tick(instance, s)
+    [request] = result.dynamic_partitions_requests
+    assert list(request.partition_keys) == ["4"]
+    assert [r.partition_key for r in result.run_requests] == ["4"]
