@@ -13,7 +13,7 @@ STACK := $(BIN)/programuser-dagster stack
 export CASSANDRA_USERNAME ?= programuser
 export CASSANDRA_PASSWORD ?= programuser
 
-.PHONY: deps venv stack run test lint down
+.PHONY: deps venv stack run test lint down produce lag drain
 
 # Acts only when something is missing (we run as root on CI and dev boxes).
 deps:
@@ -42,7 +42,9 @@ stack: deps venv
 run: stack
 	mkdir -p .dagster_home
 	ln -sfn ../dagster.yaml .dagster_home/dagster.yaml
-	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	# Started from DAGSTER_HOME itself, so Dagster finds its dagster.yaml where it looks.
+	cd .dagster_home && DAGSTER_HOME=$(CURDIR)/.dagster_home ../$(BIN)/dagster dev \
+	  -w ../workspace.yaml -h 127.0.0.1 -p 3000
 
 # tests/conftest.py starts the stack (reusing running servers) and stops what it started.
 test: deps venv
@@ -53,3 +55,14 @@ lint: venv
 
 down: venv
 	$(STACK) down
+
+# The pipeline's commands with the local stack's settings, e.g. `make produce N=1000`.
+N ?= 1000
+produce: venv
+	$(BIN)/programuser-dagster produce --sample $(N)
+
+lag: venv
+	$(BIN)/programuser-dagster lag
+
+drain: venv
+	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/programuser-dagster drain

@@ -51,7 +51,10 @@ class BacklogPlan:
     def summary(self) -> str:
         if not self.offsets:
             return "The input topic has no partitions."
-        parts = [f"{len(self.run_requests)} run(s) requested"]
+        lag = sum(o.lag for o in self.offsets)
+        if lag == 0:
+            return f"Every partition is caught up ({len(self.offsets)} partitions, lag 0)."
+        parts = [f"{len(self.run_requests)} run(s) requested, total lag {lag}"]
         parts += [f"partition {p}: {why}" for p, why in sorted(self.waiting.items())]
         return "; ".join(parts)
 
