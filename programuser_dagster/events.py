@@ -60,6 +60,8 @@ COLUMNS: tuple[str, ...] = (
     "created_at",
     "updated_at",
 )
+# The columns an event may leave alone (absent group, blank date); the others it always writes.
+MAYBE_NOT_WRITTEN: tuple[str, ...] = COLUMNS[5:]
 _ROW_COLUMNS = (*COLUMNS, "message_count", "offsets")
 
 

@@ -173,3 +173,12 @@ def make_test_settings(
 def kafka_topics(make_test_settings: Callable[..., Settings]) -> Settings:
     """Settings with this test's own topics (4 partitions), group and keyspace."""
     return make_test_settings()
+
+
+@pytest.fixture
+def instance() -> Iterator[Any]:
+    """A temporary Dagster instance (sqlite in a temp dir) of this test's own."""
+    from dagster import instance_for_test
+
+    with instance_for_test() as inst:
+        yield inst

@@ -5,22 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, instance_for_test
+from dagster import DagsterRunStatus, RunsFilter
 
 from programuser_dagster.drain import drain
 from programuser_dagster.settings import Settings
 from tests.pipeline_helpers import event, offsets, produce
 
 pytestmark = pytest.mark.stack
-
-
-@pytest.fixture
-def instance() -> Iterator[DagsterInstance]:
-    with instance_for_test() as inst:
-        yield inst
 
 
 def test_drain_on_an_empty_topic_runs_nothing(instance, kafka_topics: Settings) -> None:

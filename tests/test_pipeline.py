@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Iterator
-
 import orjson
 import pytest
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 from dagster import (
     AssetKey,
-    DagsterInstance,
     Out,
     ReexecutionOptions,
     execute_job,
-    instance_for_test,
     job,
     op,
     reconstructable,
@@ -38,14 +33,9 @@ from tests.pipeline_helpers import (
     run_partition,
     step_metadata,
 )
+from tests.seed import EVENT_1, EVENT_2, EXPECTED_AFTER_BOTH, SEED_ROW
 
 pytestmark = pytest.mark.stack
-
-
-@pytest.fixture
-def instance() -> Iterator[DagsterInstance]:
-    with instance_for_test() as inst:
-        yield inst
 
 
 def test_seed_sample_becomes_its_row(instance, kafka_topics: Settings, cassandra_session) -> None:
@@ -54,73 +44,10 @@ def test_seed_sample_becomes_its_row(instance, kafka_topics: Settings, cassandra
     result = run_partition(instance, s)
     assert result.success
     got = row(cassandra_session, s, SEED_EVENT["programId"], SEED_EVENT["userId"])
-    assert got == {
-        "program_id": "5f362b78af0a4decfa9a106f",
-        "user_id": "ba9aa220-ff1b-4717-b6ea-ace55f04fc16",
-        "program_externalid": "$programExternalId",
-        "program_name": "$prorgramName",
-        "pii_consent_required": True,
-        "user_locations": {
-            "district_name": "ANANTAPUR",
-            "district_id": "2f76dcf5-e43b-4f71-a3f2-c8f19e1fce03",
-            "district_code": "2822",
-            "block_name": "AGALI",
-            "block_id": "966c3be4-c125-467d-aaff-1eb1cd525923",
-            "block_code": "282262",
-            "state_name": "Andhra Pradesh",
-            "state_id": "bc75cc99-9205-463e-a722-5326857838f8",
-            "state_code": "28",
-            "cluster_name": "ZPHS AGALI",
-            "cluster_id": "beb0bcf4-d7cd-4a72-8f35-be8e5b03c0d1",
-            "cluster_code": "2822620004",
-            "school_name": "SMT PRAMEELAMMA AND SRI KGA GUPTA EM UP SCHOOL",
-            "school_id": "01337588247832985613211",
-            "school_code": "28226200816",
-        },
-        "organisation_id": "0126796199493140480",
-        "organisation_name": "Staging Custodian Organization",
-        "user_type": "administrator",
-        "user_sub_type": "DEO",
-        "created_at": dt.date(2023, 1, 12),
-        "updated_at": dt.date(2023, 1, 12),
-    }
+    assert got == SEED_ROW
     assert offsets(s).committed == 1
     md = step_metadata(result)
     assert (md["messages_read"], md["messages_written"], md["rows_upserted"]) == (1, 1, 1)
-
-
-# The contract's two-event example: event 2 leaves locations, user types and created_at alone.
-EVENT_1 = event(
-    "p1", "u1",
-    programName="A",
-    userProfile={
-        "userLocations": [{"type": "state", "name": "Kerala"}],
-        "rootOrg": {"id": "o1"},
-        "profileUserTypes": [{"type": "administrator", "subType": "hm"}],
-    },
-    createdAt="2023-01-12T06:30:09.476Z",
-    updatedAt="2023-03-01T10:00:00Z",
-)
-EVENT_2 = event(
-    "p1", "u1",
-    programName="B",
-    userProfile={"rootOrg": {"id": "o2", "orgName": "  "}},
-    updatedAt="2023-04-02T10:00:00Z",
-)
-EXPECTED_AFTER_BOTH = {
-    "program_id": "p1",
-    "user_id": "u1",
-    "program_externalid": None,
-    "program_name": "B",
-    "pii_consent_required": False,
-    "user_locations": {"state_name": "Kerala"},
-    "organisation_id": "o2",
-    "organisation_name": None,
-    "user_type": "administrator",
-    "user_sub_type": "HM",
-    "created_at": dt.date(2023, 1, 12),
-    "updated_at": dt.date(2023, 4, 2),
-}
 
 
 def test_partial_update_across_runs_leaves_unwritten_columns_alone(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewPartitions
@@ -13,7 +12,6 @@ from dagster import (
     DagsterRunStatus,
     SensorResult,
     build_sensor_context,
-    instance_for_test,
 )
 from dagster._core.utils import make_new_run_id
 
@@ -24,12 +22,6 @@ from programuser_dagster.settings import Settings
 from tests.pipeline_helpers import event, produce, run_partition
 
 pytestmark = pytest.mark.stack
-
-
-@pytest.fixture
-def instance() -> Iterator[DagsterInstance]:
-    with instance_for_test() as inst:
-        yield inst
 
 
 def tick(instance: DagsterInstance, s: Settings) -> SensorResult:

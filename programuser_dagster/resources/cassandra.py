@@ -20,20 +20,9 @@ from cassandra.query import UNSET_VALUE, PreparedStatement
 from dagster import ConfigurableIOManager, Failure, InputContext, OutputContext
 from pydantic import Field, PrivateAttr
 
-from ..events import COLUMNS, NOT_WRITTEN
+from ..events import COLUMNS, MAYBE_NOT_WRITTEN, NOT_WRITTEN
 from ..schema import schema_statements
 from ..settings import check_identifier
-
-# Columns an event may leave alone (absent group, blank date): NOT_WRITTEN becomes UNSET_VALUE.
-_MAYBE_UNSET = (
-    "user_locations",
-    "organisation_id",
-    "organisation_name",
-    "user_type",
-    "user_sub_type",
-    "created_at",
-    "updated_at",
-)
 
 
 class CassandraWriteFailed(RuntimeError):
@@ -231,7 +220,7 @@ def bind_parameters(rows: pd.DataFrame) -> list[tuple[Any, ...]]:
     columns = []
     for name in COLUMNS:
         values = rows[name].tolist()
-        if name in _MAYBE_UNSET:
+        if name in MAYBE_NOT_WRITTEN:
             values = [UNSET_VALUE if v is NOT_WRITTEN else v for v in values]
         columns.append(values)
     return list(zip(*columns, strict=True))
