@@ -9,10 +9,10 @@ once the work is durable.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_INVALID,
@@ -25,6 +25,17 @@ from confluent_kafka import (
 )
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
+
+T = TypeVar("T")
+# Group-coordinator errors librdkafka does not always flag retriable; each clears in seconds.
+_COORDINATOR_ERRORS = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError._WAIT_COORD,
+    }
+)
 
 # Room for a 4 MB event plus the dead-letter headers; the local broker allows 5 MB.
 MAX_MESSAGE_BYTES = 5 * 1024 * 1024
@@ -140,6 +151,22 @@ class KafkaResource(ConfigurableResource):
     def _where(self) -> str:
         return f"Kafka at {self.bootstrap_servers}"
 
+    def _retrying(self, call: Callable[[], T]) -> T:
+        """Retry errors Kafka marks retriable (a group coordinator loading or moving, as on a
+        fresh or restarting broker) until request_timeout_s has passed."""
+        deadline = time.monotonic() + self.request_timeout_s
+        while True:
+            try:
+                return call()
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                retriable = isinstance(err, KafkaError) and (
+                    err.retriable() or err.code() in _COORDINATOR_ERRORS
+                )
+                if not retriable or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
     # -- offsets -------------------------------------------------------------------------------
 
     def partitions(self) -> list[int]:
@@ -165,7 +192,9 @@ class KafkaResource(ConfigurableResource):
         parts = list(self.partitions() if partitions is None else partitions)
         tps = [TopicPartition(self.input_topic, p) for p in parts]
         try:
-            committed = self.consumer.committed(tps, timeout=self.request_timeout_s)
+            committed = self._retrying(
+                lambda: self.consumer.committed(tps, timeout=self.request_timeout_s)
+            )
             result = []
             for tp in committed:
                 if tp.error is not None:
@@ -379,9 +408,11 @@ class KafkaResource(ConfigurableResource):
         if current is not None and current >= offset:
             return current
         try:
-            self.consumer.commit(
-                offsets=[TopicPartition(self.input_topic, partition, offset)],
-                asynchronous=False,
+            self._retrying(
+                lambda: self.consumer.commit(
+                    offsets=[TopicPartition(self.input_topic, partition, offset)],
+                    asynchronous=False,
+                )
             )
         except KafkaException as exc:
             raise KafkaUnavailable(
