@@ -13,7 +13,7 @@ STACK := $(BIN)/programuser-dagster stack
 export CASSANDRA_USERNAME ?= programuser
 export CASSANDRA_PASSWORD ?= programuser
 
-.PHONY: deps venv stack run test lint down produce lag drain
+.PHONY: deps venv stack run test soak lint down produce lag drain
 
 # Acts only when something is missing (we run as root on CI and dev boxes).
 deps:
@@ -49,6 +49,10 @@ run: stack
 # tests/conftest.py starts the stack (reusing running servers) and stops what it started.
 test: deps venv
 	$(BIN)/pytest -q
+
+# The soak test: real `dagster dev` under >= 500 events/s for 3 minutes (SOAK_RATE, SOAK_SECONDS).
+soak: deps venv
+	PROGRAMUSER_SOAK=1 $(BIN)/pytest -q -s tests/test_soak.py
 
 lint: venv
 	$(BIN)/ruff check .

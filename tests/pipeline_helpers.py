@@ -89,14 +89,7 @@ def offsets(settings: Settings, partition: int = 0) -> PartitionOffsets:
         kafka.close()
 
 
-def row(session: Session, settings: Settings, program: str, user: str) -> dict[str, Any] | None:
-    found = session.execute(
-        f"SELECT * FROM {settings.cassandra_keyspace}.{settings.cassandra_table} "
-        "WHERE program_id=%s AND user_id=%s",
-        (program, user),
-    ).one()
-    if found is None:
-        return None
+def _as_dict(found: Any) -> dict[str, Any]:
     out = dict(found._asdict())
     for col in ("created_at", "updated_at"):
         if out[col] is not None:  # cassandra.util.Date -> datetime.date
@@ -106,13 +99,21 @@ def row(session: Session, settings: Settings, program: str, user: str) -> dict[s
     return out
 
 
+def row(session: Session, settings: Settings, program: str, user: str) -> dict[str, Any] | None:
+    found = session.execute(
+        f"SELECT * FROM {settings.cassandra_keyspace}.{settings.cassandra_table} "
+        "WHERE program_id=%s AND user_id=%s",
+        (program, user),
+    ).one()
+    return None if found is None else _as_dict(found)
+
+
 def all_rows(session: Session, settings: Settings) -> dict[tuple[str, str], dict[str, Any]]:
-    result = {}
-    for r in session.execute(
-        f"SELECT program_id, user_id FROM {settings.cassandra_keyspace}.{settings.cassandra_table}"
-    ):
-        result[(r.program_id, r.user_id)] = row(session, settings, r.program_id, r.user_id)
-    return result
+    """The whole table, keyed by (program_id, user_id), in one paged scan."""
+    rows = session.execute(
+        f"SELECT * FROM {settings.cassandra_keyspace}.{settings.cassandra_table}", timeout=120
+    )
+    return {(r.program_id, r.user_id): _as_dict(r) for r in rows}
 
 
 def dead_letters(settings: Settings, expected: int, timeout_s: float = 20.0) -> list[Any]:

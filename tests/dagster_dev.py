@@ -1,0 +1,59 @@
+"""A real `dagster dev` (webserver + daemon, sensor on) in a subprocess, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from programuser_dagster.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def settings_env(s: Settings) -> dict[str, str]:
+    """The environment that points the deployed code at a test's own topics and keyspace."""
+    return {
+        "KAFKA_INPUT_TOPIC": s.kafka_input_topic,
+        "KAFKA_GROUP_ID": s.kafka_group_id,
+        "KAFKA_DLQ_TOPIC": s.kafka_dlq_topic,
+        "CASSANDRA_KEYSPACE": s.cassandra_keyspace,
+    }
+
+
+@contextmanager
+def dagster_dev(
+    home: Path, log_path: Path, env: Mapping[str, str]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `dagster dev` on this repo's workspace with DAGSTER_HOME=home (given the repo's
+    dagster.yaml), all output to log_path; interrupted like Ctrl-C at the end."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    full_env = {**os.environ, "DAGSTER_HOME": str(home), **env}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [str(REPO / ".venv/bin/dagster"), "dev", "-w", str(REPO / "workspace.yaml"),
+             "-h", "127.0.0.1", "-p", str(free_port())],
+            cwd=home, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield proc
+        finally:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
