@@ -1,58 +1,69 @@
 """The table as a Dagster asset: external to Dagster, materialized by every ingestion run."""
 
+import time
+from datetime import timedelta
 
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
-    AssetCheckSeverity,
+    AssetChecksDefinition,
     AssetKey,
     AssetSpec,
-    DagsterEventType,
-    EventRecordsFilter,
+    FreshnessPolicy,
     asset_check,
 )
 
+from . import health
+from .health import ACCOUNTING_CHECK as ACCOUNTING_CHECK
+from .resources.kafka import KafkaResource
+from .settings import Settings
+
 PROGRAM_ENROLLMENT = AssetKey("program_enrollment")
-ACCOUNTING_CHECK = "accounting_balanced"
-
-program_enrollment = AssetSpec(
-    PROGRAM_ENROLLMENT,
-    description=(
-        "Cassandra table sunbird_programs.program_enrollment: one row per (program, user), "
-        "upserted from the Kafka topic {env}.programuser.info by the program_user_info job."
-    ),
-    group_name="programuser",
-    kinds={"cassandra", "kafka"},
-)
+JOB_NAME = "program_user_info"
+RECENT_RUNS = 20
 
 
-def accounting_balanced_in(metadata: dict[str, int]) -> bool:
-    """read == written + skipped + dead-lettered, from a run's recorded counts."""
-    return metadata["messages_read"] == (
-        metadata["messages_written"]
-        + metadata["messages_skipped"]
-        + metadata["messages_dead_lettered"]
+def build_program_enrollment(settings: Settings) -> AssetSpec:
+    return AssetSpec(
+        PROGRAM_ENROLLMENT,
+        description=(
+            f"Cassandra table {settings.cassandra_keyspace}.{settings.cassandra_table}: one row "
+            f"per (program, user), upserted from Kafka topic {settings.kafka_input_topic} by "
+            "the program_user_info job. Each run materializes it with its counts; the sensor "
+            "observes consumer lag per partition."
+        ),
+        group_name="programuser",
+        kinds={"cassandra", "kafka"},
+        # Materialized by every run, so a stale asset means ingestion stopped.
+        freshness_policy=FreshnessPolicy.time_window(
+            fail_window=timedelta(seconds=settings.freshness_fail_s)
+        ),
     )
 
 
-@asset_check(asset=PROGRAM_ENROLLMENT, name=ACCOUNTING_CHECK, blocking=False)
-def accounting_balanced(context: AssetCheckExecutionContext) -> AssetCheckResult:
-    """Every message of the latest run is written, skipped or dead-lettered: none went missing.
+def build_asset_checks(settings: Settings) -> list[AssetChecksDefinition]:
+    @asset_check(asset=PROGRAM_ENROLLMENT, name=health.ACCOUNTING_CHECK, blocking=False)
+    def accounting_balanced(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        """Every message of the latest runs was written, skipped or dead-lettered (read ==
+        written + skipped + dead-lettered). Each run also evaluates it before committing."""
+        runs = health.recent_runs_counts(context.instance, PROGRAM_ENROLLMENT, RECENT_RUNS)
+        return health.accounting(runs).result()
 
-    Each run evaluates this itself before committing; launching it from the UI re-checks the
-    latest materialization's recorded counts.
-    """
-    records = context.instance.get_event_records(
-        EventRecordsFilter(DagsterEventType.ASSET_MATERIALIZATION, asset_key=PROGRAM_ENROLLMENT),
-        limit=1,
-        ascending=False,
-    )
-    if not records:
-        return AssetCheckResult(passed=True, description="No run has written the table yet.")
-    md = records[0].asset_materialization.metadata  # type: ignore[union-attr]
-    counts = {k: int(v.value) for k, v in md.items() if k.startswith("messages_")}
-    return AssetCheckResult(
-        passed=accounting_balanced_in(counts),
-        severity=AssetCheckSeverity.ERROR,
-        metadata=counts,
-    )
+    @asset_check(asset=PROGRAM_ENROLLMENT, name=health.DEAD_LETTER_SHARE_CHECK, blocking=False)
+    def dead_letter_share(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        """Warns when the last run dead-lettered more than PROGRAMUSER_DLQ_SHARE_WARN of its
+        messages (default 5%): usually a producer sending a new, broken shape."""
+        runs = health.recent_runs_counts(context.instance, PROGRAM_ENROLLMENT, 1)
+        return health.dead_letter_share(runs, settings.dead_letter_share_warn).result()
+
+    @asset_check(asset=PROGRAM_ENROLLMENT, name=health.STALLED_CHECK, blocking=False)
+    def lag_without_progress(
+        context: AssetCheckExecutionContext, kafka: KafkaResource
+    ) -> AssetCheckResult:
+        """Warns when a partition has lag but no successful run for longer than
+        PROGRAMUSER_STALL_WARN_S (default 900 s). The health sensor evaluates it every minute."""
+        return health.stalled_partitions(
+            context.instance, JOB_NAME, kafka.offsets(), time.time(), settings.stall_warn_s
+        ).result()
+
+    return [accounting_balanced, dead_letter_share, lag_without_progress]

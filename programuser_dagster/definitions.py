@@ -6,11 +6,11 @@ import warnings
 
 from dagster import BetaWarning, Definitions
 
-from .assets import accounting_balanced, program_enrollment
+from .assets import build_asset_checks, build_program_enrollment
 from .jobs import program_user_info
 from .resources import build_resources
 from .schedules import kafka_backlog_schedule
-from .sensors import build_backlog_sensor
+from .sensors import build_backlog_sensor, build_health_sensor
 from .settings import Settings
 
 # Dagster 1.13 warns about a beta `owners` parameter that its own sensor decorator passes.
@@ -20,10 +20,10 @@ warnings.filterwarnings("ignore", category=BetaWarning, message=".*owners.*")
 def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
     return Definitions(
-        assets=[program_enrollment],
-        asset_checks=[accounting_balanced],
+        assets=[build_program_enrollment(settings)],
+        asset_checks=build_asset_checks(settings),
         jobs=[program_user_info],
-        sensors=[build_backlog_sensor(settings.sensor_interval_s)],
+        sensors=[build_backlog_sensor(settings.sensor_interval_s), build_health_sensor(settings)],
         schedules=[kafka_backlog_schedule],
         resources=build_resources(settings),
     )

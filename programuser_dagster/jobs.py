@@ -35,12 +35,11 @@ from dagster import (
 from pydantic import Field
 
 from .accounting import RangeReport
-from .assets import ACCOUNTING_CHECK, PROGRAM_ENROLLMENT
+from .assets import ACCOUNTING_CHECK, JOB_NAME, PROGRAM_ENROLLMENT
 from .events import flatten
 from .resources.cassandra import WriteReceipt
 from .resources.kafka import DeadLetter, KafkaResource
 
-JOB_NAME = "program_user_info"
 START_TAG = "programuser/start_offset"
 END_TAG = "programuser/end_offset"
 # One dynamic partition per Kafka partition of the input topic ("0", "1", ...).

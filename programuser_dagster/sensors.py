@@ -1,6 +1,8 @@
 """The ingestion sensor: notices new records on each Kafka partition and requests short runs."""
 
 
+import time
+
 from dagster import (
     AddDynamicPartitionsRequest,
     DefaultSensorStatus,
@@ -11,9 +13,12 @@ from dagster import (
     sensor,
 )
 
+from . import health
+from .assets import JOB_NAME, PROGRAM_ENROLLMENT, RECENT_RUNS
 from .backlog import plan_backlog
 from .jobs import kafka_partitions, program_user_info
 from .resources.kafka import KafkaResource
+from .settings import Settings
 
 
 def build_backlog_sensor(interval_s: int = 30) -> SensorDefinition:
@@ -44,3 +49,29 @@ def build_backlog_sensor(interval_s: int = 30) -> SensorDefinition:
         )
 
     return kafka_backlog_sensor
+
+
+def build_health_sensor(settings: Settings) -> SensorDefinition:
+    @sensor(
+        name="ingestion_health_sensor",
+        minimum_interval_seconds=60,
+        default_status=DefaultSensorStatus.RUNNING,
+    )
+    def ingestion_health_sensor(
+        context: SensorEvaluationContext, kafka: KafkaResource
+    ) -> SensorResult:
+        """Every minute, whichever of the ingestion sensor or the schedule launches the runs:
+        evaluates the asset checks of program_enrollment (lag without progress, dead-letter
+        share, accounting) and records them, so that the asset page shows ingestion's health.
+        """
+        runs = health.recent_runs_counts(context.instance, PROGRAM_ENROLLMENT, RECENT_RUNS)
+        verdicts = [
+            health.stalled_partitions(
+                context.instance, JOB_NAME, kafka.offsets(), time.time(), settings.stall_warn_s
+            ),
+            health.dead_letter_share(runs[:1], settings.dead_letter_share_warn),
+            health.accounting(runs),
+        ]
+        return SensorResult(asset_events=[v.evaluation(PROGRAM_ENROLLMENT) for v in verdicts])
+
+    return ingestion_health_sensor

@@ -50,6 +50,9 @@ class Settings:
     cassandra_create_schema: bool = True
     max_messages: int = 50_000
     sensor_interval_s: int = 30
+    freshness_fail_s: int = 3600
+    dead_letter_share_warn: float = 0.05
+    stall_warn_s: int = 900
 
     def __post_init__(self) -> None:
         # Topic and group names default from the environment name, as the Flink job's did.
@@ -108,4 +111,7 @@ class Settings:
             not in ("false", "0", "no"),
             max_messages=int(number("PROGRAMUSER_MAX_MESSAGES", "50000")),
             sensor_interval_s=int(number("PROGRAMUSER_SENSOR_INTERVAL_S", "30")),
+            freshness_fail_s=int(number("PROGRAMUSER_FRESHNESS_FAIL_S", "3600")),
+            dead_letter_share_warn=float(number("PROGRAMUSER_DLQ_SHARE_WARN", "0.05", float)),
+            stall_warn_s=int(number("PROGRAMUSER_STALL_WARN_S", "900")),
         )

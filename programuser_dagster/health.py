@@ -1,0 +1,154 @@
+"""Is ingestion healthy? The rules behind the asset checks, from what the runs recorded.
+
+Each rule returns a Verdict; assets.py turns it into an asset check (launchable from the UI)
+and sensors.py into an evaluation reported by the monitoring sensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    EventRecordsFilter,
+    RunsFilter,
+)
+
+from .resources.kafka import PartitionOffsets
+
+ACCOUNTING_CHECK = "accounting_balanced"
+DEAD_LETTER_SHARE_CHECK = "dead_letter_share"
+STALLED_CHECK = "lag_without_progress"
+
+
+@dataclass
+class Verdict:
+    check_name: str
+    passed: bool
+    severity: AssetCheckSeverity
+    description: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def result(self) -> AssetCheckResult:
+        return AssetCheckResult(
+            check_name=self.check_name,
+            passed=self.passed,
+            severity=self.severity,
+            description=self.description,
+            metadata=self.metadata,
+        )
+
+    def evaluation(self, asset_key: Any) -> AssetCheckEvaluation:
+        return AssetCheckEvaluation(
+            asset_key=asset_key,
+            check_name=self.check_name,
+            passed=self.passed,
+            severity=self.severity,
+            description=self.description,
+            metadata=self.metadata,
+        )
+
+
+def recent_runs_counts(
+    instance: DagsterInstance, asset_key: Any, limit: int
+) -> list[dict[str, Any]]:
+    """The recorded counts of the latest `limit` materializations, newest first."""
+    records = instance.get_event_records(
+        EventRecordsFilter(DagsterEventType.ASSET_MATERIALIZATION, asset_key=asset_key),
+        limit=limit,
+        ascending=False,
+    )
+    out = []
+    for record in records:
+        mat = record.asset_materialization
+        if mat is not None:
+            out.append({k: v.value for k, v in mat.metadata.items()})
+    return out
+
+
+def balanced(counts: dict[str, Any]) -> bool:
+    """read == written + skipped + dead-lettered, from a run's recorded counts."""
+    return counts["messages_read"] == (
+        counts["messages_written"] + counts["messages_skipped"] + counts["messages_dead_lettered"]
+    )
+
+
+def accounting(runs: Sequence[dict[str, Any]]) -> Verdict:
+    """Every message of the latest runs is written, skipped or dead-lettered."""
+    unbalanced = [r for r in runs if not balanced(r)]
+    return Verdict(
+        ACCOUNTING_CHECK,
+        passed=not unbalanced,
+        severity=AssetCheckSeverity.ERROR,
+        description=(
+            f"The latest {len(runs)} runs each account for every message they read."
+            if not unbalanced
+            else f"{len(unbalanced)} of the latest {len(runs)} runs lost track of messages: "
+            f"partition {unbalanced[0]['partition']} offsets [{unbalanced[0]['start_offset']}, "
+            f"{unbalanced[0]['end_offset']})."
+        ),
+        metadata={"runs_checked": len(runs), "runs_unbalanced": len(unbalanced)},
+    )
+
+
+def dead_letter_share(runs: Sequence[dict[str, Any]], threshold: float) -> Verdict:
+    """The share of the last run's messages that went to the dead-letter topic."""
+    if not runs:
+        return Verdict(DEAD_LETTER_SHARE_CHECK, True, AssetCheckSeverity.WARN, "No run yet.")
+    last = runs[0]
+    share = last["messages_dead_lettered"] / last["messages_read"] if last["messages_read"] else 0
+    return Verdict(
+        DEAD_LETTER_SHARE_CHECK,
+        passed=share <= threshold,
+        severity=AssetCheckSeverity.WARN,
+        description=(
+            f"{share:.1%} of the last run's {last['messages_read']} messages were dead-lettered "
+            f"(threshold {threshold:.1%})"
+            + ("." if share <= threshold else ": read the dead-letter topic's reason headers.")
+        ),
+        metadata={"dead_letter_share": round(share, 4), "threshold": threshold},
+    )
+
+
+def stalled_partitions(
+    instance: DagsterInstance,
+    job_name: str,
+    offsets: Sequence[PartitionOffsets],
+    now: float,
+    max_age_s: float,
+) -> Verdict:
+    """Partitions with lag whose last successful run is older than max_age_s (or never ran)."""
+    stalled: dict[str, int] = {}
+    for o in offsets:
+        if o.lag == 0:
+            continue
+        last = instance.get_run_records(
+            RunsFilter(
+                job_name=job_name,
+                statuses=[DagsterRunStatus.SUCCESS],
+                tags={"dagster/partition": str(o.partition)},
+            ),
+            limit=1,
+        )
+        ended = (last[0].end_time or 0.0) if last else 0.0
+        if now - ended > max_age_s:
+            stalled[str(o.partition)] = o.lag
+    return Verdict(
+        STALLED_CHECK,
+        passed=not stalled,
+        severity=AssetCheckSeverity.WARN,
+        description=(
+            "Every partition with lag had a successful run recently."
+            if not stalled
+            else f"Partitions {sorted(stalled)} have lag but no successful run in the last "
+            f"{max_age_s:.0f}s: is the sensor (or schedule) on, and are their runs failing?"
+        ),
+        metadata={"stalled_partitions": stalled, "max_age_s": max_age_s},
+    )
