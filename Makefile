@@ -13,7 +13,7 @@ STACK := $(BIN)/programuser-dagster stack
 export CASSANDRA_USERNAME ?= programuser
 export CASSANDRA_PASSWORD ?= programuser
 
-.PHONY: deps venv stack run test soak lint down produce lag drain
+.PHONY: deps venv stack run test soak lint down produce lag drain bench bench-scale
 
 # Acts only when something is missing (we run as root on CI and dev boxes).
 deps:
@@ -21,6 +21,7 @@ deps:
 	command -v mvn >/dev/null 2>&1 || missing="$$missing maven"; \
 	ls /usr/lib/jvm/*17*/bin/java >/dev/null 2>&1 || missing="$$missing openjdk-17-jdk-headless"; \
 	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
@@ -70,3 +71,13 @@ lag: venv
 
 drain: venv
 	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/programuser-dagster drain
+
+# Throughput against the real local stack, on its own topics and keyspace (removed afterwards):
+# prints a table and writes bench-results.json. `make bench EVENTS=20000` for a shorter run;
+# bench-scale also drains N/10 and 10N for the memory and cost-per-event targets.
+EVENTS ?= 100000
+bench: stack
+	$(BIN)/python -m programuser_dagster.bench --events $(EVENTS)
+
+bench-scale: stack
+	$(BIN)/python -m programuser_dagster.bench --events $(EVENTS) --scale
