@@ -1,5 +1,6 @@
 # Local development: `make run` (stack + Dagster UI on http://127.0.0.1:3000), `make test`.
-# Works on a fresh Debian machine: `deps` installs Maven and JDK 17 when they are missing.
+# Works on a fresh Debian machine: `deps` installs what is missing of Maven, JDK 17,
+# python3-venv, PostgreSQL (deployment test) and Chromium (UI test).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -22,6 +23,7 @@ deps:
 	ls /usr/lib/jvm/*17*/bin/java >/dev/null 2>&1 || missing="$$missing openjdk-17-jdk-headless"; \
 	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \

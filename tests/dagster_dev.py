@@ -34,7 +34,7 @@ def settings_env(s: Settings) -> dict[str, str]:
 
 @contextmanager
 def dagster_dev(
-    home: Path, log_path: Path, env: Mapping[str, str]
+    home: Path, log_path: Path, env: Mapping[str, str], port: int | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run `dagster dev` on this repo's workspace with DAGSTER_HOME=home (given the repo's
     dagster.yaml), all output to log_path; interrupted like Ctrl-C at the end."""
@@ -44,7 +44,7 @@ def dagster_dev(
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [str(REPO / ".venv/bin/dagster"), "dev", "-w", str(REPO / "workspace.yaml"),
-             "-h", "127.0.0.1", "-p", str(free_port())],
+             "-h", "127.0.0.1", "-p", str(port or free_port())],
             cwd=home, env=full_env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
