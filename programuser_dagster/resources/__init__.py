@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
-
-from dagster import EnvVar
 
 from ..settings import Settings
 from .cassandra import CassandraIOManager
 from .kafka import KafkaResource
-
-
-def _secret(name: str) -> Any:
-    # EnvVar keeps the value out of run config and the UI; None when the variable is unset.
-    return EnvVar(name) if os.environ.get(name) else None
+from .secrets import env_secret
 
 
 def kafka_resource(settings: Settings) -> KafkaResource:
@@ -26,7 +19,7 @@ def kafka_resource(settings: Settings) -> KafkaResource:
         security_protocol=settings.kafka_security_protocol,
         sasl_mechanism=settings.kafka_sasl_mechanism,
         sasl_username=settings.kafka_sasl_username,
-        sasl_password=_secret("KAFKA_SASL_PASSWORD"),
+        sasl_password=env_secret("KAFKA_SASL_PASSWORD"),
         ssl_ca_location=settings.kafka_ssl_ca_location,
         delivery_timeout_s=settings.kafka_delivery_timeout_s,
     )
@@ -41,7 +34,7 @@ def cassandra_io_manager(settings: Settings) -> CassandraIOManager:
         consistency=settings.cassandra_consistency,
         local_dc=settings.cassandra_local_dc,
         username=settings.cassandra_username,
-        password=_secret("CASSANDRA_PASSWORD"),
+        password=env_secret("CASSANDRA_PASSWORD"),
         ssl_ca=settings.cassandra_ssl_ca,
         create_schema=settings.cassandra_create_schema,
         replication=settings.cassandra_replication,

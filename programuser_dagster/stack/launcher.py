@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -503,7 +503,10 @@ def _kafka_command(p: Ports, java_home: Path, lib: Path) -> list[str]:
                 "MAX_MESSAGE_BYTES": MAX_MESSAGE_BYTES,
             },
         )
+        + (_kafka_sasl_properties(p, directory) if "SASL" in kafka_security().get(
+            "security.protocol", "").upper() else "")
     )
+    props.chmod(0o600)  # may hold the SASL passwords
     log4j = directory / "log4j2.xml"
     log4j.write_text(_resource("kafka-log4j2.xml"))
     java = str(java_home / "bin" / "java")
@@ -636,7 +639,77 @@ def _kafka_admin(bootstrap: str) -> Any:
     quiet = logging.getLogger("programuser_dagster.stack.librdkafka")
     quiet.propagate = False
     quiet.addHandler(logging.NullHandler())
-    return AdminClient({"bootstrap.servers": bootstrap, "logger": quiet})
+    return AdminClient({"bootstrap.servers": bootstrap, "logger": quiet, **kafka_security()})
+
+
+# `stack up --secure`: its own ports and data folder, and logins on both servers.
+SECURE_DEFAULTS: dict[str, str] = {
+    "PROGRAMUSER_STACK_DIR": str(repo_root() / ".stack-secure"),
+    "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9192",
+    "PROGRAMUSER_KAFKA_CONTROLLER_PORT": "9193",
+    "CASSANDRA_PORT": "9142",
+    "PROGRAMUSER_CASSANDRA_STORAGE_PORT": "7100",
+    "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+    "KAFKA_SASL_MECHANISM": "PLAIN",
+    "KAFKA_SASL_USERNAME": "programuser",
+    "KAFKA_SASL_PASSWORD": "programuser-kafka",
+}
+
+
+def apply_secure_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Point this process at the secure stack (variables already set win)."""
+    for name, value in SECURE_DEFAULTS.items():
+        environ.setdefault(name, value)
+
+
+def kafka_security() -> dict[str, str]:
+    """librdkafka login settings from the environment, as the pipeline's resource takes them."""
+    env = os.environ
+    conf = {
+        "security.protocol": env.get("KAFKA_SECURITY_PROTOCOL", ""),
+        "sasl.mechanism": env.get("KAFKA_SASL_MECHANISM", ""),
+        "sasl.username": env.get("KAFKA_SASL_USERNAME", ""),
+        "sasl.password": env.get("KAFKA_SASL_PASSWORD", ""),
+    }
+    return {k: v for k, v in conf.items() if v}
+
+
+def _kafka_sasl_properties(p: Ports, directory: Path) -> str:
+    """server.properties overrides (the last value of a key wins) for a SASL/PLAIN listener."""
+    user = os.environ.get("KAFKA_SASL_USERNAME", "")
+    password = os.environ.get("KAFKA_SASL_PASSWORD", "")
+    check_identifier(user, "KAFKA_SASL_USERNAME")
+    if not password or any(c in password for c in '"\\;'):
+        raise StackError(
+            "KAFKA_SASL_PASSWORD must be set and free of quotes, backslashes and ';' for the "
+            "secure local broker."
+        )
+    # The broker's own login for inter-broker traffic: random, kept with the data.
+    broker_file = directory / "broker.password"
+    if not broker_file.is_file():
+        broker_file.write_text(uuid.uuid4().hex + "\n")
+        broker_file.chmod(0o600)
+    broker = broker_file.read_text().strip()
+    jaas = (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="broker" password="{broker}" user_broker="{broker}" '
+        f'user_{user}="{password}";'
+    )
+    return "\n".join(
+        [
+            "",
+            "# stack up --secure: clients log in with SASL/PLAIN.",
+            f"listeners=SASL_PLAINTEXT://127.0.0.1:{p.kafka},CONTROLLER://127.0.0.1:"
+            f"{p.kafka_controller}",
+            f"advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{p.kafka}",
+            "inter.broker.listener.name=SASL_PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms=PLAIN",
+            "sasl.mechanism.inter.broker.protocol=PLAIN",
+            f"listener.name.sasl_plaintext.plain.sasl.jaas.config={jaas}",
+            "",
+        ]
+    )
 
 
 def _kafka_probe(bootstrap: str, timeout: float = 5.0) -> str | None:
@@ -1018,6 +1091,12 @@ def main_stack(argv: Sequence[str]) -> int:
     ):
         p = sub.add_parser(command, help=text, description=text)
         p.add_argument("servers", nargs="*", metavar="{kafka,cassandra}", help="default: both")
+        p.add_argument(
+            "--secure",
+            action="store_true",
+            help="the secure stack: own ports (Kafka 9192, CQL 9142) and data (.stack-secure), "
+            "Kafka with SASL/PLAIN logins; set the same variables to use it (see README)",
+        )
         if command == "up":
             p.add_argument(
                 "--timeout",
@@ -1026,6 +1105,8 @@ def main_stack(argv: Sequence[str]) -> int:
                 help="seconds to wait for each server (default %(default)s)",
             )
     args = parser.parse_args(list(argv))
+    if args.secure:
+        apply_secure_defaults()
 
     def echo(message: str) -> None:
         print(message, flush=True)
