@@ -7,13 +7,17 @@ owner of retries), after a back-off that doubles with each failed attempt at the
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dagster import (
     AssetObservation,
     DagsterInstance,
+    DagsterRun,
     DagsterRunStatus,
     RunRequest,
     RunsFilter,
@@ -31,6 +35,8 @@ IN_FLIGHT = [
     DagsterRunStatus.CANCELING,
 ]
 PARTITION_TAG = "dagster/partition"
+# On runs executed by `drain`: the process that executes them (see runs_in_flight).
+DRAIN_PROCESS_TAG = "programuser/drain_process"
 RETRY_BASE_S = 30.0
 RETRY_MAX_S = 900.0
 
@@ -59,13 +65,67 @@ class BacklogPlan:
         return "; ".join(parts)
 
 
+def _where() -> str:
+    """This host and PID namespace: pids are only comparable within both."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = "?"
+    return f"{socket.gethostname()}/{namespace}"
+
+
+def process_token(pid: int | None = None) -> str | None:
+    """`host/pid-namespace/pid:start-time` of a process (this one by default), or None if it
+    is gone (or there is no /proc). The start time tells it from a later process reusing the pid.
+    """
+    pid = os.getpid() if pid is None else pid
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 (starttime), counted after the parenthesised command name.
+    return f"{_where()}/{pid}:{stat.rsplit(')', 1)[1].split()[19]}"
+
+
+def _dead_drain_process(run: DagsterRun) -> bool:
+    """True if the run was executed by a `drain` process that is gone, and we can tell (same
+    host and PID namespace); runs of other machines are left to run monitoring's max_runtime."""
+    token = run.tags.get(DRAIN_PROCESS_TAG)
+    # A re-execution (from the UI) copies its parent's tags, this one included, but runs in a
+    # run worker of its own: only drain's own runs (never re-executions) are judged.
+    if not token or run.parent_run_id is not None or process_token() is None:
+        return False
+    where, _, process = token.rpartition("/")
+    if where != _where():
+        return False
+    return process_token(int(process.split(":")[0])) != token
+
+
 def runs_in_flight(instance: DagsterInstance, partition: int) -> int:
-    return len(
-        instance.get_run_records(
-            RunsFilter(job_name=JOB_NAME, statuses=IN_FLIGHT, tags={PARTITION_TAG: str(partition)}),
-            limit=5,
-        )
+    """Runs of the partition queued or in progress.
+
+    A run that `drain` executed in its own process has no run worker that Dagster watches: if
+    that process is killed, the run would stay STARTED (holding its partition) until run
+    monitoring's max_runtime. Such a run, whose drain process on this host is gone, is marked
+    failed here, so that the next sensor tick, schedule tick or drain frees its partition.
+    """
+    records = instance.get_run_records(
+        RunsFilter(job_name=JOB_NAME, statuses=IN_FLIGHT, tags={PARTITION_TAG: str(partition)}),
+        limit=5,
     )
+    alive = 0
+    for record in records:
+        run = record.dagster_run
+        if run.status == DagsterRunStatus.STARTED and _dead_drain_process(run):
+            instance.report_run_failed(
+                run,
+                f"The drain process that executed this run ({run.tags[DRAIN_PROCESS_TAG]}) is "
+                "gone (killed?). Marked failed to free partition "
+                f"{partition}; its range is requested again from the committed offset.",
+            )
+            continue
+        alive += 1
+    return alive
 
 
 def retry_wait_s(failed_attempts: int) -> float:

@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     produce.add_argument("--sample", type=int, help="produce N realistic sample events")
     produce.add_argument("--seed", type=int, default=42, help="seed of --sample")
     drain_p = sub.add_parser("drain", help="run the job for every partition with lag")
-    drain_p.add_argument("--max-messages", type=int, help="offsets per run (default 50000)")
+    drain_p.add_argument("--max-messages", type=int, help="offsets per run (default 25000)")
     sub.add_parser("lag", help="low watermark, committed offset, high-water mark, lag")
     args = parser.parse_args(argv)
     try:

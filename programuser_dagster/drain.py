@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from dagster import DagsterInstance
 
-from .backlog import runs_in_flight, sync_partitions
+from .backlog import DRAIN_PROCESS_TAG, process_token, runs_in_flight, sync_partitions
 from .jobs import END_TAG, START_TAG, kafka_partitions, program_user_info
 from .resources import build_resources
 from .settings import Settings
@@ -79,12 +79,16 @@ def _run_once(
     run_config = {
         "ops": {"flatten_events": {"config": {"end_offset": end, "max_messages": max_messages}}}
     }
+    tags = {START_TAG: str(start), END_TAG: str(end), "programuser/launched_by": "drain"}
+    token = process_token()  # lets the next planner tell if this process was killed
+    if token:
+        tags[DRAIN_PROCESS_TAG] = token
     result = program_user_info.execute_in_process(
         run_config=run_config,
         instance=instance,
         partition_key=str(partition),
         resources=resources,
-        tags={START_TAG: str(start), END_TAG: str(end), "programuser/launched_by": "drain"},
+        tags=tags,
         raise_on_error=False,
     )
     run_id = result.run_id[:8]

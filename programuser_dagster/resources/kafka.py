@@ -137,8 +137,8 @@ class KafkaResource(ConfigurableResource):
             "enable.partition.eof": True,
             # Large batches per fetch: a run reads up to max_messages records of one partition.
             # The prefetch queue is bounded at 32 MB: librdkafka reads ahead past the range's
-            # end up to this much, which was ~250 MB of a run's peak RSS at 256 MB; reading
-            # stays far faster than writing (make bench: kafka_read_events_per_s).
+            # end up to this much (it was 256 MB, all of it resident while a run works);
+            # reading stays far faster than writing (make bench: kafka_read_events_per_s).
             "fetch.max.bytes": 16 * 1024 * 1024,
             "max.partition.fetch.bytes": 8 * 1024 * 1024,
             "queued.max.messages.kbytes": 32 * 1024,

@@ -1,0 +1,588 @@
+"""`make bench`: the pipeline's throughput against the real local Kafka and Cassandra.
+
+    python -m programuser_dagster.bench --events N [--scale] [--out bench-results.json]
+
+Everything runs in one go, on the same realistic events (samples.py, seeded, unique keys),
+on topics, a consumer group and a keyspace of its own (`bench-<tag>...`, `bench_<tag>`),
+created with stack.ensure_topics / ensure_schema and deleted afterwards:
+
+1. json_parse_events_per_s   orjson.loads alone, in the pipeline's batches (one partition's
+                             run, at most max_messages), keeping every result until the batch
+                             ends (the pipeline keeps its batch until it is written); gc on,
+                             as for flatten. The same without keeping results is reported too.
+2. flatten_events_per_s      events.flatten, bytes -> DataFrame, same batches.
+3. kafka_read_events_per_s   KafkaResource.read_range of every partition's range alone.
+4. cassandra_write_ceiling_rows_per_s   the same pre-built rows, the pipeline's prepared
+                             statement, consistency and driver settings, a plain driver loop;
+                             swept over 32..512 requests in flight, one INSERT per row and
+                             the pipeline's batches by partition key; best of sweep. The drain
+                             runs partitions one after another in one process, so P = 1.
+5. baseline_rows_per_s       the old job's way: one synchronous unprepared INSERT per event.
+6. e2e_events_per_s          `programuser-dagster drain` in a child process on a fresh Dagster
+                             home, draining the N-event backlog of all partitions; from the
+                             first run's start to the last run's end (after its commit).
+7. peak_rss_mb               of the drain's process tree (sampled from /proc every 20 ms, and
+                             the kernel's ru_maxrss); with --scale also at N/10 and 10N.
+
+Writes every figure, the ratios against the targets and the machine to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .events import flatten
+from .resources import cassandra_io_manager as _cassandra_io_manager
+from .resources import kafka_resource
+from .resources.cassandra import (
+    CassandraIOManager,
+    bind_parameters,
+    execute_bounded,
+    group_rows,
+    group_statement,
+)
+from .samples import message_key, sample_events
+from .settings import Settings
+
+CONCURRENCY_SWEEP = (32, 64, 128, 256, 512)
+# Rows written per sweep point: enough for a steady rate, few enough that the slow forms
+# (one request per row, the old synchronous loop) finish in tens of seconds.
+CEILING_ROWS = 40_000
+SINGLE_ROW_CEILING_ROWS = 5_000
+BASELINE_ROWS = 2_000
+
+TARGETS = {
+    "e2e_vs_write_ceiling": ">= 0.8",
+    "e2e_vs_baseline": ">= 5",
+    "flatten_vs_json_parse": ">= 0.6",
+    "peak_rss_10n_vs_n": "<= 1.2 (and peak RSS at 10N < 600 MB)",
+    "cost_per_event_spread_n10_to_10n": "<= 1.25",
+}
+
+
+def _say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+# --- the stack's names for one measurement ------------------------------------------------
+
+
+@dataclasses.dataclass
+class Area:
+    """Topics, group and keyspace of one bench measurement; removed by cleanup()."""
+
+    settings: Settings
+
+    @classmethod
+    def create(cls, base: Settings) -> Area:
+        from .stack import ensure_schema, ensure_topics
+
+        tag = uuid.uuid4().hex[:8]
+        topic = f"bench-{tag}.programuser.info"
+        settings = dataclasses.replace(
+            base,
+            env=f"bench-{tag}",
+            kafka_input_topic=topic,
+            kafka_dlq_topic=f"{topic}.failed",
+            kafka_group_id=f"bench-{tag}-group",
+            cassandra_keyspace=f"bench_{tag}",
+        )
+        ensure_topics(
+            settings.kafka_bootstrap_servers,
+            {settings.kafka_input_topic: base.kafka_partitions, settings.kafka_dlq_topic: 1},
+        )
+        ensure_schema(
+            list(settings.cassandra_hosts), settings.cassandra_keyspace,
+            settings.cassandra_table, settings.cassandra_replication,
+            port=settings.cassandra_port,
+        )
+        return cls(settings)
+
+    def names(self) -> list[str]:
+        s = self.settings
+        return [s.kafka_input_topic, s.kafka_dlq_topic, s.cassandra_keyspace]
+
+    def produce(self, n: int, seed: int) -> None:
+        kafka = kafka_resource(self.settings)
+        try:
+            kafka.produce((message_key(e), orjson.dumps(e)) for e in sample_events(n, seed=seed))
+        finally:
+            kafka.close()
+
+    def cleanup(self) -> None:
+        from .stack import cassandra_cluster, delete_topics, drop_keyspace
+
+        s = self.settings
+        delete_topics(s.kafka_bootstrap_servers, [s.kafka_input_topic, s.kafka_dlq_topic])
+        for attempt in range(3):  # a node busy with other sessions' tests may time out once
+            cluster = cassandra_cluster(list(s.cassandra_hosts), s.cassandra_port, timeout=60)
+            try:
+                drop_keyspace(cluster.connect(), s.cassandra_keyspace)
+                return
+            except Exception as exc:
+                if attempt == 2:
+                    raise
+                _say(f"dropping keyspace {s.cassandra_keyspace} failed ({exc}); retrying")
+                time.sleep(5)
+            finally:
+                cluster.shutdown()
+
+
+def cassandra_io_manager(settings: Settings) -> CassandraIOManager:
+    """The pipeline's IO manager, its EnvVar password resolved as Dagster would."""
+    io = _cassandra_io_manager(settings)
+    fields = {name: getattr(io, name) for name in CassandraIOManager.model_fields}
+    return CassandraIOManager(**{**fields, "password": os.environ.get("CASSANDRA_PASSWORD")})
+
+
+# --- 1-3: the parts alone -------------------------------------------------------------------
+
+
+def _timed(work: Callable[[], Any]) -> float:
+    gc.collect()
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+def read_partitions(settings: Settings) -> tuple[float, dict[int, list[bytes]]]:
+    """Read every partition's [low, high) with the pipeline's read path; the values by
+    partition (timed: the reading only, keeping the messages as the pipeline does)."""
+    kafka = kafka_resource(settings)
+    values: dict[int, list[bytes]] = {}
+    elapsed = 0.0
+    try:
+        for o in kafka.offsets():
+            gc.collect()
+            started = time.perf_counter()
+            messages = kafka.read_range(o.partition, o.low, o.high)
+            elapsed += time.perf_counter() - started
+            values[o.partition] = [m.value() for m in messages]
+            del messages
+    finally:
+        kafka.close()
+    return elapsed, values
+
+
+def batches(values: dict[int, list[bytes]], max_messages: int) -> Iterator[list[bytes]]:
+    """The pipeline's batches: one partition's run reads at most max_messages offsets."""
+    for part in values.values():
+        for i in range(0, len(part), max_messages):
+            yield part[i : i + max_messages]
+
+
+def json_parse(values: dict[int, list[bytes]], max_messages: int, keep: bool) -> float:
+    loads = orjson.loads
+
+    def work() -> None:
+        for batch in batches(values, max_messages):
+            if keep:
+                kept = [loads(v) for v in batch]
+                del kept
+            else:
+                for v in batch:
+                    loads(v)
+
+    return _timed(work)
+
+
+def flatten_all(values: dict[int, list[bytes]], max_messages: int) -> float:
+    def work() -> None:
+        for batch in batches(values, max_messages):
+            result = flatten(enumerate(batch))
+            del result
+
+    return _timed(work)
+
+
+# --- 4-5: Cassandra alone -------------------------------------------------------------------
+
+
+def write_ceiling(
+    settings: Settings, params: list[tuple[Any, ...]], max_batch_rows: int
+) -> tuple[float, list[dict[str, Any]]]:
+    """Best rows/s of a plain driver loop over the sweep; the sweep itself."""
+    io = cassandra_io_manager(settings)
+    sweep: list[dict[str, Any]] = []
+    try:
+        session, insert = io.session(), io.insert_statement()
+        for form, batch_rows, limit in (
+            ("insert per row", 1, SINGLE_ROW_CEILING_ROWS),
+            (f"batches of <= {max_batch_rows} rows by program_id", max_batch_rows, CEILING_ROWS),
+        ):
+            rows = params[:limit]
+            groups = group_rows(rows, batch_rows, io.batch_bytes)
+            for concurrency in CONCURRENCY_SWEEP:
+                # Bound as it goes, like any driver loop: binding (the driver serializing the
+                # 12 values and the map) is ~half of a row's client-side cost.
+                statements = (group_statement(insert, rows, g) for g in groups)
+                gc.collect()
+                started = time.perf_counter()
+                # The pipeline's own execute_async loop (execute_concurrent crashes on a node
+                # that stops answering mid-sweep, see execute_bounded).
+                results = execute_bounded(
+                    session, statements, concurrency, wait_s=2 * io.request_timeout_s + 30
+                )
+                elapsed = time.perf_counter() - started
+                # Only acknowledged rows count (an overloaded node times some writes out).
+                acked = sum(len(g) for g, (ok, _) in zip(groups, results, strict=True) if ok)
+                point = {
+                    "form": form, "processes": 1, "in_flight": concurrency, "rows": len(rows),
+                    "failed_rows": len(rows) - acked, "rows_per_s": round(acked / elapsed),
+                }
+                sweep.append(point)
+                _say(f"  ceiling sweep: {form:40} in flight {concurrency:>3}: "
+                     f"{point['rows_per_s']:>7} rows/s"
+                     + (f" ({point['failed_rows']} timed out)" if point["failed_rows"] else ""))
+    finally:
+        io.close()
+    return max(p["rows_per_s"] for p in sweep), sweep
+
+
+def baseline(settings: Settings, params: list[tuple[Any, ...]]) -> float:
+    """The old job: one synchronous, unprepared INSERT per event at the same consistency."""
+    from cassandra.query import UNSET_VALUE, SimpleStatement
+
+    io = cassandra_io_manager(settings)
+    try:
+        session = io.session()
+        cql = io.insert_cql().replace("?", "%s")
+        # The old job wrote every column (no UNSET in unprepared statements): nulls.
+        rows = [tuple(None if v is UNSET_VALUE else v for v in row)
+                for row in params[:BASELINE_ROWS]]
+        gc.collect()
+        started = time.perf_counter()
+        for row in rows:
+            session.execute(SimpleStatement(cql), row)
+        return len(rows) / (time.perf_counter() - started)
+    finally:
+        io.close()
+
+
+# --- 6-7: the real drain -------------------------------------------------------------------
+
+
+def _tree_rss_kb(root: int) -> int:
+    """Resident set of a process and all its descendants, from /proc (kB)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status", encoding="ascii", errors="replace") as f:
+                ppid, kb = 0, 0
+                for line in f:
+                    if line.startswith("PPid:"):
+                        ppid = int(line.split()[1])
+                    elif line.startswith("VmRSS:"):
+                        kb = int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+        rss[int(entry)] = kb
+        children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo.extend(children.get(pid, []))
+    return total
+
+
+def e2e(settings: Settings, n: int, max_messages: int) -> dict[str, Any]:
+    """`programuser-dagster drain` of the whole backlog in a child process."""
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    home = Path(tempfile.mkdtemp(prefix="programuser-bench-home-"))
+    # The instance `make drain` uses: the repo's dagster.yaml (sqlite storage).
+    repo_yaml = Path(__file__).resolve().parent.parent / "dagster.yaml"
+    if repo_yaml.is_file():
+        shutil.copy(repo_yaml, home / "dagster.yaml")
+    s = settings
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+        "KAFKA_INPUT_TOPIC": s.kafka_input_topic,
+        "KAFKA_DLQ_TOPIC": s.kafka_dlq_topic,
+        "KAFKA_GROUP_ID": s.kafka_group_id,
+        "CASSANDRA_HOSTS": ",".join(s.cassandra_hosts),
+        "CASSANDRA_PORT": str(s.cassandra_port),
+        "CASSANDRA_KEYSPACE": s.cassandra_keyspace,
+        "CASSANDRA_TABLE": s.cassandra_table,
+        "PROGRAMUSER_MAX_MESSAGES": str(max_messages),
+    }
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.time()
+    log = tempfile.TemporaryFile(mode="w+", encoding="utf-8")  # noqa: SIM115 (closed below)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "programuser_dagster.cli", "drain"],
+        env=env, stdout=subprocess.PIPE, stderr=log, text=True,
+    )
+    peak_kb = 0
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(child.stdout or []), daemon=True)
+    reader.start()
+    while child.poll() is None:
+        peak_kb = max(peak_kb, _tree_rss_kb(child.pid))
+        time.sleep(0.02)
+    reader.join()
+    wall = time.time() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    log.seek(0)
+    log_tail = log.read()[-4000:]
+    log.close()
+    if child.returncode != 0:
+        raise RuntimeError(f"drain failed ({child.returncode}):\n{''.join(output)}{log_tail}")
+    # ru_maxrss of children is the largest child so far: only trust it when it grew here.
+    peak_kb = max(peak_kb, after if after > before else 0)
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        records = instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.SUCCESS]))
+        runs = len(records)
+        first_start = min(r.start_time for r in records if r.start_time)
+        last_end = max(r.end_time for r in records if r.end_time)
+    kafka = kafka_resource(settings)
+    try:
+        lag = sum(o.lag for o in kafka.offsets())
+    finally:
+        kafka.close()
+    if lag:
+        raise RuntimeError(f"drain left a lag of {lag}")
+    written = sum(_count(line, "written") for line in output if " ok: " in line)
+    if written != n:
+        raise RuntimeError(f"drain wrote {written} of {n} events:\n{''.join(output)}")
+    seconds = last_end - first_start
+    return {
+        "events": n,
+        "runs": runs,
+        "seconds": round(seconds, 3),
+        "process_wall_s": round(wall, 3),
+        "events_per_s": round(n / seconds, 1),
+        "cost_us_per_event": round(seconds / n * 1e6, 2),
+        "peak_rss_mb": round(peak_kb / 1024, 1),
+    }
+
+
+def _count(line: str, word: str) -> int:
+    """The number before `word` in a drain line (`... read 10, written 10, ...`)."""
+    parts = line.replace(",", " ").split()
+    return sum(int(parts[i - 1]) for i, p in enumerate(parts) if p == word and parts[i - 1]
+               .isdigit())
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                cpu,
+            )
+    except OSError:
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    from importlib.metadata import version
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gb": round(mem_gb, 1),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "libs": {
+            p: version(p)
+            for p in ("dagster", "cassandra-driver", "confluent-kafka", "pandas", "orjson")
+        },
+        "servers": "local Kafka 4.x (KRaft) and Cassandra 5.0 (1G heap) on the same machine",
+    }
+
+
+def run(n: int, scale: bool, out: Path, seed: int = 42) -> dict[str, Any]:
+    from .stack import up
+
+    base = Settings.from_env()
+    up(base)
+    max_messages = base.max_messages
+    io = cassandra_io_manager(base)
+    result: dict[str, Any] = {
+        "events": n,
+        "partitions": base.kafka_partitions,
+        "max_messages": max_messages,
+        "driver": {
+            "concurrency": io.concurrency,
+            "batch_rows": io.batch_rows,
+            "batch_bytes": io.batch_bytes,
+            "consistency": base.cassandra_consistency,
+            "protocol_version": 5,
+        },
+        "machine": machine(),
+    }
+    figures: dict[str, Any] = {}
+    scratch: list[str] = []  # topics and keyspaces created (and removed) by this run
+    result["scratch"] = scratch
+    area = Area.create(base)
+    scratch += area.names()
+    try:
+        _say(f"producing {n} events to {area.settings.kafka_input_topic} ...")
+        area.produce(n, seed)
+
+        elapsed, values = read_partitions(area.settings)
+        figures["kafka_read_events_per_s"] = n / elapsed
+        figures["json_parse_events_per_s"] = n / json_parse(values, max_messages, keep=True)
+        figures["json_parse_discarding_events_per_s"] = n / json_parse(
+            values, max_messages, keep=False
+        )
+        figures["flatten_events_per_s"] = n / flatten_all(values, max_messages)
+
+        params = [p for batch in batches(values, max_messages)
+                  for p in bind_parameters(flatten(enumerate(batch)).rows)]
+        del values
+        ceiling, sweep = write_ceiling(area.settings, params, io.batch_rows)
+        figures["cassandra_write_ceiling_rows_per_s"] = ceiling
+        result["ceiling_sweep"] = sweep
+        figures["baseline_rows_per_s"] = baseline(area.settings, params)
+        del params
+        # Leave the table empty again for the real run.
+        _truncate(area.settings)
+
+        _say("draining through Dagster ...")
+        main = e2e(area.settings, n, max_messages)
+        figures["e2e_events_per_s"] = main["events_per_s"]
+        figures["peak_rss_mb"] = main["peak_rss_mb"]
+        result["e2e"] = {str(n): main}
+    finally:
+        area.cleanup()
+
+    if scale:
+        for size in (max(1, n // 10), n * 10):
+            area = Area.create(base)
+            scratch += area.names()
+            try:
+                _say(f"scale: producing {size} events ...")
+                area.produce(size, seed + size)
+                _say(f"scale: draining {size} events through Dagster ...")
+                result["e2e"][str(size)] = e2e(area.settings, size, max_messages)
+            finally:
+                area.cleanup()
+
+    result["figures"] = {k: round(v, 1) for k, v in figures.items()}
+    result["ratios"], result["targets_met"] = _ratios(figures, result["e2e"], n)
+    result["targets"] = TARGETS
+    result["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    _say()
+    _say(table(result))
+    _say(f"\nwritten to {out}")
+    return result
+
+
+def _truncate(settings: Settings) -> None:
+    from .stack import cassandra_cluster
+
+    cluster = cassandra_cluster(list(settings.cassandra_hosts), settings.cassandra_port,
+                                timeout=60)
+    try:
+        cluster.connect().execute(
+            f"TRUNCATE {settings.cassandra_keyspace}.{settings.cassandra_table}", timeout=60
+        )
+    finally:
+        cluster.shutdown()
+
+
+def _ratios(
+    figures: dict[str, float], runs: dict[str, dict[str, Any]], n: int
+) -> tuple[dict[str, float], dict[str, bool]]:
+    ratios = {
+        "e2e_vs_write_ceiling": figures["e2e_events_per_s"]
+        / figures["cassandra_write_ceiling_rows_per_s"],
+        "e2e_vs_baseline": figures["e2e_events_per_s"] / figures["baseline_rows_per_s"],
+        "flatten_vs_json_parse": figures["flatten_events_per_s"]
+        / figures["json_parse_events_per_s"],
+        "flatten_vs_json_parse_discarding": figures["flatten_events_per_s"]
+        / figures["json_parse_discarding_events_per_s"],
+    }
+    met = {
+        "e2e_vs_write_ceiling": ratios["e2e_vs_write_ceiling"] >= 0.8,
+        "e2e_vs_baseline": ratios["e2e_vs_baseline"] >= 5,
+        "flatten_vs_json_parse": ratios["flatten_vs_json_parse"] >= 0.6,
+    }
+    small, big = runs.get(str(max(1, n // 10))), runs.get(str(n * 10))
+    if small and big:
+        ratios["peak_rss_10n_vs_n"] = big["peak_rss_mb"] / runs[str(n)]["peak_rss_mb"]
+        costs = [r["cost_us_per_event"] for r in (small, runs[str(n)], big)]
+        ratios["cost_per_event_spread_n10_to_10n"] = max(costs) / min(costs)
+        met["peak_rss_10n_vs_n"] = (
+            ratios["peak_rss_10n_vs_n"] <= 1.2 and big["peak_rss_mb"] < 600
+        )
+        met["cost_per_event_spread_n10_to_10n"] = (
+            ratios["cost_per_event_spread_n10_to_10n"] <= 1.25
+        )
+    return {k: round(v, 3) for k, v in ratios.items()}, met
+
+
+def table(result: dict[str, Any]) -> str:
+    f, m = result["figures"], result["machine"]
+    lines = [
+        f"events {result['events']}, {result['partitions']} partitions, max_messages "
+        f"{result['max_messages']}; {m['nproc']} x {m['cpu']}, {m['ram_gb']} GB RAM, "
+        f"load {m['load_avg_at_start']} -> {result['load_avg_at_end']}",
+        "",
+        "| measure | per second |",
+        "|---|---:|",
+    ]
+    for key in (
+        "json_parse_events_per_s", "json_parse_discarding_events_per_s", "flatten_events_per_s",
+        "kafka_read_events_per_s", "cassandra_write_ceiling_rows_per_s", "baseline_rows_per_s",
+        "e2e_events_per_s",
+    ):
+        lines.append(f"| {key} | {f[key]:,.0f} |")
+    lines += ["", "| events | runs | seconds | events/s | us/event | peak RSS MB |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    for size, r in sorted(result["e2e"].items(), key=lambda kv: int(kv[0])):
+        lines.append(
+            f"| {int(size):,} | {r['runs']} | {r['seconds']:.1f} | {r['events_per_s']:,.0f} | "
+            f"{r['cost_us_per_event']:.1f} | {r['peak_rss_mb']:.0f} |"
+        )
+    lines += ["", "| target | wanted | measured | met |", "|---|---|---:|---|"]
+    for key, wanted in TARGETS.items():
+        if key in result["ratios"]:
+            met = "yes" if result["targets_met"][key] else "NO"
+            lines.append(f"| {key} | {wanted} | {result['ratios'][key]:.2f} | {met} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m programuser_dagster.bench",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--scale", action="store_true", help="also drain N/10 and 10N")
+    parser.add_argument("--out", type=Path, default=Path("bench-results.json"))
+    args = parser.parse_args(argv)
+    run(args.events, args.scale, args.out)
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())
