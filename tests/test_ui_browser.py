@@ -77,7 +77,8 @@ def test_an_operator_can_follow_ingestion_in_the_ui(
             page.get_by_text("kafka_backlog_sensor").first.wait_for()
             # The sensor's status row reads "Running" (it is on by default).
             page.get_by_text("Running", exact=True).first.wait_for()
-            assert "1 run requested" in page.inner_text("body")
+            # The tick history loads after the page: the tick that launched the run shows.
+            page.get_by_text("1 run requested").first.wait_for()
             page.screenshot(path=str(SHOTS / "2-sensor.png"))
 
             page.goto(f"{base}/runs/{run_id}")
