@@ -421,10 +421,9 @@ def machine() -> dict[str, Any]:
 
 
 def run(n: int, scale: bool, out: Path, seed: int = 42) -> dict[str, Any]:
-    from .stack import up
-
+    # The servers are started by `make bench` (or a test session): a plain `stack up` here
+    # would take over a test session's servers, which it then no longer stops.
     base = Settings.from_env()
-    up(base)
     max_messages = base.max_messages
     io = cassandra_io_manager(base)
     result: dict[str, Any] = {
