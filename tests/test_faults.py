@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import itertools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -62,13 +60,16 @@ from programuser_dagster.stack import (
     up,
 )
 from programuser_dagster.stack.launcher import _running_pid
+from tests.dagster_dev import free_port
 from tests.pipeline_helpers import (
+    all_rows,
     dead_letters,
     event,
     failure_text,
     offsets,
     produce,
     run_partition,
+    temporary_env,
 )
 from tests.test_pipeline import reconstructable_job_from_env
 
@@ -91,24 +92,6 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 120.0, every:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(every)
-
-
-def _normalise(found: Any) -> dict[str, Any]:
-    out = dict(found._asdict())
-    for col in ("created_at", "updated_at"):
-        if out[col] is not None:  # cassandra.util.Date -> datetime.date
-            out[col] = dt.date.fromisoformat(str(out[col]))
-    if out["user_locations"] is not None:
-        out["user_locations"] = dict(out["user_locations"])
-    return out
-
-
-def table(session: Any, s: Settings) -> dict[tuple[str, str], dict[str, Any]]:
-    """The whole table in one scan (the tests' tables hold at most a few thousand rows)."""
-    rows = session.execute(
-        f"SELECT * FROM {s.cassandra_keyspace}.{s.cassandra_table}", timeout=120
-    )
-    return {(r.program_id, r.user_id): _normalise(r) for r in rows}
 
 
 def produce_records(s: Settings, records: Sequence[tuple[bytes | None, bytes | None]]) -> int:
@@ -198,16 +181,8 @@ def job_env(s: Settings, **extra: str) -> Iterator[None]:
         "CASSANDRA_KEYSPACE": s.cassandra_keyspace,
         **extra,
     }
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
+    with temporary_env(values):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def env_for(s: Settings, home: Path, **extra: str) -> dict[str, str]:
@@ -308,13 +283,7 @@ def clean_table(
     with instance_for_test() as inst:
         result = drain(inst, clean, say=lambda _: None)
     assert result.failed == 0 and result.runs, result
-    return table(session, clean)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return all_rows(session, clean)
 
 
 class PrivateStack:
@@ -326,26 +295,18 @@ class PrivateStack:
         (root / "lib").symlink_to(stack_dir() / "lib")  # same jars, no second Maven copy
         self.env = {
             "PROGRAMUSER_STACK_DIR": str(root),
-            "PROGRAMUSER_KAFKA_CONTROLLER_PORT": str(_free_port()),
-            "PROGRAMUSER_CASSANDRA_STORAGE_PORT": str(_free_port()),
+            "PROGRAMUSER_KAFKA_CONTROLLER_PORT": str(free_port()),
+            "PROGRAMUSER_CASSANDRA_STORAGE_PORT": str(free_port()),
         }
         self.settings = Settings(
-            kafka_bootstrap_servers=f"127.0.0.1:{_free_port()}",
-            cassandra_port=_free_port(),
+            kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+            cassandra_port=free_port(),
         )
 
     @contextlib.contextmanager
     def _here(self) -> Iterator[None]:
-        saved = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)
-        try:
+        with temporary_env(self.env):
             yield
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
     def up(self, which: Sequence[str]) -> float:
         t0 = time.monotonic()
@@ -435,7 +396,7 @@ def test_a_stale_run_reexecuted_after_newer_runs_changes_nothing(
     produce(s, [event("p", "u", programName="new")])
     assert run_partition(instance, s).success
     assert offsets(s).committed == 3
-    before = table(cassandra_session, s)
+    before = all_rows(cassandra_session, s)
     assert before[("p", "u")]["program_name"] == "new"
 
     options = (
@@ -454,7 +415,7 @@ def test_a_stale_run_reexecuted_after_newer_runs_changes_nothing(
     # It re-read the committed offset: an empty range, nothing written, nothing moved back.
     assert (md["start_offset"], md["end_offset"], md["messages_read"]) == (3, 3, 0)
     assert offsets(s).committed == 3
-    assert table(cassandra_session, s) == before
+    assert all_rows(cassandra_session, s) == before
     assert_ranges_tile(instance, 0, 3)
 
 
@@ -524,7 +485,7 @@ def _after_the_kill(
     result = drain(instance, s, say=lambda _: None)
     assert result.failed == 0 and [p for p, _, _ in result.runs] == [0], result
     assert offsets(s).committed == total
-    assert table(cassandra_session, s) == written
+    assert all_rows(cassandra_session, s) == written
     assert _dlq_offsets(s, 2 * len(bad)) == sorted(bad * 2)
     assert_ranges_tile(instance, 0, total)
     assert instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
@@ -556,7 +517,7 @@ def test_a_drain_killed_between_upsert_and_commit_loses_nothing(
                 timeout=180,
             )
             # The rows are written and the dead letters delivered; the offset is not committed.
-            written = table(cassandra_session, s)
+            written = all_rows(cassandra_session, s)
             assert len(written) == 36
             assert _dlq_offsets(s, len(bad)) == bad
             proc.send_signal(signal.SIGKILL)
@@ -575,7 +536,7 @@ def test_a_drain_killed_between_upsert_and_commit_loses_nothing(
             assert failed.status == DagsterRunStatus.FAILURE
             assert "1 failed attempt(s) at offset 0" in plan.waiting[0]
             print(f"\ndrain killed: run marked failed {detected:.1f}s after the kill")
-            assert table(cassandra_session, s) == written == clean_table(
+            assert all_rows(cassandra_session, s) == written == clean_table(
                 s, cassandra_session, scratch, stack
             )
             _after_the_kill(instance, s, run.run_id, written, cassandra_session, bad, 40)
@@ -697,7 +658,7 @@ def test_cassandra_killed_during_the_write_fails_the_run_and_a_reexecution_compl
     assert offsets(s).committed == total
     cluster = cassandra_cluster(s.cassandra_hosts, s.cassandra_port, timeout=30)
     try:
-        got = table(cluster.connect(), s)
+        got = all_rows(cluster.connect(), s)
     finally:
         cluster.shutdown()
     assert got == clean_table(s, cassandra_session, scratch, stack)
@@ -744,7 +705,7 @@ def test_kafka_restarted_during_a_run_loses_nothing(
     follow_up = drain(instance, s, say=lambda _: None)
     assert follow_up.failed == 0, follow_up
     assert offsets(s).committed == total
-    assert table(cassandra_session, s) == clean_table(s, cassandra_session, scratch, stack)
+    assert all_rows(cassandra_session, s) == clean_table(s, cassandra_session, scratch, stack)
     assert_ranges_tile(instance, 0, total)
     # Dead letters: every one delivered; a repeated range may deliver some twice.
     assert set(_dlq_offsets(s, len(bad))) == set(bad)
@@ -796,7 +757,7 @@ def test_a_daemon_launched_run_killed_between_upsert_and_commit_loses_nothing(
                              every=0.5)
             wait_for("the commit pause", lambda: logged(instance, run.run_id, "Test fault hook"),
                      timeout=300, every=0.2)
-            written = table(cassandra_session, s)
+            written = all_rows(cassandra_session, s)
             assert len(written) == 36
             assert _dlq_offsets(s, len(bad)) == bad
 
