@@ -14,10 +14,8 @@ from dagster import (
     AssetCheckEvaluation,
     AssetCheckResult,
     AssetCheckSeverity,
-    DagsterEventType,
     DagsterInstance,
     DagsterRunStatus,
-    EventRecordsFilter,
     RunsFilter,
 )
 
@@ -60,11 +58,7 @@ def recent_runs_counts(
     instance: DagsterInstance, asset_key: Any, limit: int
 ) -> list[dict[str, Any]]:
     """The recorded counts of the latest `limit` materializations, newest first."""
-    records = instance.get_event_records(
-        EventRecordsFilter(DagsterEventType.ASSET_MATERIALIZATION, asset_key=asset_key),
-        limit=limit,
-        ascending=False,
-    )
+    records = instance.fetch_materializations(asset_key, limit=limit, ascending=False).records
     out = []
     for record in records:
         mat = record.asset_materialization
