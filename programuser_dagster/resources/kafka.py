@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -446,12 +445,3 @@ class KafkaResource(ConfigurableResource):
                 f"partition {partition} for group {self.group_id!r}: {exc}"
             ) from exc
         return offset
-
-
-@contextmanager
-def kafka_client(resource: KafkaResource) -> Iterator[KafkaResource]:
-    """Use a KafkaResource outside Dagster (CLI, tests) and close its consumer afterwards."""
-    try:
-        yield resource
-    finally:
-        resource.close()
