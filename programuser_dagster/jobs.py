@@ -9,10 +9,12 @@ RangeReport (offsets and counts) passes through the default IO manager to the co
 """
 
 
+import gc
 import os
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pandas as pd
 from dagster import (
@@ -112,16 +114,17 @@ def flatten_events(
     context.instance.add_run_tags(context.run_id, {START_TAG: str(start), END_TAG: str(end)})
     context.log.info(f"Reading partition {partition} offsets [{start}, {end}).")
 
-    messages = kafka.read_range(partition, start, end)
-    report.read = len(messages)
-    batch = flatten((m.offset(), m.value()) for m in messages)
-    report.skipped = dict(Counter(r.reason for r in batch.rejects if r.outcome == "skipped"))
+    with _gc_paused():
+        messages = kafka.read_range(partition, start, end)
+        report.read = len(messages)
+        batch = flatten((m.offset(), m.value()) for m in messages)
+        report.skipped = dict(Counter(r.reason for r in batch.rejects if r.outcome == "skipped"))
 
-    yield Output(
-        batch.rows,
-        "rows",
-        metadata={"batch": f"partition {partition} offsets [{start}, {end})"},
-    )
+        yield Output(
+            batch.rows,
+            "rows",
+            metadata={"batch": f"partition {partition} offsets [{start}, {end})"},
+        )
     receipt = _write_receipt(context)
     report.written = receipt.messages_written
     report.rows_upserted = receipt.rows_upserted
@@ -146,6 +149,24 @@ def flatten_events(
             f"{dict(sorted(report.dead_lettered.items()))}"
         )
     yield Output(report, "report", metadata=report.metadata())
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a batch is parsed, flattened and written.
+
+    The batch creates ~10 containers per event (parsed JSON, rows, driver requests) that live
+    until the batch is written, none of them in reference cycles: each collection pass only
+    re-scans them, which cost ~25-40% of flattening (make bench: flatten vs json_parse, both
+    with gc on). The collector resumes, and catches up, when the batch is done.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _write_receipt(context: OpExecutionContext) -> WriteReceipt:
