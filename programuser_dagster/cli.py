@@ -79,7 +79,8 @@ def _cmd_drain(args: argparse.Namespace, settings: Settings) -> int:
     from .drain import drain
 
     with DagsterInstance.get() as instance:
-        result = drain(instance, settings, max_messages=args.max_messages)
+        result = drain(instance, settings, max_messages=args.max_messages,
+                       processes=args.processes)
     if not result.runs and not result.skipped:
         print("nothing to drain: every partition is caught up")
     return 1 if result.failed else 0
@@ -101,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     produce.add_argument("--seed", type=int, default=42, help="seed of --sample")
     drain_p = sub.add_parser("drain", help="run the job for every partition with lag")
     drain_p.add_argument("--max-messages", type=int, help="offsets per run (default 25000)")
+    drain_p.add_argument("--processes", type=int, default=1,
+                         help="drain partitions in this many parallel processes (default 1)")
     sub.add_parser("lag", help="low watermark, committed offset, high-water mark, lag")
     args = parser.parse_args(argv)
     try:

@@ -90,3 +90,35 @@ def test_cli_produce_sample_drain_and_lag(kafka_topics: Settings, tmp_path) -> N
     assert _cli(["drain"], s, home).stdout.strip() == (
         "nothing to drain: every partition is caught up"
     )
+
+
+def test_drain_in_two_processes_gives_each_partition_to_one_of_them(
+    kafka_topics: Settings, cassandra_session, tmp_path
+) -> None:
+    from dagster import DagsterInstance
+
+    from programuser_dagster.backlog import DRAIN_PROCESS_TAG
+
+    s = kafka_topics
+    for p in range(4):
+        produce(s, [event(f"p{p}", f"u{i}") for i in range(25)], partition=p)
+    drained = _cli(["drain", "--processes", "2", "--max-messages", "10"], s, str(tmp_path))
+    assert drained.returncode == 0, drained.stderr
+    # Each worker prints its own runs' lines: 3 runs for each of the 4 partitions.
+    assert drained.stdout.count("ok: partition") == 12, drained.stdout
+    assert all(offsets(s, p).committed == 25 for p in range(4))
+    count = cassandra_session.execute(
+        f"SELECT count(*) FROM {s.cassandra_keyspace}.{s.cassandra_table}"
+    ).one()[0]
+    assert count == 100
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        runs = instance.get_run_records(RunsFilter(job_name="program_user_info"))
+    assert len(runs) == 12
+    assert all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in runs)
+    # Two worker processes, each running its own partitions (round-robin: 0+2 and 1+3), so at
+    # most one run per partition at a time.
+    by_process: dict[str, set[str]] = {}
+    for r in runs:
+        tags = r.dagster_run.tags
+        by_process.setdefault(tags[DRAIN_PROCESS_TAG], set()).add(tags["dagster/partition"])
+    assert sorted(sorted(parts) for parts in by_process.values()) == [["0", "2"], ["1", "3"]]
