@@ -14,7 +14,7 @@ STACK := $(BIN)/programuser-dagster stack
 export CASSANDRA_USERNAME ?= programuser
 export CASSANDRA_PASSWORD ?= programuser
 
-.PHONY: deps venv stack run test soak lint down produce lag drain bench bench-scale
+.PHONY: deps venv stack run test soak lint down produce lag drain bench bench-scale bench-parallel
 
 # Acts only when something is missing (we run as root on CI and dev boxes).
 deps:
@@ -83,3 +83,8 @@ bench: stack
 
 bench-scale: stack
 	$(BIN)/python -m programuser_dagster.bench --events $(EVENTS) --scale
+
+# Throughput of 1..4 partitions drained by parallel runs (EVENTS/4 events per partition).
+bench-parallel: stack
+	$(BIN)/python -m programuser_dagster.bench --events $(EVENTS) --parallel \
+	  --out bench-parallel-results.json

@@ -92,9 +92,10 @@ class Area:
     settings: Settings
 
     @classmethod
-    def create(cls, base: Settings) -> Area:
+    def create(cls, base: Settings, partitions: int | None = None) -> Area:
         from .stack import ensure_schema, ensure_topics
 
+        partitions = partitions or base.kafka_partitions
         tag = uuid.uuid4().hex[:8]
         topic = f"bench-{tag}.programuser.info"
         settings = dataclasses.replace(
@@ -104,10 +105,11 @@ class Area:
             kafka_dlq_topic=f"{topic}.failed",
             kafka_group_id=f"bench-{tag}-group",
             cassandra_keyspace=f"bench_{tag}",
+            kafka_partitions=partitions,
         )
         ensure_topics(
             settings.kafka_bootstrap_servers,
-            {settings.kafka_input_topic: base.kafka_partitions, settings.kafka_dlq_topic: 1},
+            {settings.kafka_input_topic: partitions, settings.kafka_dlq_topic: 1},
         )
         ensure_schema(
             list(settings.cassandra_hosts), settings.cassandra_keyspace,
@@ -257,6 +259,57 @@ def write_ceiling(
     return max(p["rows_per_s"] for p in sweep), sweep
 
 
+def _ceiling_process(
+    settings: Settings, values: list[bytes], batch_rows: int, concurrency: int,
+    barrier: Any, out: Any,
+) -> None:
+    """One process of the multi-process ceiling: its own rows, bound before the barrier."""
+    io = cassandra_io_manager(settings)
+    try:
+        session, insert = io.session(), io.insert_statement()
+        params = bind_parameters(flatten(enumerate(values)).rows)
+        groups = group_rows(params, batch_rows, io.batch_bytes)
+        gc.collect()
+        barrier.wait()
+        started = time.time()
+        results = execute_bounded(session, (group_statement(insert, params, g) for g in groups),
+                                  concurrency, wait_s=2 * io.request_timeout_s + 30)
+        acked = sum(len(g) for g, (ok, _) in zip(groups, results, strict=True) if ok)
+        out.put((started, time.time(), acked, len(params)))
+    finally:
+        io.close()
+
+
+def write_ceiling_processes(
+    settings: Settings, values: dict[int, list[bytes]], batch_rows: int, concurrency: int,
+    processes: int,
+) -> dict[str, Any]:
+    """The pipeline's batches written by `processes` plain driver loops at once, one process
+    each (as drain --processes runs them), CEILING_ROWS rows in all, split between them."""
+    import multiprocessing
+
+    rows = [v for part in values.values() for v in part][:CEILING_ROWS]
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(processes), ctx.Queue()
+    workers = [
+        ctx.Process(target=_ceiling_process,
+                    args=(settings, rows[i::processes], batch_rows, concurrency, barrier, out))
+        for i in range(processes)
+    ]
+    for w in workers:
+        w.start()
+    reports = [out.get(timeout=600) for _ in workers]
+    for w in workers:
+        w.join()
+    acked = sum(r[2] for r in reports)
+    elapsed = max(r[1] for r in reports) - min(r[0] for r in reports)
+    return {
+        "form": f"batches of <= {batch_rows} rows by program_id", "processes": processes,
+        "in_flight": concurrency, "rows": len(rows), "failed_rows": len(rows) - acked,
+        "rows_per_s": round(acked / elapsed),
+    }
+
+
 def baseline(settings: Settings, params: list[tuple[Any, ...]]) -> float:
     """The old job: one synchronous, unprepared INSERT per event at the same consistency."""
     from cassandra.query import UNSET_VALUE, SimpleStatement
@@ -307,8 +360,8 @@ def _tree_rss_kb(root: int) -> int:
     return total
 
 
-def e2e(settings: Settings, n: int, max_messages: int) -> dict[str, Any]:
-    """`programuser-dagster drain` of the whole backlog in a child process."""
+def e2e(settings: Settings, n: int, max_messages: int, processes: int = 1) -> dict[str, Any]:
+    """`programuser-dagster drain --processes P` of the whole backlog in a child process."""
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
     home = Path(tempfile.mkdtemp(prefix="programuser-bench-home-"))
@@ -334,7 +387,7 @@ def e2e(settings: Settings, n: int, max_messages: int) -> dict[str, Any]:
     started = time.time()
     log = tempfile.TemporaryFile(mode="w+", encoding="utf-8")  # noqa: SIM115 (closed below)
     child = subprocess.Popen(
-        [sys.executable, "-m", "programuser_dagster.cli", "drain"],
+        [sys.executable, "-m", "programuser_dagster.cli", "drain", "--processes", str(processes)],
         env=env, stdout=subprocess.PIPE, stderr=log, text=True,
     )
     peak_kb = 0
@@ -373,6 +426,7 @@ def e2e(settings: Settings, n: int, max_messages: int) -> dict[str, Any]:
     seconds = last_end - first_start
     return {
         "events": n,
+        "processes": processes,
         "runs": runs,
         "seconds": round(seconds, 3),
         "process_wall_s": round(wall, 3),
@@ -420,7 +474,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run(n: int, scale: bool, out: Path, seed: int = 42) -> dict[str, Any]:
+def run(n: int, scale: bool, out: Path, seed: int = 42, processes: int = 1) -> dict[str, Any]:
     # The servers are started by `make bench` (or a test session): a plain `stack up` here
     # would take over a test session's servers, which it then no longer stops.
     base = Settings.from_env()
@@ -430,6 +484,7 @@ def run(n: int, scale: bool, out: Path, seed: int = 42) -> dict[str, Any]:
         "events": n,
         "partitions": base.kafka_partitions,
         "max_messages": max_messages,
+        "drain_processes": processes,
         "driver": {
             "concurrency": io.concurrency,
             "batch_rows": io.batch_rows,
@@ -458,8 +513,16 @@ def run(n: int, scale: bool, out: Path, seed: int = 42) -> dict[str, Any]:
 
         params = [p for batch in batches(values, max_messages)
                   for p in bind_parameters(flatten(enumerate(batch)).rows)]
-        del values
         ceiling, sweep = write_ceiling(area.settings, params, io.batch_rows)
+        for count in range(2, processes + 1):  # the drain's P processes write at once
+            for concurrency in CONCURRENCY_SWEEP:
+                point = write_ceiling_processes(area.settings, values, io.batch_rows,
+                                                concurrency, count)
+                sweep.append(point)
+                ceiling = max(ceiling, point["rows_per_s"])
+                _say(f"  ceiling sweep: {point['form']:40} {count} processes, in flight "
+                     f"{concurrency:>3} each: {point['rows_per_s']:>7} rows/s")
+        del values
         figures["cassandra_write_ceiling_rows_per_s"] = ceiling
         result["ceiling_sweep"] = sweep
         figures["baseline_rows_per_s"] = baseline(area.settings, params)
@@ -468,7 +531,7 @@ def run(n: int, scale: bool, out: Path, seed: int = 42) -> dict[str, Any]:
         _truncate(area.settings)
 
         _say("draining through Dagster ...")
-        main = e2e(area.settings, n, max_messages)
+        main = e2e(area.settings, n, max_messages, processes)
         figures["e2e_events_per_s"] = main["events_per_s"]
         figures["peak_rss_mb"] = main["peak_rss_mb"]
         result["e2e"] = {str(n): main}
@@ -483,7 +546,7 @@ def run(n: int, scale: bool, out: Path, seed: int = 42) -> dict[str, Any]:
                 _say(f"scale: producing {size} events ...")
                 area.produce(size, seed + size)
                 _say(f"scale: draining {size} events through Dagster ...")
-                result["e2e"][str(size)] = e2e(area.settings, size, max_messages)
+                result["e2e"][str(size)] = e2e(area.settings, size, max_messages, processes)
             finally:
                 area.cleanup()
 
@@ -494,6 +557,40 @@ def run(n: int, scale: bool, out: Path, seed: int = 42) -> dict[str, Any]:
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     _say()
     _say(table(result))
+    _say(f"\nwritten to {out}")
+    return result
+
+
+def parallel(per_partition: int, out: Path, max_partitions: int = 4, seed: int = 42
+             ) -> dict[str, Any]:
+    """How throughput grows with partitions drained by parallel runs: for P = 1..4, a topic of
+    P partitions holding P x per_partition events, drained by `drain --processes P` (one run
+    per partition at a time, the P runs at once, as the daemon's queue would run them)."""
+    base = Settings.from_env()
+    result: dict[str, Any] = {"per_partition": per_partition, "max_messages": base.max_messages,
+                              "machine": machine(), "points": []}
+    for count in range(1, max_partitions + 1):
+        area = Area.create(base, partitions=count)
+        try:
+            _say(f"parallel: {count} partitions, producing {count * per_partition} events ...")
+            area.produce(count * per_partition, seed + count)
+            point = e2e(area.settings, count * per_partition, base.max_messages, count)
+        finally:
+            area.cleanup()
+        point["partitions"] = count
+        point["speedup"] = round(point["events_per_s"] / result["points"][0]["events_per_s"], 2) \
+            if result["points"] else 1.0
+        result["points"].append(point)
+        _say(f"  {count} partitions in {count} processes: {point['events_per_s']:,.0f} events/s "
+             f"(x{point['speedup']}), peak RSS {point['peak_rss_mb']:.0f} MB")
+    result["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    lines = ["| partitions = processes | events | seconds | events/s | speed-up | peak RSS MB |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {p['partitions']} | {p['events']:,} | {p['seconds']:.1f} | "
+              f"{p['events_per_s']:,.0f} | {p['speedup']:.2f} | {p['peak_rss_mb']:.0f} |"
+              for p in result["points"]]
+    _say("\n".join(lines))
     _say(f"\nwritten to {out}")
     return result
 
@@ -579,8 +676,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--scale", action="store_true", help="also drain N/10 and 10N")
     parser.add_argument("--out", type=Path, default=Path("bench-results.json"))
+    parser.add_argument("--processes", type=int, default=1,
+                        help="drain with this many processes (the ceiling sweeps 1..P)")
+    parser.add_argument("--parallel", action="store_true",
+                        help="instead: throughput of 1..4 partitions drained by parallel runs, "
+                        "EVENTS/4 events per partition")
     args = parser.parse_args(argv)
-    run(args.events, args.scale, args.out)
+    if args.parallel:
+        parallel(max(1, args.events // 4), args.out)
+    else:
+        run(args.events, args.scale, args.out, processes=args.processes)
     return 0
 
 if __name__ == "__main__":

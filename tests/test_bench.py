@@ -51,3 +51,19 @@ def test_a_tiny_bench_measures_everything_and_cleans_up(
         "SELECT keyspace_name FROM system_schema.keyspaces"
     )}
     assert not scratch & keyspaces
+
+
+def test_the_parallel_bench_drains_one_to_p_partitions_in_as_many_processes(
+    stack: Settings, tmp_path: Path
+) -> None:
+    out = tmp_path / "bench-parallel-results.json"
+    result = bench.parallel(30, out, max_partitions=2)
+
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    points = result["points"]
+    # Each point drained (and committed, checked inside) P x 30 events with P processes.
+    assert [(p["partitions"], p["processes"], p["events"]) for p in points] == [
+        (1, 1, 30), (2, 2, 60)
+    ]
+    assert points[0]["speedup"] == 1.0
+    assert points[1]["speedup"] == round(points[1]["events_per_s"] / points[0]["events_per_s"], 2)
