@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dagster import DagsterInstance
+from dagster._core.storage.tags import REPOSITORY_LABEL_TAG  # not exported publicly
 
 from .backlog import DRAIN_PROCESS_TAG, process_token, runs_in_flight, sync_partitions
 from .jobs import END_TAG, START_TAG, kafka_partitions, program_user_info
@@ -76,7 +77,8 @@ def drain(
                     done.add(o.partition)
                     continue
                 ok, line = _run_once(instance, resources, o.partition, o.next_offset, o.high,
-                                     max_messages or settings.max_messages)
+                                     max_messages or settings.max_messages,
+                                     settings.code_location)
                 result.runs.append((o.partition, ok, line))
                 say(line)
                 _release_memory()
@@ -93,11 +95,21 @@ def _run_once(
     start: int,
     end: int,
     max_messages: int,
+    code_location: str,
 ) -> tuple[bool, str]:
     run_config = {
         "ops": {"flatten_events": {"config": {"end_offset": end, "max_messages": max_messages}}}
     }
-    tags = {START_TAG: str(start), END_TAG: str(end), "programuser/launched_by": "drain"}
+    tags = {
+        START_TAG: str(start),
+        END_TAG: str(end),
+        "programuser/launched_by": "drain",
+        # The label of the runs the daemon launches from the code location: the UI lists a
+        # job's runs, and the Partitions page its partitions' status, by this tag only (without
+        # it a drained partition shows as missing there). "__repository__" is Dagster's name
+        # for the repository of a Definitions object.
+        REPOSITORY_LABEL_TAG: f"__repository__@{code_location}",
+    }
     token = process_token()  # lets the next planner tell if this process was killed
     if token:
         tags[DRAIN_PROCESS_TAG] = token

@@ -53,6 +53,9 @@ class Settings:
     freshness_fail_s: int = 3600
     dead_letter_share_warn: float = 0.05
     stall_warn_s: int = 900
+    # The code location's name in the workspace (workspace.yaml): drain labels its runs with it
+    # so the UI's job pages and Partitions page count them like the daemon's runs.
+    code_location: str = "programuser_dagster"
 
     def __post_init__(self) -> None:
         # Topic and group names default from the environment name, as the Flink job's did.
@@ -114,4 +117,5 @@ class Settings:
             freshness_fail_s=int(number("PROGRAMUSER_FRESHNESS_FAIL_S", "3600")),
             dead_letter_share_warn=float(number("PROGRAMUSER_DLQ_SHARE_WARN", "0.05", float)),
             stall_warn_s=int(number("PROGRAMUSER_STALL_WARN_S", "900")),
+            code_location=get("PROGRAMUSER_CODE_LOCATION", "programuser_dagster"),
         )

@@ -1,15 +1,16 @@
 """Re-running failed partitions from the job's Partitions page, end to end.
 
-A real `dagster dev` (webserver + daemon) on the session's Kafka and Cassandra: the sensor's one
-tick launches partition 0 (succeeds) and partition 1 (fails for a real reason); partitions 2 and
-3 never get a run. Then, through the webserver's GraphQL API and exactly as the UI's
-"Launch backfill…" dialog does, the failed and missing partitions are selected and a backfill of
-them is launched; the daemon's backfill drains them.
+A real `dagster dev` (webserver + daemon) on the session's Kafka and Cassandra: partition 0 was
+drained by `programuser-dagster drain` (succeeded), the sensor's one tick launches partition 1
+(fails for a real reason); partitions 2 and 3 never get a run. Then, through the webserver's
+GraphQL API and exactly as the UI's "Launch backfill…" dialog does, the failed and missing
+partitions are selected and a backfill of them is launched; the daemon's backfill drains them.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 import urllib.request
@@ -18,11 +19,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from dagster import DagsterInstance
 
+from programuser_dagster.drain import drain
 from programuser_dagster.jobs import JOB_NAME
 from programuser_dagster.settings import Settings
 from programuser_dagster.stack import delete_topics, ensure_topics
-from tests.dagster_dev import dagster_dev, free_port, settings_env
+from tests.dagster_dev import REPO, dagster_dev, free_port, settings_env
 from tests.pipeline_helpers import all_rows, dead_letters, event, offsets, produce
 
 pytestmark = pytest.mark.stack
@@ -137,22 +140,30 @@ def test_a_failed_and_missing_backfill_from_the_partitions_page_drains_exactly_t
 ) -> None:
     s = kafka_topics
     t0 = time.monotonic()
+    home = tmp_path / "dagster_home"
+    # Partition 0 is drained by `programuser-dagster drain` on the UI's instance before the UI
+    # starts: its run must count as the partition's success on the Partitions page.
     produce(s, [event("p0", f"u{i}") for i in range(EVENTS)], partition=0)
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    with DagsterInstance.from_config(str(home)) as instance:
+        drained = drain(instance, s, say=lambda _: None)
+    assert [(p, ok) for p, ok, _ in drained.runs] == [(0, True)]
     # Partition 1's run fails for a real reason: its one non-JSON message must be dead-lettered,
     # and the dead-letter topic is gone (the broker does not create topics), so the run fails
-    # without committing anything. Partition 0 has nothing to dead-letter and succeeds.
+    # without committing anything.
     produce(s, [b"{not json", *(event("p1", f"u{i}") for i in range(EVENTS))], partition=1)
     delete_topics(s.kafka_bootstrap_servers, [s.kafka_dlq_topic])
     env = {
         **settings_env(s),
         "KAFKA_DELIVERY_TIMEOUT_S": "5",
-        # The sensor ticks once, at start-up: it adds the partitions and launches the runs of 0
-        # and 1 as in production, and does not tick again (nor retry 1) during the test, so only
-        # the backfill can drain 1, 2 and 3.
+        # The sensor ticks once, at start-up: it launches the run of 1 as in production (0 has
+        # no lag left), and does not tick again (nor retry 1) during the test, so only the
+        # backfill can drain 1, 2 and 3.
         "PROGRAMUSER_SENSOR_INTERVAL_S": "3600",
     }
     port, log = free_port(), tmp_path / "dagster-dev.log"
-    with dagster_dev(tmp_path / "dagster_home", log, env, port) as dev:
+    with dagster_dev(home, log, env, port) as dev:
         def partition_set() -> str | None:
             found = graphql(port, PARTITION_SETS, {
                 "repositorySelector": REPOSITORY, "pipelineName": JOB_NAME,
@@ -167,7 +178,7 @@ def test_a_failed_and_missing_backfill_from_the_partitions_page_drains_exactly_t
             assert "CANCELED" not in done.values(), statuses
             return statuses if set(done.values()) <= {"SUCCESS", "FAILURE"} else None
 
-        before = wait_for("the sensor's runs of partitions 0 and 1 did not finish",
+        before = wait_for("drain's run of 0 and the sensor's run of 1 did not finish",
                           first_runs_done, 300, dev, log)
         t_failed = time.monotonic()
         assert {p: st.get("runStatus") for p, st in before.items()} == {
@@ -214,7 +225,7 @@ def test_a_failed_and_missing_backfill_from_the_partitions_page_drains_exactly_t
     assert sorted(runs) == ["1", "2", "3"] and len(backfill["runs"]) == 3, backfill["runs"]
     assert {r["status"] for r in runs.values()} == {"SUCCESS"}, backfill["runs"]
     # On the Partitions page every partition is now green: 1-3 by the backfill's runs, 0 still
-    # by the sensor's first run (not re-run).
+    # by drain's run (not re-run).
     assert {p: (st["runId"], st["runStatus"]) for p, st in after.items()} == {
         "0": (before["0"]["runId"], "SUCCESS"),
         **{p: (runs[p]["runId"], "SUCCESS") for p in ("1", "2", "3")},
