@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     produce.add_argument("--sample", type=int, help="produce N realistic sample events")
     produce.add_argument("--seed", type=int, default=42, help="seed of --sample")
     drain_p = sub.add_parser("drain", help="run the job for every partition with lag")
-    drain_p.add_argument("--max-messages", type=int, help="offsets per run (default 25000)")
+    drain_p.add_argument("--max-messages", type=int, help="offsets per run (default 100000)")
     drain_p.add_argument("--processes", type=int, default=1,
                          help="drain partitions in this many parallel processes (default 1)")
     sub.add_parser("lag", help="low watermark, committed offset, high-water mark, lag")

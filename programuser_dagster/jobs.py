@@ -1,11 +1,13 @@
 """The job `program_user_info`: one Kafka partition's offset range per run.
 
-flatten_events: re-read the committed offset, read [start, end), flatten, hand the rows to the
-    Cassandra IO manager (which upserts them), then deliver the dead letters.
+flatten_events: re-read the committed offset; read [start, end) and flatten it chunk by chunk,
+    each while the Cassandra IO manager's last writes of the previous chunk are in flight; then
+    deliver the dead letters.
 commit_offsets: check the accounting and only then commit `end`.
 
-Message content stays in memory inside flatten_events (it is personal data); only the
-RangeReport (offsets and counts) passes through the default IO manager to the commit step.
+Message content stays in memory inside flatten_events and the IO manager (it is personal data);
+only the RangeReport (offsets and counts) passes through the default IO manager to the commit
+step.
 """
 
 
@@ -23,6 +25,7 @@ from dagster import (
     AssetMaterialization,
     Config,
     DagsterEventType,
+    DagsterType,
     DynamicPartitionsDefinition,
     Failure,
     In,
@@ -38,9 +41,9 @@ from pydantic import Field
 
 from .accounting import RangeReport
 from .assets import ACCOUNTING_CHECK, JOB_NAME, PROGRAM_ENROLLMENT
-from .events import flatten
+from .events import Reject, flatten
 from .resources.cassandra import WriteReceipt
-from .resources.kafka import DeadLetter, KafkaResource
+from .resources.kafka import DeadLetter, KafkaResource, Message
 
 START_TAG = "programuser/start_offset"
 END_TAG = "programuser/end_offset"
@@ -53,19 +56,33 @@ PAUSE_BEFORE_COMMIT_ENV = "PROGRAMUSER_TEST_PAUSE_BEFORE_COMMIT_S"
 
 
 class IngestConfig(Config):
+    chunk_messages: int = Field(
+        default=10_000,
+        description="Messages flattened and written together: a run holds a few chunks. Big "
+        "enough that a chunk's rows of one program fill the per-program batches.",
+    )
     end_offset: int | None = Field(
         default=None,
         description="Exclusive end of the range (the sensor sets the high-water mark it saw). "
         "Unset: the partition's current high-water mark.",
     )
-    # 25,000: a run holds its messages, merged rows and DataFrame (several KB an event of the
-    # seed's size), so a run's memory is bounded by this, not by the backlog (make bench-scale
-    # measured ~560 MB peak at N and ~770 MB at 10N: it still creeps across many runs), while
-    # Dagster's fixed cost per run (~1-2.5 s of event-log work here) stays a minor share.
+    # 100,000: a run holds a few chunks of CHUNK_MESSAGES, whatever its range, so this bounds
+    # a run's length (~15 s here), not its memory; large enough that Dagster's fixed cost per
+    # run (~1 s of sqlite event-log work here) stays a small share, and a retry repeats at most
+    # this much work.
     max_messages: int = Field(
-        default=25_000,
-        description="At most this many offsets per run, which bounds a run's memory.",
+        default=100_000,
+        description="At most this many offsets per run (a run's memory is bounded by its "
+        "chunks, not by this).",
     )
+
+
+# The rows output: DataFrames produced while the IO manager consumes them (see _RangeStream).
+RowChunks = DagsterType(
+    name="RowChunks",
+    type_check_fn=lambda _context, value: isinstance(value, Iterator),
+    description="An iterator of pandas DataFrames of flattened rows, one per chunk of a range.",
+)
 
 
 def _not_committed(report: RangeReport) -> str:
@@ -78,9 +95,10 @@ def _not_committed(report: RangeReport) -> str:
 @op(
     out={
         "rows": Out(
-            pd.DataFrame,
+            RowChunks,
             io_manager_key="cassandra_io_manager",
-            description="Flattened rows, one per (program, user); upserted by the IO manager.",
+            description="Flattened rows, one DataFrame per chunk of the range and one row per "
+            "(program, user) in it; upserted by the IO manager as they are produced.",
         ),
         "report": Out(RangeReport, description="Offsets and counts of the range."),
     },
@@ -114,28 +132,34 @@ def flatten_events(
     context.instance.add_run_tags(context.run_id, {START_TAG: str(start), END_TAG: str(end)})
     context.log.info(f"Reading partition {partition} offsets [{start}, {end}).")
 
+    # The range is read, flattened and written in chunks: the next chunk is flattened while the
+    # IO manager's last writes of the previous one are in flight, and a run holds a chunk or
+    # two, not the range. Only the messages to dead-letter are kept (their bytes are sent).
+    stream = _RangeStream(kafka, partition, start, end, config.chunk_messages)
     with _gc_paused():
-        messages = kafka.read_range(partition, start, end)
-        report.read = len(messages)
-        batch = flatten((m.offset(), m.value()) for m in messages)
-        report.skipped = dict(Counter(r.reason for r in batch.rejects if r.outcome == "skipped"))
-
         yield Output(
-            batch.rows,
+            stream.frames(),
             "rows",
             metadata={"batch": f"partition {partition} offsets [{start}, {end})"},
         )
+    if not stream.finished:
+        raise RuntimeError("The Cassandra IO manager did not write every chunk of the range.")
+    report.read = stream.read
+    report.skipped = dict(Counter(r.reason for r in stream.rejects if r.outcome == "skipped"))
     receipt = _write_receipt(context)
     report.written = receipt.messages_written
     report.rows_upserted = receipt.rows_upserted
 
-    by_offset = {m.offset(): m for m in messages}
     letters = [
-        DeadLetter(by_offset[r.offset], r.reason)
-        for r in batch.rejects
+        DeadLetter(stream.kept[r.offset], r.reason)
+        for r in stream.rejects
         if r.outcome == "dead_lettered"
     ]
-    letters += [DeadLetter(by_offset[o], "rejected_by_cassandra") for o in receipt.rejected_offsets]
+    if receipt.rejected_offsets:  # rare: read those messages again rather than keep them all
+        again = {m.offset(): m for o in receipt.rejected_offsets
+                 for m in kafka.read_range(partition, o, o + 1)}
+        letters += [DeadLetter(again[o], "rejected_by_cassandra")
+                    for o in receipt.rejected_offsets]
     try:
         report.dead_lettered = kafka.deliver_dead_letters(letters)
     except Exception as exc:
@@ -149,6 +173,49 @@ def flatten_events(
             f"{dict(sorted(report.dead_lettered.items()))}"
         )
     yield Output(report, "report", metadata=report.metadata())
+
+
+class _RangeStream:
+    """One partition's [start, end) as DataFrames of flattened rows, one per chunk, produced as
+    the IO manager asks for them (it asks for the next while the last writes of this one are in
+    flight); counts what it read and keeps the rejects and their messages."""
+
+    def __init__(
+        self, kafka: KafkaResource, partition: int, start: int, end: int, chunk: int
+    ) -> None:
+        self.kafka, self.partition, self.start, self.end = kafka, partition, start, end
+        self.chunk = max(1, chunk)
+        self.read = 0
+        self.rejects: list[Reject] = []
+        self.kept: dict[int, Message] = {}  # offset -> message, of the dead-lettered rejects
+        self.finished = False
+
+    def _chunks(self) -> Iterator[pd.DataFrame]:
+        pending: list[Message] = []
+        for messages in self.kafka.iter_range(self.partition, self.start, self.end,
+                                              batch_size=self.chunk):
+            self.read += len(messages)
+            pending += messages
+            while len(pending) >= self.chunk:  # full chunks, whatever each fetch returned
+                yield self._flatten(pending[: self.chunk])
+                del pending[: self.chunk]
+        if pending:
+            yield self._flatten(pending)
+        self.finished = True
+
+    def _flatten(self, messages: list[Message]) -> pd.DataFrame:
+        batch = flatten((m.offset(), m.value()) for m in messages)
+        if batch.rejects:
+            by_offset = {m.offset(): m for m in messages}
+            self.rejects += batch.rejects
+            self.kept.update((r.offset, by_offset[r.offset]) for r in batch.rejects
+                             if r.outcome == "dead_lettered")
+        return batch.rows
+
+    def frames(self) -> Iterator[pd.DataFrame]:
+        # Not in a thread: flattening is pure Python, and a thread holding the GIL delays the
+        # driver's I/O thread so much that a run took ~25% longer (make bench).
+        return self._chunks()
 
 
 @contextmanager

@@ -48,7 +48,7 @@ class Settings:
     cassandra_username: str | None = None
     cassandra_ssl_ca: str | None = None
     cassandra_create_schema: bool = True
-    max_messages: int = 25_000  # why this size: jobs.IngestConfig.max_messages
+    max_messages: int = 100_000  # why this size: jobs.IngestConfig.max_messages
     sensor_interval_s: int = 30
     freshness_fail_s: int = 3600
     dead_letter_share_warn: float = 0.05
@@ -112,7 +112,7 @@ class Settings:
             cassandra_ssl_ca=opt("CASSANDRA_SSL_CA"),
             cassandra_create_schema=get("CASSANDRA_CREATE_SCHEMA", "true").lower()
             not in ("false", "0", "no"),
-            max_messages=int(number("PROGRAMUSER_MAX_MESSAGES", "25000")),
+            max_messages=int(number("PROGRAMUSER_MAX_MESSAGES", "100000")),
             sensor_interval_s=int(number("PROGRAMUSER_SENSOR_INTERVAL_S", "30")),
             freshness_fail_s=int(number("PROGRAMUSER_FRESHNESS_FAIL_S", "3600")),
             dead_letter_share_warn=float(number("PROGRAMUSER_DLQ_SHARE_WARN", "0.05", float)),

@@ -66,6 +66,7 @@ def run_partition(
     partition: int = 0,
     end_offset: int | None = None,
     resources: dict[str, Any] | None = None,
+    chunk_messages: int | None = None,
 ) -> ExecuteInProcessResult:
     """Execute the real job for one partition, as the sensor's run would."""
     instance.add_dynamic_partitions(
@@ -74,6 +75,8 @@ def run_partition(
     config: dict[str, Any] = {}
     if end_offset is not None:
         config["end_offset"] = end_offset
+    if chunk_messages is not None:
+        config["chunk_messages"] = chunk_messages
     return program_user_info.execute_in_process(
         run_config={"ops": {"flatten_events": {"config": config}}},
         instance=instance,

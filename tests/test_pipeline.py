@@ -75,8 +75,24 @@ def test_events_for_one_key_in_one_batch_merge_in_offset_order(
     assert (md["messages_written"], md["rows_upserted"]) == (2, 1)
 
 
-def test_every_outcome_is_counted_and_dead_letters_keep_the_original_message(
+def test_a_key_in_two_chunks_of_one_run_ends_as_if_its_events_were_applied_in_order(
     instance, kafka_topics: Settings, cassandra_session
+) -> None:
+    s = kafka_topics
+    # Chunks of 2: EVENT_1 and another key are written first, then EVENT_2 of the same key.
+    produce(s, [EVENT_1, event("p9", "u9"), EVENT_2])
+    result = run_partition(instance, s, chunk_messages=2)
+    assert result.success
+    assert row(cassandra_session, s, "p1", "u1") == EXPECTED_AFTER_BOTH
+    md = step_metadata(result)
+    # One upsert per key per chunk: p1/u1 twice.
+    assert (md["messages_read"], md["messages_written"], md["rows_upserted"]) == (3, 3, 3)
+    assert offsets(s).committed == 3
+
+
+@pytest.mark.parametrize("chunk_messages", [None, 3], ids=["one chunk", "chunks of 3"])
+def test_every_outcome_is_counted_and_dead_letters_keep_the_original_message(
+    instance, kafka_topics: Settings, cassandra_session, chunk_messages: int | None
 ) -> None:
     s = kafka_topics
     values: list[bytes | dict | None] = [
@@ -91,7 +107,7 @@ def test_every_outcome_is_counted_and_dead_letters_keep_the_original_message(
     ]
     headers = [("trace", b"abc"), ("origin", b"\x00\xff")]
     produced = produce(s, values, headers=headers, timestamp=1_700_000_000_000)
-    result = run_partition(instance, s)
+    result = run_partition(instance, s, chunk_messages=chunk_messages)
     assert result.success
     md = step_metadata(result)
     assert md["messages_read"] == 8

@@ -18,7 +18,7 @@ import ssl
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import pandas as pd
 from cassandra import ConsistencyLevel, InvalidRequest
@@ -37,6 +37,10 @@ from .secrets import reveal
 
 class CassandraWriteFailed(RuntimeError):
     """A write failed for a reason a retry may fix (node down, timeout): the step must fail."""
+
+
+class RowsNotProduced(RuntimeError):
+    """The rows to write could not be produced (their source failed): nothing of Cassandra's."""
 
 
 @dataclass
@@ -65,6 +69,7 @@ class WriteReceipt:
     rows_upserted: int = 0
     messages_written: int = 0
     rejected_offsets: list[int] = field(default_factory=list)
+    rows_sent: int = 0  # rows handed to Cassandra so far (for the failure message)
 
 
 class CassandraIOManager(ConfigurableIOManager):
@@ -208,58 +213,90 @@ class CassandraIOManager(ConfigurableIOManager):
 
     # -- writing -------------------------------------------------------------------------------
 
-    def upsert(self, rows: pd.DataFrame) -> WriteReceipt:
-        """Write every row; rows Cassandra refuses as invalid are reported, not raised."""
+    def upsert(self, rows: pd.DataFrame | Iterable[pd.DataFrame]) -> WriteReceipt:
+        """Write every row of a DataFrame, or of each DataFrame of a run's chunks in offset
+        order; rows Cassandra refuses as invalid are reported, not raised.
+
+        Chunks are written one after another: all of a chunk's writes are acknowledged (and the
+        rows of a batch refused as invalid replayed) before the next chunk's are sent, so a key
+        that two chunks write ends with the later chunk's values (the driver stamps each write
+        with its client-side, monotonic timestamp, and the later chunk's are sent later). The
+        next chunk is taken from the iterable while this chunk's last writes are in flight, so
+        producing it (jobs.py flattens it then) overlaps Cassandra's work on them.
+        """
+        frames = iter([rows] if isinstance(rows, pd.DataFrame) else rows)
         receipt = WriteReceipt()
-        if rows.empty:
-            return receipt
-        params = bind_parameters(rows)
-        counts = rows["message_count"].tolist()
-        offsets = rows["offsets"].tolist()
-        failure: BaseException | None = None
-        invalid: list[int] = []  # rows of batches refused as invalid: replayed one by one
-        groups = group_rows(params, self.batch_rows, self.batch_bytes)
-        for group, (ok, outcome) in zip(groups, self.write_groups(params, groups), strict=True):
-            if ok:
-                receipt.rows_upserted += len(group)
-                receipt.messages_written += sum(counts[i] for i in group)
-            elif isinstance(outcome, InvalidRequest):
-                invalid.extend(group)
-            elif failure is None:
-                failure = outcome
-        if invalid and failure is None:
-            single = [[i] for i in invalid]
-            for (i,), (ok, outcome) in zip(single, self.write_groups(params, single), strict=True):
-                if ok:
-                    receipt.rows_upserted += 1
-                    receipt.messages_written += counts[i]
-                elif isinstance(outcome, InvalidRequest):
-                    # No retry can fix an invalid row: its messages become dead letters.
-                    receipt.rejected_offsets.extend(offsets[i])
-                elif failure is None:
-                    failure = outcome
-        if receipt.rejected_offsets and failure is None:
-            failure = self._table_refuses_writes()
-        if failure is not None:
-            raise CassandraWriteFailed(
-                f"{self.where()} failed {len(params) - receipt.rows_upserted} of "
-                f"{len(params)} writes ({type(failure).__name__}: {failure})."
-            ) from failure
+        execution = BoundedExecution(self.session(), self.concurrency,
+                                     wait_s=2 * self.request_timeout_s + 30)
+        sent: _Chunk | None = None
+        try:
+            while True:
+                try:
+                    frame = next(frames)
+                except StopIteration:
+                    break
+                except Exception as exc:
+                    raise RowsNotProduced(str(exc)) from exc
+                if sent is not None:
+                    self._settle(sent, execution, receipt)
+                sent = self._send(frame, execution) if len(frame) else None
+                receipt.rows_sent += len(frame)
+            if sent is not None:
+                self._settle(sent, execution, receipt)
+        finally:
+            close = getattr(frames, "close", None)
+            if close is not None:  # ends the producer's read (jobs._RangeStream) at once
+                close()
+        if receipt.rejected_offsets:
+            refused = self._table_refuses_writes()
+            if refused is not None:
+                self._fail(receipt, refused)
         receipt.rejected_offsets.sort()
         return receipt
 
-    def write_groups(
-        self, params: list[tuple[Any, ...]], groups: list[list[int]]
-    ) -> list[tuple[bool, Any]]:
-        """Execute each group (row indices of one partition) as one request: an UNLOGGED batch,
-        or the plain INSERT for a group of one. Returns (success, result or exception) each."""
-        session, stmt = self.session(), self.insert_statement()
-        return execute_bounded(
-            session,
-            (group_statement(stmt, params, g) for g in groups),
-            self.concurrency,
-            wait_s=2 * self.request_timeout_s + 30,
-        )
+    def _send(self, rows: pd.DataFrame, execution: BoundedExecution) -> _Chunk:
+        """Send a chunk's rows as requests grouped by partition key; results arrive later."""
+        params = bind_parameters(rows)
+        groups = group_rows(params, self.batch_rows, self.batch_bytes)
+        insert = self.insert_statement()
+        results = execution.submit(group_statement(insert, params, g) for g in groups)
+        return _Chunk(params, rows["message_count"].tolist(), rows["offsets"].tolist(), groups,
+                      results)
+
+    def _settle(self, chunk: _Chunk, execution: BoundedExecution, receipt: WriteReceipt) -> None:
+        """Wait for a chunk's writes and count them; replay the rows of refused batches one by
+        one; raise on the first failure a retry may fix (nothing more is sent then)."""
+        execution.wait()
+        invalid: list[int] = []
+        for group, (ok, outcome) in zip(chunk.groups, chunk.results, strict=True):
+            if ok:
+                receipt.rows_upserted += len(group)
+                receipt.messages_written += sum(chunk.counts[i] for i in group)
+            elif isinstance(outcome, InvalidRequest):
+                invalid.extend(group)
+            else:
+                self._fail(receipt, outcome)
+        if not invalid:
+            return
+        insert = self.insert_statement()
+        results = execution.submit(insert.bind(chunk.params[i]) for i in invalid)
+        execution.wait()
+        for i, (ok, outcome) in zip(invalid, results, strict=True):
+            if ok:
+                receipt.rows_upserted += 1
+                receipt.messages_written += chunk.counts[i]
+            elif isinstance(outcome, InvalidRequest):
+                # No retry can fix an invalid row: its messages become dead letters.
+                receipt.rejected_offsets.extend(chunk.offsets[i])
+            else:
+                self._fail(receipt, outcome)
+
+    def _fail(self, receipt: WriteReceipt, failure: BaseException) -> NoReturn:
+        unwritten = receipt.rows_sent - receipt.rows_upserted
+        raise CassandraWriteFailed(
+            f"{self.where()} failed {unwritten} of {receipt.rows_sent} writes sent "
+            f"({type(failure).__name__}: {failure})."
+        ) from failure
 
     def _table_refuses_writes(self) -> BaseException | None:
         """Tell a row Cassandra refuses (dead-letter it) from a table that refuses every row
@@ -271,15 +308,18 @@ class CassandraIOManager(ConfigurableIOManager):
             return exc
         return None
 
-    def handle_output(self, context: OutputContext, obj: pd.DataFrame) -> None:
+    def handle_output(
+        self, context: OutputContext, obj: pd.DataFrame | Iterable[pd.DataFrame]
+    ) -> None:
         try:
             receipt = self.upsert(obj)
         except Exception as exc:
-            self.disconnect()  # the next run connects afresh rather than reuse a broken link
+            if not isinstance(exc, RowsNotProduced):
+                self.disconnect()  # the next run connects afresh rather than reuse a broken link
             # The producing op names its batch in the output metadata; echo it for operators.
             batch = context.output_metadata.get("batch")
             label = getattr(batch, "value", batch) or "this batch"
-            what = str(exc) if isinstance(exc, CassandraWriteFailed) else (
+            what = str(exc) if isinstance(exc, (CassandraWriteFailed, RowsNotProduced)) else (
                 f"{self.where()} refused the write ({type(exc).__name__}: {exc})."
             )
             raise Failure(
@@ -303,11 +343,19 @@ class CassandraIOManager(ConfigurableIOManager):
         )
 
 
-def execute_bounded(
-    session: Session, statements: Iterable[Any], concurrency: int, wait_s: float
-) -> list[tuple[bool, Any]]:
-    """Execute each statement, at most `concurrency` in flight; returns (success, result or
-    exception) per statement, in order.
+@dataclass
+class _Chunk:
+    """One chunk's bound rows, their message counts and offsets, and its requests' results."""
+
+    params: list[tuple[Any, ...]]
+    counts: list[int]
+    offsets: list[tuple[int, ...]]
+    groups: list[list[int]]
+    results: list[tuple[bool, Any]]
+
+
+class BoundedExecution:
+    """Statements executed asynchronously, at most `concurrency` in flight at once.
 
     Our own loop rather than cassandra-driver's execute_concurrent: when the node goes away
     mid-write, requests fail synchronously, and execute_concurrent recurses from one failure
@@ -315,32 +363,57 @@ def execute_bounded(
     request and then crashes sorting them ("TypeError: '<' not supported between instances of
     'RecursionError' and 'NoHostAvailable"), hiding what happened from the operator.
     """
-    results: list[tuple[bool, Any]] = []
-    slots = threading.BoundedSemaphore(concurrency)
 
-    def done(i: int, ok: bool, outcome: Any) -> None:
-        results[i] = (ok, outcome)
-        slots.release()
+    def __init__(self, session: Session, concurrency: int, wait_s: float) -> None:
+        self.session, self.concurrency, self.wait_s = session, concurrency, wait_s
+        self._slots = threading.BoundedSemaphore(concurrency)
 
-    def acquire() -> None:
+    def _acquire(self) -> None:
         # Every request ends within its own timeout; this only guards against a lost callback.
-        if not slots.acquire(timeout=wait_s):
-            raise CassandraWriteFailed(f"A write had no answer and no timeout in {wait_s:.0f}s.")
+        if not self._slots.acquire(timeout=self.wait_s):
+            raise CassandraWriteFailed(
+                f"A write had no answer and no timeout in {self.wait_s:.0f}s."
+            )
 
-    for i, statement in enumerate(statements):
-        acquire()
-        results.append((False, None))
-        try:
-            future = session.execute_async(statement)
-        except Exception as exc:
-            done(i, False, exc)
-            continue
-        future.add_callbacks(
-            callback=lambda _rows, i=i: done(i, True, None),
-            errback=lambda exc, i=i: done(i, False, exc),
-        )
-    for _ in range(concurrency):  # every request in flight has ended
-        acquire()
+    def submit(self, statements: Iterable[Any]) -> list[tuple[bool, Any]]:
+        """Send each statement as a slot frees up; returns (success, result or exception) per
+        statement, in order, filled in as the answers arrive (complete after wait())."""
+        results: list[tuple[bool, Any]] = []
+
+        def done(i: int, ok: bool, outcome: Any) -> None:
+            results[i] = (ok, outcome)
+            self._slots.release()
+
+        for i, statement in enumerate(statements):
+            self._acquire()
+            results.append((False, None))
+            try:
+                future = self.session.execute_async(statement)
+            except Exception as exc:
+                done(i, False, exc)
+                continue
+            future.add_callbacks(
+                callback=lambda _rows, i=i: done(i, True, None),
+                errback=lambda exc, i=i: done(i, False, exc),
+            )
+        return results
+
+    def wait(self) -> None:
+        """Return when every request sent so far has ended."""
+        for _ in range(self.concurrency):
+            self._acquire()
+        for _ in range(self.concurrency):
+            self._slots.release()
+
+
+def execute_bounded(
+    session: Session, statements: Iterable[Any], concurrency: int, wait_s: float
+) -> list[tuple[bool, Any]]:
+    """Execute each statement, at most `concurrency` in flight; (success, result or exception)
+    per statement, in order."""
+    execution = BoundedExecution(session, concurrency, wait_s)
+    results = execution.submit(statements)
+    execution.wait()
     return results
 
 
