@@ -56,7 +56,6 @@ from .resources import kafka_resource
 from .resources.cassandra import (
     CassandraIOManager,
     bind_parameters,
-    execute_bounded,
     group_rows,
     group_statement,
 )
@@ -96,21 +95,11 @@ class Area:
     def create(cls, base: Settings, partitions: int | None = None) -> Area:
         from .stack import ensure_schema, ensure_topics
 
-        partitions = partitions or base.kafka_partitions
         tag = uuid.uuid4().hex[:8]
-        topic = f"bench-{tag}.programuser.info"
-        settings = dataclasses.replace(
-            base,
-            env=f"bench-{tag}",
-            kafka_input_topic=topic,
-            kafka_dlq_topic=f"{topic}.failed",
-            kafka_group_id=f"bench-{tag}-group",
-            cassandra_keyspace=f"bench_{tag}",
-            kafka_partitions=partitions,
-        )
+        settings = base.for_env(f"bench-{tag}", f"bench_{tag}", partitions)
         ensure_topics(
             settings.kafka_bootstrap_servers,
-            {settings.kafka_input_topic: partitions, settings.kafka_dlq_topic: 1},
+            {settings.kafka_input_topic: settings.kafka_partitions, settings.kafka_dlq_topic: 1},
         )
         ensure_schema(
             list(settings.cassandra_hosts), settings.cassandra_keyspace,
@@ -226,7 +215,7 @@ def write_ceiling(
     io = cassandra_io_manager(settings)
     sweep: list[dict[str, Any]] = []
     try:
-        session, insert = io.session(), io.insert_statement()
+        insert = io.insert_statement()
         for form, batch_rows, limit in (
             ("insert per row", 1, SINGLE_ROW_CEILING_ROWS),
             (f"batches of <= {max_batch_rows} rows by program_id", max_batch_rows, CEILING_ROWS),
@@ -234,19 +223,10 @@ def write_ceiling(
             rows = params[:limit]
             groups = group_rows(rows, batch_rows, io.batch_bytes)
             for concurrency in CONCURRENCY_SWEEP:
-                # Bound as it goes, like any driver loop: binding (the driver serializing the
-                # 12 values and the map) is ~half of a row's client-side cost.
-                statements = (group_statement(insert, rows, g) for g in groups)
                 gc.collect()
                 started = time.perf_counter()
-                # The pipeline's own execute_async loop (execute_concurrent crashes on a node
-                # that stops answering mid-sweep, see execute_bounded).
-                results = execute_bounded(
-                    session, statements, concurrency, wait_s=2 * io.request_timeout_s + 30
-                )
+                acked = _write(io, insert, rows, groups, concurrency)
                 elapsed = time.perf_counter() - started
-                # Only acknowledged rows count (an overloaded node times some writes out).
-                acked = sum(len(g) for g, (ok, _) in zip(groups, results, strict=True) if ok)
                 point = {
                     "form": form, "processes": 1, "in_flight": concurrency, "rows": len(rows),
                     "failed_rows": len(rows) - acked, "rows_per_s": round(acked / elapsed),
@@ -260,6 +240,23 @@ def write_ceiling(
     return max(p["rows_per_s"] for p in sweep), sweep
 
 
+def _write(
+    io: CassandraIOManager, insert: Any, rows: list[tuple[Any, ...]], groups: list[list[int]],
+    concurrency: int,
+) -> int:
+    """The rows Cassandra acknowledged of the groups written as the pipeline's requests, at most
+    `concurrency` in flight (an overloaded node times some writes out: they do not count).
+
+    Bound as it goes, like any driver loop: binding (the driver serializing the 12 values and
+    the map) is ~half of a row's client-side cost. The pipeline's own execute_async loop
+    (execute_concurrent crashes on a node that stops answering, see BoundedExecution).
+    """
+    execution = io.execution(concurrency)
+    results = execution.submit(group_statement(insert, rows, g) for g in groups)
+    execution.wait()
+    return sum(len(g) for g, (ok, _) in zip(groups, results, strict=True) if ok)
+
+
 def _ceiling_process(
     settings: Settings, values: list[bytes], batch_rows: int, concurrency: int,
     barrier: Any, out: Any,
@@ -267,15 +264,13 @@ def _ceiling_process(
     """One process of the multi-process ceiling: its own rows, bound before the barrier."""
     io = cassandra_io_manager(settings)
     try:
-        session, insert = io.session(), io.insert_statement()
+        insert = io.insert_statement()
         params = bind_parameters(flatten(enumerate(values)).rows)
         groups = group_rows(params, batch_rows, io.batch_bytes)
         gc.collect()
         barrier.wait()
         started = time.time()
-        results = execute_bounded(session, (group_statement(insert, params, g) for g in groups),
-                                  concurrency, wait_s=2 * io.request_timeout_s + 30)
-        acked = sum(len(g) for g, (ok, _) in zip(groups, results, strict=True) if ok)
+        acked = _write(io, insert, params, groups, concurrency)
         out.put((started, time.time(), acked, len(params)))
     finally:
         io.close()

@@ -66,7 +66,7 @@ class IngestConfig(Config):
         description="Exclusive end of the range (the sensor sets the high-water mark it saw). "
         "Unset: the partition's current high-water mark.",
     )
-    # 100,000: a run holds a few chunks of CHUNK_MESSAGES, whatever its range, so this bounds
+    # 100,000: a run holds a chunk or two of chunk_messages, whatever its range, so this bounds
     # a run's length (~15 s here), not its memory; large enough that Dagster's fixed cost per
     # run (~1 s of sqlite event-log work here) stays a small share, and a retry repeats at most
     # this much work.
@@ -190,7 +190,9 @@ class _RangeStream:
         self.kept: dict[int, Message] = {}  # offset -> message, of the dead-lettered rejects
         self.finished = False
 
-    def _chunks(self) -> Iterator[pd.DataFrame]:
+    def frames(self) -> Iterator[pd.DataFrame]:
+        # Not in a thread: flattening is pure Python, and a thread holding the GIL delays the
+        # driver's I/O thread so much that a run took ~25% longer (make bench).
         pending: list[Message] = []
         # Nothing is written before the first chunk is flattened: a small first chunk starts
         # Cassandra's work sooner (~0.25 s a run here), the rest come in full chunks, whatever
@@ -220,11 +222,6 @@ class _RangeStream:
             self.kept.update((r.offset, by_offset[r.offset]) for r in batch.rejects
                              if r.outcome == "dead_lettered")
         return batch.rows
-
-    def frames(self) -> Iterator[pd.DataFrame]:
-        # Not in a thread: flattening is pure Python, and a thread holding the GIL delays the
-        # driver's I/O thread so much that a run took ~25% longer (make bench).
-        return self._chunks()
 
 
 @contextmanager

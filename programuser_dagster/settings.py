@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
 
@@ -67,6 +67,14 @@ class Settings:
             object.__setattr__(self, "kafka_dlq_topic", f"{self.kafka_input_topic}.failed")
         check_identifier(self.cassandra_keyspace, "CASSANDRA_KEYSPACE")
         check_identifier(self.cassandra_table, "CASSANDRA_TABLE")
+
+    def for_env(self, env: str, keyspace: str, partitions: int | None = None) -> Settings:
+        """These settings for another environment name: its default topics and group (derived
+        as for any environment), the given keyspace and, if given, partition count."""
+        return replace(
+            self, env=env, kafka_input_topic="", kafka_group_id="", kafka_dlq_topic="",
+            cassandra_keyspace=keyspace, kafka_partitions=partitions or self.kafka_partitions,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -25,7 +25,6 @@ role, so ``Settings.from_env()`` and the resources log in the way the stack expe
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -138,16 +137,7 @@ def make_test_settings(
 
     def make(partitions: int = 4) -> Settings:
         tag = uuid.uuid4().hex[:8]
-        input_topic = f"test-{tag}.programuser.info"
-        settings = dataclasses.replace(
-            stack,
-            env=f"test-{tag}",
-            kafka_input_topic=input_topic,
-            kafka_dlq_topic=f"{input_topic}.failed",
-            kafka_group_id=f"test-{tag}-group",
-            kafka_partitions=partitions,
-            cassandra_keyspace=f"test_{tag}",
-        )
+        settings = stack.for_env(f"test-{tag}", f"test_{tag}", partitions)
         names = {settings.kafka_input_topic: partitions, settings.kafka_dlq_topic: partitions}
         topics.extend(names)
         ensure_topics(settings.kafka_bootstrap_servers, names)

@@ -114,6 +114,13 @@ def sample_records(n: int, bad_every: int = 0, seed: int = 7) -> list[tuple[byte
     return out
 
 
+def _produce_forty_with_bad(s: Settings) -> list[int]:
+    """40 events, every 10th not JSON, to partition 0; the offsets of the bad ones."""
+    records = sample_records(40, bad_every=10)
+    produce_records(s, records)
+    return [i for i, (k, _) in enumerate(records) if k == b"bad"]
+
+
 def run_reports(instance: DagsterInstance, run_id: str) -> list[dict[str, Any]]:
     """The `report` output metadata of flatten_events in one run (none if it did not run)."""
     found = []
@@ -495,9 +502,7 @@ def test_a_drain_killed_between_upsert_and_commit_loses_nothing(
     kafka_topics: Settings, cassandra_session, scratch, stack, tmp_path
 ) -> None:
     s = kafka_topics
-    records = sample_records(40, bad_every=10)
-    bad = [i for i, (k, _) in enumerate(records) if k == b"bad"]
-    produce_records(s, records)
+    bad = _produce_forty_with_bad(s)
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
@@ -732,9 +737,7 @@ def test_a_daemon_launched_run_killed_between_upsert_and_commit_loses_nothing(
     run worker is SIGKILLed in the commit pause. Meanwhile a second run of the same partition,
     launched by hand, is held back by the run queue's dagster/partition limit."""
     s = kafka_topics
-    records = sample_records(40, bad_every=10)
-    bad = [i for i, (k, _) in enumerate(records) if k == b"bad"]
-    produce_records(s, records)
+    bad = _produce_forty_with_bad(s)
     home = tmp_path / "home"
     home.mkdir()
     config = yaml.safe_load((REPO / "dagster.yaml").read_text())

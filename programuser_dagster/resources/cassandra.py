@@ -226,8 +226,7 @@ class CassandraIOManager(ConfigurableIOManager):
         """
         frames = iter([rows] if isinstance(rows, pd.DataFrame) else rows)
         receipt = WriteReceipt()
-        execution = BoundedExecution(self.session(), self.concurrency,
-                                     wait_s=2 * self.request_timeout_s + 30)
+        execution = self.execution()
         sent: _Chunk | None = None
         try:
             while True:
@@ -253,6 +252,12 @@ class CassandraIOManager(ConfigurableIOManager):
                 self._fail(receipt, refused)
         receipt.rejected_offsets.sort()
         return receipt
+
+    def execution(self, concurrency: int | None = None) -> BoundedExecution:
+        """Asynchronous writes on this manager's session, `concurrency` (default: the
+        configured one) in flight at most."""
+        return BoundedExecution(self.session(), concurrency or self.concurrency,
+                                wait_s=2 * self.request_timeout_s + 30)
 
     def _send(self, rows: pd.DataFrame, execution: BoundedExecution) -> _Chunk:
         """Send a chunk's rows as requests grouped by partition key; results arrive later."""
@@ -404,17 +409,6 @@ class BoundedExecution:
             self._acquire()
         for _ in range(self.concurrency):
             self._slots.release()
-
-
-def execute_bounded(
-    session: Session, statements: Iterable[Any], concurrency: int, wait_s: float
-) -> list[tuple[bool, Any]]:
-    """Execute each statement, at most `concurrency` in flight; (success, result or exception)
-    per statement, in order."""
-    execution = BoundedExecution(session, concurrency, wait_s)
-    results = execution.submit(statements)
-    execution.wait()
-    return results
 
 
 def group_statement(
