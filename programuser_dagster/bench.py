@@ -49,16 +49,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pandas as pd
+from cassandra.query import UNSET_VALUE, BatchStatement, BatchType
 
-from .events import flatten
+from .events import COLUMNS, MAYBE_NOT_WRITTEN, NOT_WRITTEN, flatten
 from .resources import cassandra_io_manager as _cassandra_io_manager
 from .resources import kafka_resource
-from .resources.cassandra import (
-    CassandraIOManager,
-    bind_parameters,
-    group_rows,
-    group_statement,
-)
+from .resources.cassandra import CassandraIOManager, group_rows, group_statement
+from .resources.cql_encoding import encode_columns
 from .samples import message_key, sample_events
 from .settings import Settings
 
@@ -216,23 +214,27 @@ def write_ceiling(
     sweep: list[dict[str, Any]] = []
     try:
         insert = io.insert_statement()
-        for form, batch_rows, limit in (
-            ("insert per row", 1, SINGLE_ROW_CEILING_ROWS),
-            (f"batches of <= {max_batch_rows} rows by program_id", max_batch_rows, CEILING_ROWS),
+        batches = f"batches of <= {max_batch_rows} rows by program_id"
+        for form, batch_rows, limit, encoded in (
+            ("insert per row, bound by the driver", 1, SINGLE_ROW_CEILING_ROWS, False),
+            (f"{batches}, bound by the driver", max_batch_rows, CEILING_ROWS, False),
+            (f"{batches}, encoded column-wise", max_batch_rows, CEILING_ROWS, True),
         ):
             rows = params[:limit]
-            groups = group_rows(rows, batch_rows, io.batch_bytes)
+            groups = group_rows(_encoded(insert, rows), batch_rows,
+                                io.batch_bytes)
             for concurrency in CONCURRENCY_SWEEP:
                 gc.collect()
                 started = time.perf_counter()
-                acked = _write(io, insert, rows, groups, concurrency)
+                acked = _write(io, _requests(insert, rows, groups, encoded), groups,
+                               concurrency)
                 elapsed = time.perf_counter() - started
                 point = {
                     "form": form, "processes": 1, "in_flight": concurrency, "rows": len(rows),
                     "failed_rows": len(rows) - acked, "rows_per_s": round(acked / elapsed),
                 }
                 sweep.append(point)
-                _say(f"  ceiling sweep: {form:40} in flight {concurrency:>3}: "
+                _say(f"  ceiling sweep: {form:58} in flight {concurrency:>3}: "
                      f"{point['rows_per_s']:>7} rows/s"
                      + (f" ({point['failed_rows']} timed out)" if point["failed_rows"] else ""))
     finally:
@@ -240,19 +242,40 @@ def write_ceiling(
     return max(p["rows_per_s"] for p in sweep), sweep
 
 
-def _write(
-    io: CassandraIOManager, insert: Any, rows: list[tuple[Any, ...]], groups: list[list[int]],
-    concurrency: int,
-) -> int:
-    """The rows Cassandra acknowledged of the groups written as the pipeline's requests, at most
-    `concurrency` in flight (an overloaded node times some writes out: they do not count).
+def _requests(
+    insert: Any, params: list[tuple[Any, ...]], groups: list[list[int]], encoded: bool
+) -> Iterator[Any]:
+    """A driver loop's requests, made as it goes (so in the timed part, like any loop):
+    either bound by the driver, a row at a time (binding is ~half of a row's client-side
+    cost), or encoded column-wise first as the pipeline does (resources/cql_encoding.py)."""
+    if encoded:
+        values = _encoded(insert, params)
+        for group in groups:
+            yield group_statement(insert, values, group)
+        return
+    for group in groups:
+        if len(group) == 1:
+            yield insert.bind(params[group[0]])
+            continue
+        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+        for i in group:
+            batch.add(insert, params[i])
+        yield batch
 
-    Bound as it goes, like any driver loop: binding (the driver serializing the 12 values and
-    the map) is ~half of a row's client-side cost. The pipeline's own execute_async loop
-    (execute_concurrent crashes on a node that stops answering, see BoundedExecution).
-    """
+
+def _encoded(insert: Any, params: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    return encode_columns(list(zip(*params, strict=True)), insert)
+
+
+def _write(
+    io: CassandraIOManager, requests: Iterator[Any], groups: list[list[int]], concurrency: int
+) -> int:
+    """The rows Cassandra acknowledged of the groups' requests, at most `concurrency` in
+    flight (an overloaded node times some writes out: they do not count). The pipeline's own
+    execute_async loop (execute_concurrent crashes on a node that stops answering, see
+    BoundedExecution)."""
     execution = io.execution(concurrency)
-    results = execution.submit(group_statement(insert, rows, g) for g in groups)
+    results = execution.submit(requests)
     execution.wait()
     return sum(len(g) for g, (ok, _) in zip(groups, results, strict=True) if ok)
 
@@ -266,11 +289,12 @@ def _ceiling_process(
     try:
         insert = io.insert_statement()
         params = bind_parameters(flatten(enumerate(values)).rows)
-        groups = group_rows(params, batch_rows, io.batch_bytes)
+        groups = group_rows(_encoded(insert, params), batch_rows,
+                            io.batch_bytes)
         gc.collect()
         barrier.wait()
         started = time.time()
-        acked = _write(io, insert, params, groups, concurrency)
+        acked = _write(io, _requests(insert, params, groups, encoded=True), groups, concurrency)
         out.put((started, time.time(), acked, len(params)))
     finally:
         io.close()
@@ -300,10 +324,22 @@ def write_ceiling_processes(
     acked = sum(r[2] for r in reports)
     elapsed = max(r[1] for r in reports) - min(r[0] for r in reports)
     return {
-        "form": f"batches of <= {batch_rows} rows by program_id", "processes": processes,
+        "form": f"batches of <= {batch_rows} rows by program_id, encoded column-wise",
+        "processes": processes,
         "in_flight": concurrency, "rows": len(rows), "failed_rows": len(rows) - acked,
         "rows_per_s": round(acked / elapsed),
     }
+
+
+def bind_parameters(rows: pd.DataFrame) -> list[tuple[Any, ...]]:
+    """Rows -> the driver's bind parameters in COLUMNS order, NOT_WRITTEN -> UNSET_VALUE."""
+    columns = []
+    for name in COLUMNS:
+        values = rows[name].tolist()
+        if name in MAYBE_NOT_WRITTEN:
+            values = [UNSET_VALUE if v is NOT_WRITTEN else v for v in values]
+        columns.append(values)
+    return list(zip(*columns, strict=True))
 
 
 def baseline(settings: Settings, params: list[tuple[Any, ...]]) -> float:
