@@ -414,6 +414,8 @@ def e2e(settings: Settings, n: int, max_messages: int, processes: int = 1) -> di
         "CASSANDRA_KEYSPACE": s.cassandra_keyspace,
         "CASSANDRA_TABLE": s.cassandra_table,
         "PROGRAMUSER_MAX_MESSAGES": str(max_messages),
+        # As the Makefile and deploy/README set it for every process that runs the job.
+        "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),
     }
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.time()
