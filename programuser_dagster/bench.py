@@ -366,7 +366,13 @@ def baseline(settings: Settings, params: list[tuple[Any, ...]]) -> float:
 
 
 def _tree_rss_kb(root: int) -> int:
-    """Resident set of a process and all its descendants, from /proc (kB)."""
+    """Resident set of a process and all its descendants, from /proc (kB).
+
+    A child that is still a fork of its parent (the same command line: Dagster starts its
+    compute-log `tail`s with fork and exec) is not counted: until it execs, its resident
+    pages are its parent's, shared copy-on-write, and summing both counted them twice (a
+    sample caught in that moment read ~100 MB the drain never held).
+    """
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -384,12 +390,22 @@ def _tree_rss_kb(root: int) -> int:
             continue
         rss[int(entry)] = kb
         children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0, [root]
+    total, todo = rss.get(root, 0), [root]
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
-        todo.extend(children.get(pid, []))
+        for child in children.get(pid, []):
+            if _cmdline(child) != _cmdline(pid):
+                total += rss.get(child, 0)
+                todo.append(child)
     return total
+
+
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def e2e(settings: Settings, n: int, max_messages: int, processes: int = 1) -> dict[str, Any]:
