@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,9 +33,13 @@ def test_a_tiny_bench_measures_everything_and_cleans_up(
         "peak_rss_mb",
     ):
         assert figures[key] > 0, key
-    # The sweep covers every concurrency for both write forms; the ceiling is its best point.
+    # The sweep covers every concurrency for each write form (one INSERT per row, batches
+    # bound by the driver, batches encoded column-wise); the ceiling is its best point.
     sweep = written["ceiling_sweep"]
-    assert {p["in_flight"] for p in sweep} == set(bench.CONCURRENCY_SWEEP)
+    forms = {p["form"] for p in sweep}
+    assert len(forms) == 3
+    for form in forms:
+        assert {p["in_flight"] for p in sweep if p["form"] == form} == set(bench.CONCURRENCY_SWEEP)
     assert figures["cassandra_write_ceiling_rows_per_s"] == max(p["rows_per_s"] for p in sweep)
     # The drain really drained: N, N/10 and 10N events, each committed (checked inside).
     assert sorted(int(n) for n in written["e2e"]) == [20, 200, 2000]
@@ -67,3 +75,30 @@ def test_the_parallel_bench_drains_one_to_p_partitions_in_as_many_processes(
     ]
     assert points[0]["speedup"] == 1.0
     assert points[1]["speedup"] == round(points[1]["events_per_s"] / points[0]["events_per_s"], 2)
+
+
+def test_the_tree_rss_counts_exec_children_but_not_a_fork_before_its_exec() -> None:
+    # A process holding ~200 MB forks a child that never execs (its pages are the parent's,
+    # shared copy-on-write) and starts `sleep` (a program of its own).
+    script = (
+        "import os, subprocess, time\n"
+        "blob = bytearray(200 * 2**20)\n"
+        "for i in range(0, len(blob), 4096): blob[i] = 1\n"
+        "if os.fork() == 0:\n"
+        "    time.sleep(60); os._exit(0)\n"
+        "subprocess.Popen(['sleep', '60'])\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        own_kb = int(next(line.split()[1] for line in Path(f"/proc/{child.pid}/status")
+                          .read_text().splitlines() if line.startswith("VmRSS:")))
+        tree_kb = bench._tree_rss_kb(child.pid)
+        assert own_kb > 200 * 1024
+        assert own_kb <= tree_kb < own_kb + 20 * 1024  # `sleep` yes, the fork's copy no
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
