@@ -221,8 +221,7 @@ def write_ceiling(
             (f"{batches}, encoded column-wise", max_batch_rows, CEILING_ROWS, True),
         ):
             rows = params[:limit]
-            groups = group_rows(_encoded(insert, rows), batch_rows,
-                                io.batch_bytes)
+            groups = group_rows(_encoded(insert, rows), batch_rows, io.batch_bytes)
             for concurrency in CONCURRENCY_SWEEP:
                 gc.collect()
                 started = time.perf_counter()
@@ -289,8 +288,7 @@ def _ceiling_process(
     try:
         insert = io.insert_statement()
         params = bind_parameters(flatten(enumerate(values)).rows)
-        groups = group_rows(_encoded(insert, params), batch_rows,
-                            io.batch_bytes)
+        groups = group_rows(_encoded(insert, params), batch_rows, io.batch_bytes)
         gc.collect()
         barrier.wait()
         started = time.time()
@@ -393,8 +391,9 @@ def _tree_rss_kb(root: int) -> int:
     total, todo = rss.get(root, 0), [root]
     while todo:
         pid = todo.pop()
+        parent = _cmdline(pid)
         for child in children.get(pid, []):
-            if _cmdline(child) != _cmdline(pid):
+            if _cmdline(child) != parent:
                 total += rss.get(child, 0)
                 todo.append(child)
     return total
