@@ -1,6 +1,7 @@
 """The pure core: Kafka message values -> table rows, skips and dead letters.
 
-Every rule of reference-semantics.md lives in this module and nowhere else. It knows nothing of
+Every rule of the contract, docs/contract.md (which also lists where it departs from the
+founding reference-semantics.md), lives in this module and nowhere else. It knows nothing of
 Dagster, Kafka or Cassandra: input is (offset, value bytes) pairs of one partition in offset
 order, output is a DataFrame with one row per (program_id, user_id) plus the rejects.
 
