@@ -7,12 +7,22 @@ not read here: the resources take them through dagster.EnvVar so that they are n
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
+
+# The two record-size limits, each defined here only. Input records may be ~4 MB of payload
+# plus key and headers: the broker, the input topic and our producer of it allow this much.
+INPUT_MAX_MESSAGE_BYTES = 5 * 1024 * 1024
+# A dead letter is an input record plus the headers we add (reason, source topic, partition,
+# offset, timestamp, ...: ~125 bytes; 64 KiB is room for any of them), so the dead-letter topic
+# and its producer allow more than the input topic: a letter of the largest input record fits.
+DEAD_LETTER_HEADROOM_BYTES = 64 * 1024
+DEAD_LETTER_MAX_MESSAGE_BYTES = INPUT_MAX_MESSAGE_BYTES + DEAD_LETTER_HEADROOM_BYTES
 
 
 def check_identifier(name: str, what: str) -> str:
@@ -91,7 +101,19 @@ class Settings:
             try:
                 return kind(raw)
             except ValueError:
-                raise ValueError(f"{name}={raw!r} is not a number.") from None
+                whole = " whole" if kind is int else ""
+                raise ValueError(f"{name}={raw!r} is not a{whole} number.") from None
+
+        def positive(name: str, default: str, kind: type = int, at_most: float | None = None,
+                     allowed: str = "") -> int | float:
+            # A zero or negative count, interval or timeout makes loops that never end (a run
+            # of 0 messages succeeds and is retried at once): refused here, naming the variable.
+            value = number(name, default, kind)
+            if not math.isfinite(value) or value <= 0 or (at_most is not None and value > at_most):
+                what = allowed or ("a whole number of at least 1" if kind is int
+                                   else "a number above 0")
+                raise ValueError(f"{name}={get(name, default)!r} is not allowed: use {what}.")
+            return value
 
         return cls(
             env=get("PROGRAMUSER_ENV", "dev"),
@@ -99,16 +121,20 @@ class Settings:
             kafka_input_topic=get("KAFKA_INPUT_TOPIC"),
             kafka_group_id=get("KAFKA_GROUP_ID"),
             kafka_dlq_topic=get("KAFKA_DLQ_TOPIC"),
-            kafka_partitions=int(number("KAFKA_INPUT_PARTITIONS", "4")),
+            kafka_partitions=int(positive("KAFKA_INPUT_PARTITIONS", "4")),
             kafka_security_protocol=opt("KAFKA_SECURITY_PROTOCOL"),
             kafka_sasl_mechanism=opt("KAFKA_SASL_MECHANISM"),
             kafka_sasl_username=opt("KAFKA_SASL_USERNAME"),
             kafka_ssl_ca_location=opt("KAFKA_SSL_CA_LOCATION"),
-            kafka_delivery_timeout_s=float(number("KAFKA_DELIVERY_TIMEOUT_S", "30", float)),
+            kafka_delivery_timeout_s=float(
+                positive("KAFKA_DELIVERY_TIMEOUT_S", "30", float, allowed="seconds above 0")
+            ),
             cassandra_hosts=tuple(
                 h.strip() for h in get("CASSANDRA_HOSTS", "127.0.0.1").split(",") if h.strip()
             ),
-            cassandra_port=int(number("CASSANDRA_PORT", "9042")),
+            cassandra_port=int(
+                positive("CASSANDRA_PORT", "9042", at_most=65535, allowed="a port, 1 to 65535")
+            ),
             cassandra_keyspace=get("CASSANDRA_KEYSPACE", "sunbird_programs"),
             cassandra_table=get("CASSANDRA_TABLE", "program_enrollment"),
             cassandra_replication=get(
@@ -120,10 +146,13 @@ class Settings:
             cassandra_ssl_ca=opt("CASSANDRA_SSL_CA"),
             cassandra_create_schema=get("CASSANDRA_CREATE_SCHEMA", "true").lower()
             not in ("false", "0", "no"),
-            max_messages=int(number("PROGRAMUSER_MAX_MESSAGES", "100000")),
-            sensor_interval_s=int(number("PROGRAMUSER_SENSOR_INTERVAL_S", "30")),
-            freshness_fail_s=int(number("PROGRAMUSER_FRESHNESS_FAIL_S", "3600")),
-            dead_letter_share_warn=float(number("PROGRAMUSER_DLQ_SHARE_WARN", "0.05", float)),
-            stall_warn_s=int(number("PROGRAMUSER_STALL_WARN_S", "900")),
+            max_messages=int(positive("PROGRAMUSER_MAX_MESSAGES", "100000")),
+            sensor_interval_s=int(positive("PROGRAMUSER_SENSOR_INTERVAL_S", "30")),
+            freshness_fail_s=int(positive("PROGRAMUSER_FRESHNESS_FAIL_S", "3600")),
+            dead_letter_share_warn=float(
+                positive("PROGRAMUSER_DLQ_SHARE_WARN", "0.05", float, at_most=1.0,
+                         allowed="a share above 0 and at most 1, e.g. 0.05")
+            ),
+            stall_warn_s=int(positive("PROGRAMUSER_STALL_WARN_S", "900")),
             code_location=get("PROGRAMUSER_CODE_LOCATION", "programuser_dagster"),
         )
