@@ -98,6 +98,7 @@ class Area:
         ensure_topics(
             settings.kafka_bootstrap_servers,
             {settings.kafka_input_topic: settings.kafka_partitions, settings.kafka_dlq_topic: 1},
+            dead_letter={settings.kafka_dlq_topic},
         )
         ensure_schema(
             list(settings.cassandra_hosts), settings.cassandra_keyspace,

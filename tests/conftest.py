@@ -140,7 +140,8 @@ def make_test_settings(
         settings = stack.for_env(f"test-{tag}", f"test_{tag}", partitions)
         names = {settings.kafka_input_topic: partitions, settings.kafka_dlq_topic: partitions}
         topics.extend(names)
-        ensure_topics(settings.kafka_bootstrap_servers, names)
+        ensure_topics(settings.kafka_bootstrap_servers, names,
+                      dead_letter={settings.kafka_dlq_topic})
         keyspaces.append(settings.cassandra_keyspace)
         ensure_schema(
             cassandra_session,

@@ -191,7 +191,8 @@ def test_a_failed_and_missing_backfill_from_the_partitions_page_drains_exactly_t
         for p in (2, 3):
             produce(s, [event(f"p{p}", f"u{i}") for i in range(EVENTS)], partition=p)
         # The cause of the failure is repaired before the re-run.
-        ensure_topics(s.kafka_bootstrap_servers, {s.kafka_dlq_topic: s.kafka_partitions})
+        ensure_topics(s.kafka_bootstrap_servers, {s.kafka_dlq_topic: s.kafka_partitions},
+                      dead_letter={s.kafka_dlq_topic})
 
         selected = failed_and_missing(partition_statuses(port, name))
         assert selected == ["1", "2", "3"]  # not 0, whose run succeeded

@@ -14,9 +14,9 @@ import pytest
 from cassandra import InvalidRequest
 from confluent_kafka import Consumer, KafkaError, Producer
 
+from programuser_dagster.settings import INPUT_MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
 from programuser_dagster.settings import Settings
 from programuser_dagster.stack import (
-    MAX_MESSAGE_BYTES,
     ServerStatus,
     StackError,
     down,

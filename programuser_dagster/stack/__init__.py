@@ -12,8 +12,8 @@ creates; `cassandra_cluster()` does that login for you.
 
 from .launcher import (
     CASSANDRA_SUPERUSER,
-    DEFAULT_TOPIC_CONFIG,
-    MAX_MESSAGE_BYTES,
+    DEAD_LETTER_TOPIC_CONFIG,
+    INPUT_TOPIC_CONFIG,
     SERVERS,
     ServerStatus,
     StackError,
@@ -41,8 +41,8 @@ from .launcher import (
 
 __all__ = [
     "CASSANDRA_SUPERUSER",
-    "DEFAULT_TOPIC_CONFIG",
-    "MAX_MESSAGE_BYTES",
+    "DEAD_LETTER_TOPIC_CONFIG",
+    "INPUT_TOPIC_CONFIG",
     "SERVERS",
     "ServerStatus",
     "StackError",

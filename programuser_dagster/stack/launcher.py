@@ -30,24 +30,31 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from ..schema import schema_statements
-from ..settings import Settings, check_identifier
+from ..settings import (
+    DEAD_LETTER_MAX_MESSAGE_BYTES,
+    INPUT_MAX_MESSAGE_BYTES,
+    Settings,
+    check_identifier,
+)
 
 SERVERS: tuple[str, ...] = ("kafka", "cassandra")
 KAFKA_MAIN = "kafka.Kafka"
 CASSANDRA_MAIN = "org.apache.cassandra.service.CassandraDaemon"
 _MAIN_CLASS = {"kafka": KAFKA_MAIN, "cassandra": CASSANDRA_MAIN}
 
-# Records may be ~4 MB (4194304) of payload plus key and headers; broker, topics and clients
-# all use this limit so a record accepted by the producer is never refused by the broker.
-MAX_MESSAGE_BYTES = 5 * 1024 * 1024
-DEFAULT_TOPIC_CONFIG: Mapping[str, str] = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+# The input topic takes what our producer does; the dead-letter topic that plus the letters'
+# headers, so that the letter of the largest input record fits (settings.py).
+INPUT_TOPIC_CONFIG: Mapping[str, str] = {"max.message.bytes": str(INPUT_MAX_MESSAGE_BYTES)}
+DEAD_LETTER_TOPIC_CONFIG: Mapping[str, str] = {
+    "max.message.bytes": str(DEAD_LETTER_MAX_MESSAGE_BYTES)
+}
 
 DEFAULT_TIMEOUT = 180.0  # a cold Cassandra start takes 30-90 s on a 2-core machine
 LOG_TAIL_LINES = 30
@@ -500,7 +507,7 @@ def _kafka_command(p: Ports, java_home: Path, lib: Path) -> list[str]:
                 "BROKER_PORT": p.kafka,
                 "CONTROLLER_PORT": p.kafka_controller,
                 "LOG_DIRS": data,
-                "MAX_MESSAGE_BYTES": MAX_MESSAGE_BYTES,
+                "MAX_MESSAGE_BYTES": DEAD_LETTER_MAX_MESSAGE_BYTES,
             },
         )
         + (_kafka_sasl_properties(p, directory) if "SASL" in kafka_security().get(
@@ -734,26 +741,35 @@ def ensure_topics(
     bootstrap: str,
     topics: Mapping[str, int],
     *,
-    config: Mapping[str, str] | None = None,
+    dead_letter: Collection[str] = (),
+    correct: bool = False,
     timeout: float = 60.0,
 ) -> list[str]:
     """Create the missing topics (name -> partitions, replication factor 1); return those created.
 
-    `config` (default: max.message.bytes for ~4 MB records) applies to created topics only;
-    existing topics are left as they are. Returns once every partition has a leader, so a
-    producer can write immediately.
+    Topics named in `dead_letter` get DEAD_LETTER_TOPIC_CONFIG, the others INPUT_TOPIC_CONFIG.
+    With `correct`, an existing topic whose max.message.bytes is below its config's is raised
+    to it (a machine whose topics an older version created). Returns once every partition has
+    a leader, so a producer can write immediately.
     """
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import NewTopic
 
     admin = _kafka_admin(bootstrap)
-    topic_config = dict(DEFAULT_TOPIC_CONFIG if config is None else config)
+
+    def config(name: str) -> Mapping[str, str]:
+        return DEAD_LETTER_TOPIC_CONFIG if name in dead_letter else INPUT_TOPIC_CONFIG
+
     existing = admin.list_topics(timeout=timeout).topics
     new = [
-        NewTopic(name, num_partitions=n, replication_factor=1, config=topic_config)
+        NewTopic(name, num_partitions=n, replication_factor=1, config=dict(config(name)))
         for name, n in topics.items()
         if name not in existing
     ]
+    if correct:
+        _raise_message_limits(
+            admin, {name: config(name) for name in topics if name in existing}, timeout
+        )
     created: list[str] = []
     if new:
         futures = admin.create_topics(new, operation_timeout=timeout, request_timeout=timeout)
@@ -766,6 +782,35 @@ def ensure_topics(
                     raise StackError(f"could not create Kafka topic {name!r}: {exc}") from exc
     _wait_for_leaders(admin, topics, timeout)
     return created
+
+
+def _raise_message_limits(
+    admin: Any, configs: Mapping[str, Mapping[str, str]], timeout: float
+) -> None:
+    """Raise each topic's max.message.bytes to its config's where it is lower."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    if not configs:
+        return
+    described = admin.describe_configs(
+        [ConfigResource("TOPIC", name) for name in configs], request_timeout=timeout
+    )
+    low = []
+    for resource, future in described.items():
+        wanted = configs[resource.name]["max.message.bytes"]
+        if int(future.result()["max.message.bytes"].value) < int(wanted):
+            entry = ConfigEntry("max.message.bytes", wanted,
+                                incremental_operation=AlterConfigOpType.SET)
+            low.append(ConfigResource("TOPIC", resource.name, incremental_configs=[entry]))
+    if not low:
+        return
+    for resource, future in admin.incremental_alter_configs(low).items():
+        try:
+            future.result()
+        except Exception as exc:
+            raise StackError(
+                f"could not raise max.message.bytes of Kafka topic {resource.name!r}: {exc}"
+            ) from exc
 
 
 def _wait_for_leaders(admin: Any, topics: Mapping[str, int], timeout: float) -> None:
@@ -996,7 +1041,8 @@ def up(
         if "kafka" in names:
             n = settings.kafka_partitions
             topics = {settings.kafka_input_topic: n, settings.kafka_dlq_topic: n}
-            ensure_topics(settings.kafka_bootstrap_servers, topics)
+            ensure_topics(settings.kafka_bootstrap_servers, topics,
+                          dead_letter={settings.kafka_dlq_topic}, correct=True)
             echo(f"kafka: topics {', '.join(topics)} ready ({n} partitions)")
         if "cassandra" in names:
             ensure_cassandra_role(settings.cassandra_hosts, settings.cassandra_port)

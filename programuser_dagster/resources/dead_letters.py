@@ -1,0 +1,104 @@
+"""The dead-letter record of a refused input record: its headers, and a size that always fits.
+
+Pure (no client): the Kafka resource reads the original record and sends what this returns.
+A letter must fit the dead-letter topic's `max.message.bytes`, or the broker refuses it and the
+partition can never move on; no topic setting rules that out (a compressing producer can land
+a value far above the uncompressed limit), so a letter too large for the topic loses its value
+(then its key, then the original headers) and says so: `reason=too_large`, `original_bytes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..settings import DEAD_LETTER_HEADROOM_BYTES
+
+TOO_LARGE = "too_large"
+# Kafka's record-batch header (61 bytes) and one record's own framing (varint lengths,
+# attributes, timestamp and offset deltas: at most ~36 bytes), rounded up.
+BATCH_OVERHEAD = 128
+# A header's two varint lengths and their record framing, rounded up.
+_HEADER_OVERHEAD = 12
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the refused record came from, and what it carried."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes | None]]
+    timestamp_ms: int | None  # None: the record has none
+
+
+@dataclass(frozen=True)
+class Letter:
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    reason: str  # what it is counted as: the original reason, or too_large
+
+
+def record_bytes(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    """An upper bound of the bytes one record takes in a batch of its own, uncompressed."""
+    size = BATCH_OVERHEAD + len(key or b"") + len(value or b"")
+    return size + sum(_HEADER_OVERHEAD + len(k.encode()) + len(v or b"") for k, v in headers)
+
+
+def _ours(source: Source, reason: str) -> Headers:
+    headers = [
+        ("reason", reason.encode()),
+        ("source_topic", source.topic.encode()),
+        ("source_partition", str(source.partition).encode()),
+        ("source_offset", str(source.offset).encode()),
+    ]
+    if source.timestamp_ms is not None:
+        headers.append(("source_timestamp", str(source.timestamp_ms).encode()))
+    return headers
+
+
+def letter(source: Source, reason: str, limit: int) -> Letter:
+    """The dead letter of `source` refused for `reason`, at most `limit` bytes if it can be.
+
+    In order, until it fits: the whole record with our headers after its own; without its
+    value (reason too_large, original_reason and original_bytes say why and how big); without
+    its key; without its original headers. Only a limit smaller than our own few headers is
+    not met (the broker then refuses the letter and the run fails, saying so).
+    """
+    original: Headers = [(k, v or b"") for k, v in source.headers]
+    whole = original + _ours(source, reason)
+    if record_bytes(source.key, source.value, whole) <= limit:
+        return Letter(source.key, source.value, whole, reason)
+    marks = [
+        *_ours(source, TOO_LARGE),
+        ("original_reason", reason.encode()),
+        ("original_bytes", str(len(source.value or b"")).encode()),
+    ]
+    for key, headers in ((source.key, original + marks), (None, original + marks)):
+        if record_bytes(key, b"", headers) <= limit:
+            return Letter(key, b"", headers, TOO_LARGE)
+    return Letter(None, b"", marks, TOO_LARGE)
+
+
+def room_warning(
+    dead_letter_topic: str, dead_letter_limit: int, input_topic: str, input_limit: int
+) -> str | None:
+    """What an operator should change when a letter of the largest input record cannot fit."""
+    needed = input_limit + DEAD_LETTER_HEADROOM_BYTES
+    if dead_letter_limit >= needed:
+        return None
+    return (
+        f"Dead-letter topic {dead_letter_topic!r} allows max.message.bytes={dead_letter_limit}, "
+        f"less than input topic {input_topic!r}'s {input_limit} plus room for the dead-letter "
+        "headers: a refused record larger than that is dead-lettered without its value "
+        f"(reason={TOO_LARGE}, header original_bytes). To keep whole letters, set the "
+        f"dead-letter topic's max.message.bytes to at least {needed} (kafka-configs.sh "
+        f"--alter --entity-type topics --entity-name {dead_letter_topic} --add-config "
+        f"max.message.bytes={needed})."
+    )

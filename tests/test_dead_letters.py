@@ -1,0 +1,240 @@
+"""Dead letters near the size limits (issue 11, item 1): a letter always fits its topic, so a
+poison message never blocks its partition.
+
+The first tests are pure (dead_letters.py); the rest use the real broker: the largest record
+the input topic accepts, a compressed ~20 MB record, and a dead-letter topic smaller than the
+input topic, each next to small bad messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from programuser_dagster.jobs import _RangeStream
+from programuser_dagster.resources import kafka_resource
+from programuser_dagster.resources.dead_letters import (
+    TOO_LARGE,
+    Source,
+    letter,
+    record_bytes,
+    room_warning,
+)
+from programuser_dagster.settings import (
+    DEAD_LETTER_MAX_MESSAGE_BYTES,
+    INPUT_MAX_MESSAGE_BYTES,
+    Settings,
+)
+from programuser_dagster.stack import delete_topics
+from tests.pipeline_helpers import dead_letters, event, offsets, produce, row, run_partition
+
+# ----------------------------------------------------------------------------- pure
+
+
+def source(value: bytes | None, key: bytes | None = b"k", headers=()) -> Source:
+    return Source("t", 3, 41, key, value, list(headers), 1_700_000_000_000)
+
+
+OURS = [
+    ("source_topic", b"t"),
+    ("source_partition", b"3"),
+    ("source_offset", b"41"),
+    ("source_timestamp", b"1700000000000"),
+]
+
+
+def test_a_letter_that_fits_is_the_whole_record_with_our_headers_after_its_own() -> None:
+    one = letter(source(b"{bad", headers=[("trace", b"x")]), "not_json", 10_000)
+    assert (one.key, one.value, one.reason) == (b"k", b"{bad", "not_json")
+    assert one.headers == [("trace", b"x"), ("reason", b"not_json"), *OURS]
+
+
+def test_a_letter_too_large_for_the_topic_loses_its_value_and_says_why() -> None:
+    value = b"x" * 5000
+    one = letter(source(value, headers=[("trace", b"x")]), "not_json", 1000)
+    assert (one.key, one.value, one.reason) == (b"k", b"", TOO_LARGE)
+    assert one.headers == [
+        ("trace", b"x"),
+        ("reason", b"too_large"),
+        *OURS,
+        ("original_reason", b"not_json"),
+        ("original_bytes", b"5000"),
+    ]
+    assert record_bytes(one.key, one.value, one.headers) <= 1000
+
+
+def test_then_its_key_and_then_its_original_headers() -> None:
+    no_key = letter(source(b"x" * 5000, key=b"K" * 2000), "not_json", 1000)
+    assert (no_key.key, no_key.value, no_key.reason) == (None, b"", TOO_LARGE)
+    bare = letter(source(b"x" * 5000, headers=[("h", b"H" * 2000)]), "not_json", 1000)
+    assert (bare.key, bare.value) == (None, b"")
+    assert [k for k, _ in bare.headers] == ["reason", *(k for k, _ in OURS), "original_reason",
+                                            "original_bytes"]
+    for one in (no_key, bare):
+        assert record_bytes(one.key, one.value, one.headers) <= 1000
+
+
+def test_record_bytes_bounds_what_the_broker_counts() -> None:
+    # Our bound is above the record's own bytes by at least the batch header (61 bytes).
+    headers = [("reason", b"not_json")]
+    assert record_bytes(b"k", b"v" * 100, headers) >= 61 + 1 + 100 + len("reason") + 8
+
+
+def test_the_room_warning_names_the_setting_and_the_consequence() -> None:
+    assert room_warning("dlq", DEAD_LETTER_MAX_MESSAGE_BYTES, "in",
+                        INPUT_MAX_MESSAGE_BYTES) is None
+    text = room_warning("dlq", 100_000, "in", INPUT_MAX_MESSAGE_BYTES)
+    assert text is not None
+    assert "max.message.bytes=100000" in text
+    assert f"at least {DEAD_LETTER_MAX_MESSAGE_BYTES}" in text
+    assert "reason=too_large" in text
+
+
+# ----------------------------------------------------------------------------- real broker
+
+def _letters_by_offset(s: Settings, expected: int) -> dict[int, Any]:
+    got = dead_letters(s, expected, timeout_s=30)
+    by = {int(dict(m.headers())["source_offset"]): m for m in got}
+    assert len(by) == len(got), "a letter was seen twice"
+    return by
+
+
+def _largest_accepted_value(s: Settings) -> bytes:
+    """The largest value (not JSON) the project's own producer of the input topic takes."""
+    kafka = kafka_resource(s)
+    producer = kafka._producer()
+    size = INPUT_MAX_MESSAGE_BYTES
+    try:
+        while True:
+            value = b"{" + b"x" * (size - 1)
+            try:
+                producer.produce(s.kafka_input_topic, value=value, key=b"big", partition=0)
+            except KafkaException:
+                size -= 16
+                continue
+            producer.purge()  # only probing the producer's own limit here
+            return value
+    finally:
+        producer.flush(5)
+        kafka.close()
+
+
+@pytest.mark.stack
+def test_the_largest_input_record_and_small_bad_ones_are_dead_lettered_whole(
+    instance, kafka_topics: Settings, cassandra_session
+) -> None:
+    s = kafka_topics
+    big = _largest_accepted_value(s)
+    kafka = kafka_resource(s)
+    try:
+        kafka.produce([(b"a", b"{small bad 1")], partition=0)
+        kafka.produce([(b"big", big)], partition=0)
+        kafka.produce([(b"b", b"{small bad 2")], partition=0)
+    finally:
+        kafka.close()
+    produce(s, [event("p", "good")])
+    result = run_partition(instance, s)
+    assert result.success
+    assert offsets(s).committed == 4
+    assert row(cassandra_session, s, "p", "good") is not None
+    letters = _letters_by_offset(s, 3)
+    assert sorted(letters) == [0, 1, 2]
+    assert letters[1].value() == big and letters[1].key() == b"big"
+    assert dict(letters[1].headers())["reason"] == b"not_json"
+    assert letters[0].value() == b"{small bad 1" and letters[2].value() == b"{small bad 2"
+    print(f"\nlargest input value accepted uncompressed: {len(big)} bytes")
+
+
+@pytest.mark.stack
+def test_a_compressed_record_far_above_the_limit_becomes_a_too_large_letter(
+    instance, kafka_topics: Settings
+) -> None:
+    s = kafka_topics
+    produce(s, [b"{small bad"])
+    huge = b"{" + b"x" * (20 * 1024 * 1024)  # ~20 MB, compresses to a few KB
+    producer = Producer({"bootstrap.servers": s.kafka_bootstrap_servers,
+                         "compression.type": "zstd", "message.max.bytes": 32 * 1024 * 1024})
+    producer.produce(s.kafka_input_topic, value=huge, key=b"huge", partition=0,
+                     headers=[("trace", b"t1")])
+    assert producer.flush(30) == 0
+    produce(s, [event("p", "after")])
+    result = run_partition(instance, s)
+    assert result.success
+    assert offsets(s).committed == 3
+    letters = _letters_by_offset(s, 2)
+    too = letters[1]
+    assert (too.value(), too.key()) == (b"", b"huge")
+    headers = dict(too.headers())
+    assert headers["reason"] == TOO_LARGE.encode()
+    assert headers["original_reason"] == b"not_json"
+    assert headers["original_bytes"] == str(len(huge)).encode()
+    assert headers["trace"] == b"t1"
+    assert letters[0].value() == b"{small bad"
+
+
+@pytest.mark.stack
+def test_a_dead_letter_topic_smaller_than_the_input_topic_warns_and_keeps_moving(
+    instance, kafka_topics: Settings
+) -> None:
+    s = kafka_topics
+    small = dataclasses.replace(s, kafka_dlq_topic=f"{s.kafka_dlq_topic}.small")
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+    for future in admin.create_topics([NewTopic(small.kafka_dlq_topic, 1, 1,
+                                                config={"max.message.bytes": "100000"})]).values():
+        future.result(30)
+    try:
+        # 40 small bad letters of 3 KB (120 KB together: more than the topic takes in one
+        # batch) around one of 300 KB, which cannot fit.
+        values = [b"{" + bytes([65 + i % 26]) * 3000 for i in range(40)]
+        values.insert(20, b"{" + b"y" * 300_000)
+        produce(small, values)
+        result = run_partition(instance, small)
+        assert result.success
+        assert offsets(small).committed == 41
+        text = " ".join(e.user_message for e in instance.all_logs(result.run_id))
+        assert "allows max.message.bytes=100000, less than input topic" in text
+        assert "reason=too_large" in text
+        letters = _letters_by_offset(small, 41)
+        assert sorted(letters) == list(range(41))
+        assert dict(letters[20].headers())["reason"] == TOO_LARGE.encode()
+        assert letters[20].value() == b""
+        for o in (*range(20), *range(21, 41)):
+            assert letters[o].value() == values[o], o
+    finally:
+        delete_topics(s.kafka_bootstrap_servers, [small.kafka_dlq_topic])
+
+
+@pytest.mark.stack
+def test_a_chunk_is_cut_by_bytes_as_well_as_by_messages(kafka_topics: Settings) -> None:
+    s = kafka_topics
+    produce(s, [b"{" + b"z" * 300_000 for _ in range(10)])
+    kafka = kafka_resource(s)
+    try:
+        stream = _RangeStream(kafka, 0, 0, 10, chunk=10_000, chunk_bytes=1_000_000)
+        frames = list(stream.frames())
+    finally:
+        kafka.close()
+    # The first chunk is a fifth (200 KB: one message), the others ~1 MB (4 messages).
+    assert stream.read == 10 and len(stream.rejects) == 10
+    assert len(frames) == 4, len(frames)
+
+
+@pytest.mark.stack
+def test_a_dead_letter_topic_that_cannot_be_described_is_warned_about(
+    kafka_topics: Settings,
+) -> None:
+    gone = dataclasses.replace(kafka_topics, kafka_dlq_topic=f"{kafka_topics.kafka_dlq_topic}.x")
+    kafka = kafka_resource(gone)
+    try:
+        limit, warnings = kafka.dead_letter_room()
+    finally:
+        kafka.close()
+    assert limit == DEAD_LETTER_MAX_MESSAGE_BYTES
+    [warning] = warnings
+    assert warning.startswith(f"Could not check the max.message.bytes of topics "
+                              f"{gone.kafka_dlq_topic!r}")
+    assert "Grant DescribeConfigs" in warning
