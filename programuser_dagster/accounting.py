@@ -19,11 +19,20 @@ class RangeReport:
     end: int
     high_watermark: int
     lost_to_retention: int = 0
+    # The partition's committed state when the run started (offset, fence token): the commit
+    # lands only if it is still this (resources/kafka.py: fenced_commit).
+    committed_before: int | None = None
+    token_before: int = 0
     read: int = 0
     written: int = 0
     rows_upserted: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     dead_lettered: dict[str, int] = field(default_factory=dict)
+    # (offset, reason) of each message to dead-letter: the committing step re-reads and sends
+    # them in its transaction (no message content crosses steps).
+    dead_letters: list[tuple[int, str]] = field(default_factory=list)
+    # Why this run has nothing to commit: its range was committed by another run first.
+    superseded: str | None = None
 
     @property
     def skipped_total(self) -> int:

@@ -2,7 +2,10 @@
 
 A partition gets a run request when it has records past its committed offset and no run of it
 is queued or in progress. A range whose run failed is requested again (the sensor is the one
-owner of retries), after a back-off that doubles with each failed attempt at the same start.
+owner of retries), after a back-off that doubles with each failed attempt at the same committed
+state (offset and fence token). A run that succeeded without moving the offset (outcome
+no_progress) is a failed attempt too, so a bad setting cannot loop; a superseded run is not
+(another run committed its range).
 """
 
 from __future__ import annotations
@@ -19,12 +22,21 @@ from dagster import (
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
+    RunRecord,
     RunRequest,
     RunsFilter,
 )
 
 from .assets import PROGRAM_ENROLLMENT
-from .jobs import END_TAG, JOB_NAME, START_TAG, kafka_partitions
+from .jobs import (
+    END_TAG,
+    JOB_NAME,
+    NO_PROGRESS,
+    OUTCOME_TAG,
+    START_TAG,
+    START_TOKEN_TAG,
+    kafka_partitions,
+)
 from .resources.kafka import KafkaResource, PartitionOffsets
 
 IN_FLIGHT = [
@@ -158,14 +170,7 @@ def plan_backlog(
         if runs_in_flight(instance, o.partition):
             plan.waiting[o.partition] = f"lag {o.lag}, a run is queued or in progress"
             continue
-        failed = instance.get_run_records(
-            RunsFilter(
-                job_name=JOB_NAME,
-                statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED],
-                tags={PARTITION_TAG: str(o.partition), START_TAG: str(o.next_offset)},
-            ),
-            limit=100,
-        )
+        failed = failed_attempts(instance, o)
         wait = retry_wait_s(len(failed))
         last_end = max((r.end_time or 0.0 for r in failed), default=0.0)
         if failed and now - last_end < wait:
@@ -177,10 +182,39 @@ def plan_backlog(
         start, end = o.next_offset, o.high
         plan.run_requests.append(
             RunRequest(
-                run_key=f"partition-{o.partition}:{start}-{end}:attempt-{len(failed) + 1}",
+                run_key=f"partition-{o.partition}:{start}-{end}:token-{o.token}:"
+                f"attempt-{len(failed) + 1}",
                 partition_key=str(o.partition),
                 run_config={"ops": {"flatten_events": {"config": {"end_offset": end}}}},
-                tags={START_TAG: str(start), END_TAG: str(end)},
+                tags=range_tags(o),
             )
         )
     return plan
+
+
+def range_tags(o: PartitionOffsets) -> dict[str, str]:
+    """The tags of a run requested for a partition's backlog (the run corrects them to the
+    range it really reads)."""
+    return {START_TAG: str(o.next_offset), START_TOKEN_TAG: str(o.token), END_TAG: str(o.high)}
+
+
+def failed_attempts(instance: DagsterInstance, o: PartitionOffsets) -> list[RunRecord]:
+    """Runs at the partition's committed state that failed, were canceled, or succeeded
+    without moving it (no progress). A run that committed moved the state on (its token), and
+    a superseded run's range was another run's: neither is counted."""
+    tags = {PARTITION_TAG: str(o.partition), START_TAG: str(o.next_offset),
+            START_TOKEN_TAG: str(o.token)}
+    records = instance.get_run_records(
+        RunsFilter(
+            job_name=JOB_NAME,
+            statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED,
+                      DagsterRunStatus.SUCCESS],
+            tags=tags,
+        ),
+        limit=100,
+    )
+    return [
+        r for r in records
+        if r.dagster_run.status != DagsterRunStatus.SUCCESS
+        or r.dagster_run.tags.get(OUTCOME_TAG) == NO_PROGRESS
+    ]

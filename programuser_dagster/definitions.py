@@ -6,6 +6,7 @@ import warnings
 
 from dagster import BetaWarning, Definitions
 
+from . import client_logs
 from .assets import build_asset_checks, build_program_enrollment
 from .jobs import program_user_info
 from .resources import build_resources
@@ -29,4 +30,6 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
     )
 
 
+# The code server and the run workers: the clients' repeated lines are summarised.
+client_logs.install()
 defs = build_definitions()

@@ -1,13 +1,15 @@
 """The job `program_user_info`: one Kafka partition's offset range per run.
 
-flatten_events: re-read the committed offset; read [start, end) and flatten it chunk by chunk,
-    each while the Cassandra IO manager's last writes of the previous chunk are in flight; then
-    deliver the dead letters.
-commit_offsets: check the accounting and only then commit `end`.
+flatten_events: read the committed state (offset and fence token); read [start, end) and
+    flatten it chunk by chunk, each while the Cassandra IO manager's last writes of the previous
+    chunk are in flight.
+commit_offsets: in one Kafka transaction fenced against every other committer of the partition,
+    deliver the dead letters, check the accounting, and commit `end` only if the partition's
+    committed state is still the one flatten_events read; otherwise the run is superseded.
 
 Message content stays in memory inside flatten_events and the IO manager (it is personal data);
-only the RangeReport (offsets and counts) passes through the default IO manager to the commit
-step.
+only the RangeReport (offsets, counts and reasons) passes through the default IO manager to the
+commit step, which re-reads the few messages it dead-letters from Kafka.
 """
 
 
@@ -42,17 +44,33 @@ from pydantic import Field
 from .accounting import RangeReport
 from .assets import ACCOUNTING_CHECK, JOB_NAME, PROGRAM_ENROLLMENT
 from .events import Reject, flatten
+from .interrupts import interrupts_deferred
 from .resources.cassandra import WriteReceipt
-from .resources.kafka import DeadLetter, KafkaResource, Message
+from .resources.kafka import CommitState, KafkaResource, KafkaUnavailable, Message, Superseded
 
 START_TAG = "programuser/start_offset"
 END_TAG = "programuser/end_offset"
+# The fence token of the committed state the run started from: with START_TAG, which attempts
+# at one committed state a run is (backlog.py counts the failed ones for its back-off).
+START_TOKEN_TAG = "programuser/start_token"
+# How a run that succeeded ended: "committed"; "superseded" when another run of the partition
+# committed first and this run's commit was refused (it committed nothing); "no_progress" when
+# its range was empty though the partition has records (a bug or a bad setting: the sensor
+# counts it as a failed attempt, drain stops on the partition).
+OUTCOME_TAG = "programuser/outcome"
+COMMITTED = "committed"
+SUPERSEDED = "superseded"
+NO_PROGRESS = "no_progress"
+# Who launched a run ("drain"; unset for the daemon's and the UI's runs).
+LAUNCHED_BY_TAG = "programuser/launched_by"
 # One dynamic partition per Kafka partition of the input topic ("0", "1", ...).
 kafka_partitions = DynamicPartitionsDefinition(name="kafka_partitions")
 
-# Test-only fault hook: seconds to sleep after the writes and dead letters, before the commit,
-# so a test can kill the run's process at exactly that point. Unset in production.
+# Test-only fault hooks, unset in production: seconds to sleep after the writes and dead
+# letters, before the commit (a test kills the run's process at exactly that point), and
+# before the fence (between the start read and the commit: two committers interleave there).
 PAUSE_BEFORE_COMMIT_ENV = "PROGRAMUSER_TEST_PAUSE_BEFORE_COMMIT_S"
+PAUSE_BEFORE_FENCE_ENV = "PROGRAMUSER_TEST_PAUSE_BEFORE_FENCE_S"
 
 
 class IngestConfig(Config):
@@ -72,8 +90,16 @@ class IngestConfig(Config):
     # this much work.
     max_messages: int = Field(
         default=100_000,
+        gt=0,
         description="At most this many offsets per run (a run's memory is bounded by its "
         "chunks, not by this).",
+    )
+    # A chunk is also cut at this many bytes of message values, so a backlog of records near
+    # the 5 MiB limit holds ~64 MiB, not chunk_messages x 5 MiB.
+    chunk_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        gt=0,
+        description="At most about this many bytes of message values per chunk.",
     )
 
 
@@ -85,10 +111,18 @@ RowChunks = DagsterType(
 )
 
 
-def _not_committed(report: RangeReport) -> str:
+def _not_committed(context: OpExecutionContext, report: RangeReport) -> str:
+    """What happens to a range whose run failed, in the words of whoever launched it."""
+    head = f"Offset {report.start} of partition {report.partition} was not committed"
+    if context.run.tags.get(LAUNCHED_BY_TAG) == "drain":
+        return (
+            f"{head}: drain does not retry a failed range. Run `programuser-dagster drain` "
+            "again once the cause is fixed, or re-execute this run from the UI (the sensor "
+            "also retries it, after a back-off, if it is running)."
+        )
     return (
-        f"Offset {report.start} of partition {report.partition} was not committed: the sensor "
-        "will retry this range, or re-execute this run from the UI."
+        f"{head}: the sensor retries this range after a back-off, or re-execute this run "
+        "from the UI once the cause is fixed."
     )
 
 
@@ -106,10 +140,11 @@ def _not_committed(report: RangeReport) -> str:
 def flatten_events(
     context: OpExecutionContext, config: IngestConfig, kafka: KafkaResource
 ) -> Iterator[Output]:
-    """Read one partition's range, flatten it, write the rows, deliver the dead letters."""
+    """Read one partition's range, flatten it and write the rows; report what to dead-letter."""
     partition = int(context.partition_key)
     # Re-read on every (re-)execution: never process records below the committed offset, so a
-    # stale run re-executed after newer ones cannot overwrite newer values.
+    # stale run re-executed after newer ones cannot overwrite newer values. The state read
+    # here is what the commit is fenced on.
     offsets = kafka.partition_offsets(partition)
     start = offsets.next_offset
     end = offsets.high if config.end_offset is None else min(config.end_offset, offsets.high)
@@ -120,28 +155,40 @@ def flatten_events(
         end=end,
         high_watermark=offsets.high,
         lost_to_retention=offsets.lost_to_retention,
+        committed_before=offsets.committed,
+        token_before=offsets.token,
     )
+    # Tag the run with the range it really reads, however it was launched, for the UI and for
+    # the sensor's count of failed attempts at a start offset.
+    context.instance.add_run_tags(
+        context.run_id,
+        {START_TAG: str(start), START_TOKEN_TAG: str(offsets.token), END_TAG: str(end)},
+    )
+    if (config.end_offset is not None and offsets.committed is not None
+            and offsets.committed >= config.end_offset):
+        # Requested for a range another run committed since (a late launch, a second trigger).
+        report.superseded = (
+            f"Partition {partition} is already committed at {offsets.committed}, at or past "
+            f"the end {config.end_offset} this run was launched for: another run committed "
+            "its range first. Nothing to do."
+        )
+        yield Output(iter(()), "rows", metadata=_batch_metadata(context, report))
+        yield Output(report, "report", metadata=report.metadata())
+        return
     if offsets.lost_to_retention:
         context.log.warning(
             f"{offsets.lost_to_retention} records of partition {partition} were deleted by "
             f"retention before they were read (committed {offsets.committed}, oldest retained "
             f"{offsets.low})."
         )
-    # Tag the run with the range it really reads, however it was launched, for the UI and for
-    # the sensor's count of failed attempts at a start offset.
-    context.instance.add_run_tags(context.run_id, {START_TAG: str(start), END_TAG: str(end)})
     context.log.info(f"Reading partition {partition} offsets [{start}, {end}).")
 
     # The range is read, flattened and written in chunks: the next chunk is flattened while the
     # IO manager's last writes of the previous one are in flight, and a run holds a chunk or
-    # two, not the range. Only the messages to dead-letter are kept (their bytes are sent).
-    stream = _RangeStream(kafka, partition, start, end, config.chunk_messages)
+    # two, not the range. Of the rejects only offsets and reasons are kept.
+    stream = _RangeStream(kafka, partition, start, end, config.chunk_messages, config.chunk_bytes)
     with _gc_paused():
-        yield Output(
-            stream.frames(),
-            "rows",
-            metadata={"batch": f"partition {partition} offsets [{start}, {end})"},
-        )
+        yield Output(stream.frames(), "rows", metadata=_batch_metadata(context, report))
     if not stream.finished:
         raise RuntimeError("The Cassandra IO manager did not write every chunk of the range.")
     report.read = stream.read
@@ -149,63 +196,55 @@ def flatten_events(
     receipt = _write_receipt(context)
     report.written = receipt.messages_written
     report.rows_upserted = receipt.rows_upserted
-
-    letters = [
-        DeadLetter(stream.kept[r.offset], r.reason)
-        for r in stream.rejects
-        if r.outcome == "dead_lettered"
-    ]
-    if receipt.rejected_offsets:  # rare: read those messages again rather than keep them all
-        again = {m.offset(): m for o in receipt.rejected_offsets
-                 for m in kafka.read_range(partition, o, o + 1)}
-        letters += [DeadLetter(again[o], "rejected_by_cassandra")
-                    for o in receipt.rejected_offsets]
-    try:
-        report.dead_lettered = kafka.deliver_dead_letters(letters)
-    except Exception as exc:
-        raise Failure(
-            description=f"Dead letters could not be delivered: {exc} {_not_committed(report)}",
-            metadata=report.metadata(),
-        ) from exc
-    if letters:
-        context.log.warning(
-            f"Dead-lettered {len(letters)} messages to {kafka.dlq_topic!r}: "
-            f"{dict(sorted(report.dead_lettered.items()))}"
-        )
+    report.dead_letters = [(r.offset, r.reason) for r in stream.rejects
+                           if r.outcome == "dead_lettered"]
+    report.dead_letters += [(o, "rejected_by_cassandra") for o in receipt.rejected_offsets]
     yield Output(report, "report", metadata=report.metadata())
+
+
+def _batch_metadata(context: OpExecutionContext, report: RangeReport) -> dict[str, str]:
+    # The IO manager echoes these in its failure message.
+    return {
+        "batch": f"partition {report.partition} offsets [{report.start}, {report.end})",
+        "if_not_written": _not_committed(context, report),
+    }
 
 
 class _RangeStream:
     """One partition's [start, end) as DataFrames of flattened rows, one per chunk, produced as
     the IO manager asks for them (it asks for the next while the last writes of this one are in
-    flight); counts what it read and keeps the rejects and their messages."""
+    flight); counts what it read and keeps the rejects (offsets and reasons)."""
 
     def __init__(
-        self, kafka: KafkaResource, partition: int, start: int, end: int, chunk: int
+        self, kafka: KafkaResource, partition: int, start: int, end: int, chunk: int,
+        chunk_bytes: int,
     ) -> None:
         self.kafka, self.partition, self.start, self.end = kafka, partition, start, end
         self.chunk = max(1, chunk)
+        self.chunk_bytes = max(1, chunk_bytes)
         self.read = 0
         self.rejects: list[Reject] = []
-        self.kept: dict[int, Message] = {}  # offset -> message, of the dead-lettered rejects
         self.finished = False
 
     def frames(self) -> Iterator[pd.DataFrame]:
         # Not in a thread: flattening is pure Python, and a thread holding the GIL delays the
         # driver's I/O thread so much that a run took ~25% longer (make bench).
         pending: list[Message] = []
+        pending_bytes = 0
         # Nothing is written before the first chunk is flattened: a small first chunk starts
         # Cassandra's work sooner (~0.25 s a run here), the rest come in full chunks, whatever
         # each fetch returned.
-        size = max(1, self.chunk // 5)
+        size, limit = max(1, self.chunk // 5), max(1, self.chunk_bytes // 5)
         for messages in self.kafka.iter_range(self.partition, self.start, self.end,
                                               batch_size=self.chunk):
             self.read += len(messages)
-            pending += messages
-            while len(pending) >= size:
-                yield self._flatten(pending[:size])
-                del pending[:size]
-                size = self.chunk
+            for m in messages:
+                pending.append(m)
+                pending_bytes += len(m.value() or b"")
+                if len(pending) >= size or pending_bytes >= limit:
+                    yield self._flatten(pending)
+                    pending, pending_bytes = [], 0
+                    size, limit = self.chunk, self.chunk_bytes
         if pending:
             yield self._flatten(pending)
         self.finished = True
@@ -216,11 +255,7 @@ class _RangeStream:
         # automatic collector (see _gc_paused), which otherwise keeps it to the end of the run.
         gc.collect()
         batch = flatten((m.offset(), m.value()) for m in messages)
-        if batch.rejects:
-            by_offset = {m.offset(): m for m in messages}
-            self.rejects += batch.rejects
-            self.kept.update((r.offset, by_offset[r.offset]) for r in batch.rejects
-                             if r.outcome == "dead_lettered")
+        self.rejects += batch.rejects
         return batch.rows
 
 
@@ -272,42 +307,87 @@ def _write_receipt(context: OpExecutionContext) -> WriteReceipt:
 def commit_offsets(
     context: OpExecutionContext, report: RangeReport, kafka: KafkaResource
 ) -> Iterator[AssetCheckEvaluation | AssetMaterialization]:
-    """Check that every message is accounted for, then commit `end` for the consumer group."""
-    balanced = report.balanced
+    """Deliver the dead letters, check that every message is accounted for, then commit `end`:
+    one transaction, fenced against every other committer of the partition."""
+    if report.superseded:
+        _superseded(context, report.superseded)
+        return
+    if report.end <= report.start:
+        # Nothing read, nothing to commit: committing would only bump the token.
+        context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: NO_PROGRESS})
+        context.log.warning(
+            f"Partition {report.partition}: the range [{report.start}, {report.end}) is empty "
+            f"(high-water mark {report.high_watermark}); nothing was committed."
+        )
+        return
+    _, warnings = kafka.dead_letter_room()
+    for warning in warnings:
+        context.log.warning(warning)
+    _pause(context, PAUSE_BEFORE_FENCE_ENV, "before the fence")
+    expected = CommitState(report.committed_before, report.token_before)
+    committed: CommitState | None = None
+    try:
+        # A SIGTERM or SIGINT from here on is held to the end: the writes are acknowledged, so
+        # the run commits (or is refused) rather than leaving the transaction half done.
+        # Nothing is yielded inside: Dagster re-installs its raising handler on every resume.
+        with interrupts_deferred(), kafka.fenced_commit(report.partition, expected) as txn:
+            report.dead_lettered = txn.deliver(report.dead_letters)
+            if report.balanced:
+                _pause(context, PAUSE_BEFORE_COMMIT_ENV, "before the commit")
+                committed = txn.commit(report.end)
+            # Unbalanced: the block is left without commit(), so the transaction aborts.
+    except Superseded as exc:
+        _superseded(context, str(exc))
+        return
+    except KafkaUnavailable as exc:
+        raise Failure(
+            description=f"{exc} {_not_committed(context, report)}", metadata=report.metadata()
+        ) from exc
     # Yielded (not logged) so that the check's result is recorded before a failure below.
     yield AssetCheckEvaluation(
         asset_key=PROGRAM_ENROLLMENT,
         check_name=ACCOUNTING_CHECK,
-        passed=balanced,
+        passed=report.balanced,
         severity=AssetCheckSeverity.ERROR,
         metadata=report.metadata(),
-        description=None if balanced else report.imbalance(),
+        description=None if report.balanced else report.imbalance(),
     )
-    if not balanced:
+    if committed is None:
         raise Failure(
             description=f"Accounting does not balance: {report.imbalance()}. "
-            + _not_committed(report),
+            + _not_committed(context, report),
             metadata=report.metadata(),
         )
-
-    pause = float(os.environ.get(PAUSE_BEFORE_COMMIT_ENV) or 0)
-    if pause > 0:
-        context.log.warning(f"Test fault hook: pausing {pause}s before the commit.")
-        time.sleep(pause)
-
-    committed = kafka.commit(report.partition, report.end)
-    if committed > report.end:
+    context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: COMMITTED})
+    if report.dead_letters:
         context.log.warning(
-            f"Partition {report.partition} was already committed at {committed}, past this "
-            f"run's end {report.end} (a newer run finished first); the offset was left there."
+            f"Dead-lettered {report.dead_lettered_total} messages to {kafka.dlq_topic!r}: "
+            f"{dict(sorted(report.dead_lettered.items()))}"
         )
-    lag_left = max(0, kafka.partition_offsets(report.partition).high - committed)
-    context.log.info(f"Committed {committed}: {report.describe()}; lag left {lag_left}.")
+    lag_left = max(0, kafka.partition_offsets(report.partition).high - report.end)
+    context.log.info(
+        f"Committed {report.end} (token {committed.token}): {report.describe()}; "
+        f"lag left {lag_left}."
+    )
     yield AssetMaterialization(
         PROGRAM_ENROLLMENT,
         description=report.describe(),
-        metadata={**report.metadata(), "committed_offset": committed, "lag_left": lag_left},
+        metadata={**report.metadata(), "committed_offset": report.end, "lag_left": lag_left},
     )
+
+
+def _superseded(context: OpExecutionContext, why: str) -> None:
+    """The run ends without committing: not a failure (its range is another run's), and not a
+    range in the accounting (no materialization)."""
+    context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: SUPERSEDED})
+    context.log.warning(f"Superseded: {why}")
+
+
+def _pause(context: OpExecutionContext, variable: str, where: str) -> None:
+    pause = float(os.environ.get(variable) or 0)
+    if pause > 0:
+        context.log.warning(f"Test fault hook {variable}: pausing {pause}s {where}.")
+        time.sleep(pause)
 
 
 @job(

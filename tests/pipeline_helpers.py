@@ -121,8 +121,14 @@ def all_rows(session: Session, settings: Settings) -> dict[tuple[str, str], dict
     return {(r.program_id, r.user_id): _as_dict(r) for r in rows}
 
 
-def dead_letters(settings: Settings, expected: int, timeout_s: float = 20.0) -> list[Any]:
-    """Every message of the dead-letter topic (all partitions), waiting for `expected`."""
+def dead_letters(
+    settings: Settings, expected: int, timeout_s: float = 20.0, committed_only: bool = True
+) -> list[Any]:
+    """Every message of the dead-letter topic (all partitions), waiting for `expected`.
+
+    As the contract says to read it, read_committed: letters of a run whose commit did not land
+    are not seen. committed_only=False also shows those of transactions still open.
+    """
     import time
 
     consumer = Consumer(
@@ -130,6 +136,7 @@ def dead_letters(settings: Settings, expected: int, timeout_s: float = 20.0) -> 
             "bootstrap.servers": settings.kafka_bootstrap_servers,
             "group.id": f"{settings.kafka_group_id}-dlq-reader",
             "enable.auto.commit": False,
+            "isolation.level": "read_committed" if committed_only else "read_uncommitted",
         }
     )
     try:
@@ -151,14 +158,21 @@ def dead_letters(settings: Settings, expected: int, timeout_s: float = 20.0) -> 
         consumer.close()
 
 
-def step_metadata(result: ExecuteInProcessResult, step: str = "flatten_events") -> dict[str, Any]:
-    """The metadata of a step's `report` output, as values."""
+def step_metadata(result: ExecuteInProcessResult) -> dict[str, Any]:
+    """A run's counts, as values: flatten_events' `report` output, completed by the commit
+    step's materialization when the run committed (the dead letters are counted there)."""
+    found: dict[str, Any] | None = None
     for ev in result.all_events:
-        if ev.is_successful_output and ev.step_key == step:
+        if ev.is_successful_output and ev.step_key == "flatten_events":
             data = ev.event_specific_data
             if data.step_output_handle.output_name == "report":
-                return {k: v.value for k, v in data.metadata.items()}
-    raise AssertionError("no report output")
+                found = {k: v.value for k, v in data.metadata.items()}
+        elif ev.event_type_value == "ASSET_MATERIALIZATION" and found is not None:
+            mat = ev.event_specific_data.materialization
+            found.update({k: v.value for k, v in mat.metadata.items()})
+    if found is None:
+        raise AssertionError("no report output")
+    return found
 
 
 def create_schema(session: Session, settings: Settings) -> None:

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
-from dagster import DagsterRunStatus, RunsFilter
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from programuser_dagster.drain import drain
+from programuser_dagster.drain import FAILED, PROGRESS, STALLED, SUPERSEDED_RUN, drain, judge
 from programuser_dagster.settings import Settings
 from tests.pipeline_helpers import event, offsets, produce
 
@@ -122,3 +129,319 @@ def test_drain_in_two_processes_gives_each_partition_to_one_of_them(
         tags = r.dagster_run.tags
         by_process.setdefault(tags[DRAIN_PROCESS_TAG], set()).add(tags["dagster/partition"])
     assert sorted(sorted(parts) for parts in by_process.values()) == [["0", "2"], ["1", "3"]]
+
+
+# ------------------------------------------------------------- bad settings must not loop
+
+
+def _offsets(partition: int, committed: int | None, high: int, low: int = 0) -> Any:
+    from programuser_dagster.resources.kafka import PartitionOffsets
+
+    return PartitionOffsets(partition=partition, low=low, high=high, committed=committed)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "succeeded", "outcome", "verdict"),
+    [
+        # The offset moved: progress, whatever is left.
+        ((None, 25), (10, 25), True, "committed", PROGRESS),
+        ((10, 25), (20, 25), True, "committed", PROGRESS),
+        # A range of only holes (transaction markers) moves the offset too.
+        ((10, 12), (12, 12), True, "committed", PROGRESS),
+        # Nothing left to read: caught up, even if this run did not move the offset.
+        ((10, 10), (10, 10), True, None, PROGRESS),
+        # Succeeded, offset stayed, records left: the loop of issue 11.
+        ((40, 52), (40, 52), True, "committed", STALLED),
+        ((None, 5), (None, 5), True, None, STALLED),
+        ((None, 5), (0, 5), True, "no_progress", STALLED),
+        # Another run committed this range first: not a failure, go on.
+        ((40, 52), (40, 52), True, "superseded", SUPERSEDED_RUN),
+        ((40, 52), (40, 52), False, None, FAILED),
+        ((40, 52), (50, 52), False, None, FAILED),
+    ],
+)
+def test_judge_tells_progress_from_a_stall(
+    before: tuple, after: tuple, succeeded: bool, outcome: str | None, verdict: str
+) -> None:
+    assert judge(_offsets(0, *before), _offsets(0, *after), succeeded, outcome) == verdict
+
+
+def test_judge_counts_a_start_below_the_low_watermark_as_its_start() -> None:
+    # Committed 5, records below 30 deleted by retention: the run starts at 30.
+    assert judge(_offsets(0, 5, 60, low=30), _offsets(0, 40, 60, low=30), True, None) == PROGRESS
+    assert judge(_offsets(0, 5, 60, low=30), _offsets(0, 5, 60, low=30), True, None) == STALLED
+
+
+def test_the_stop_summary_says_what_was_finished_and_what_was_not() -> None:
+    from programuser_dagster.drain import DrainResult
+
+    result = DrainResult(
+        runs=[(0, True, ""), (2, True, ""), (0, False, ""), (1, False, "")],
+        signal=signal.SIGTERM, caught_up={2}, not_started={3, 4}, lag_left={5: 7},
+        in_progress={1: (False, "failed without committing")},
+    )
+    assert result.stop_summary() == (
+        "drain: stopped by SIGTERM: 3 runs finished (1 failed, 1 partition caught up), "
+        "partition 1's run in progress failed without committing, lag left on partition 5 (7), "
+        "partitions 3, 4 not started"
+    )
+    assert DrainResult(signal=signal.SIGINT).stop_summary() == (
+        "drain: stopped by SIGINT: 0 runs finished (0 partitions caught up), no run was in "
+        "progress"
+    )
+
+
+@pytest.mark.parametrize("bad", [0, -5])
+def test_drain_refuses_max_messages_below_one(instance, bad: int) -> None:
+    with pytest.raises(ValueError, match=f"max_messages must be at least 1, not {bad}"):
+        drain(instance, Settings(), max_messages=bad)
+
+
+def test_drain_stops_on_a_partition_whose_run_did_not_move_its_offset(
+    instance, kafka_topics: Settings
+) -> None:
+    """A run succeeds, then its partition's offset is back where it was (here an operator's
+    reset, the moment drain prints the run's line): drain stops on that partition, says so,
+    counts a failure, and finishes the other partitions."""
+    s = kafka_topics
+    produce(s, [event("p0", f"u{i}") for i in range(25)], partition=0)
+    produce(s, [event("p1", f"u{i}") for i in range(5)], partition=1)
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        lines.append(line)
+        if line.startswith("partition 0: run") and " ok: " in line and len(lines) == 1:
+            _commit(s, 0, 0)
+
+    result = drain(instance, s, say=say, max_messages=10)
+
+    assert result.failed == 1, lines
+    [stall] = [line for line in lines if "succeeded but" in line]
+    assert stall.startswith("partition 0: run ")
+    assert stall.endswith("succeeded but the committed offset stayed at 0 (lag 25): stopping on "
+                          "this partition; see the run in the UI")
+    assert list(result.stalled) == [0]
+    assert [p for p, _, _ in result.runs] == [0, 1]  # partition 0 was not run again
+    assert offsets(s, 0).committed == 0 and offsets(s, 1).committed == 5
+
+
+def test_drain_goes_on_after_a_superseded_run(
+    instance, kafka_topics: Settings, monkeypatch
+) -> None:
+    """Another committer commits the range while the run waits before its fence: the run is
+    superseded, drain says so, does not count it as a failure, and drains the rest."""
+    from programuser_dagster.jobs import PAUSE_BEFORE_FENCE_ENV
+
+    s = kafka_topics
+    produce(s, [event("p", f"u{i}") for i in range(25)], partition=0)
+    monkeypatch.setenv(PAUSE_BEFORE_FENCE_ENV, "2")
+    lines: list[str] = []
+
+    def interfere() -> None:
+        [run] = _wait_for("the first run", lambda: _runs(instance)[:1], 120)
+        _wait_for("its pause", lambda: _logged(instance, run.run_id, "Test fault hook"), 120)
+        _commit(s, 0, 10)  # as another run would have
+
+    thread = threading.Thread(target=interfere, daemon=True)
+    thread.start()
+    result = drain(instance, s, say=lines.append, max_messages=10)
+    thread.join(10)
+
+    assert result.failed == 0, lines
+    assert lines[0].startswith("partition 0: run ")
+    assert lines[0].endswith(" superseded: another run committed this range first"), lines
+    assert [p for p, ok, _ in result.runs] == [0, 0, 0]  # superseded, [10, 20), [20, 25)
+    assert offsets(s, 0).committed == 25
+
+
+def test_drain_prints_the_cause_of_a_failed_run_on_its_line(
+    instance, kafka_topics: Settings
+) -> None:
+    import dataclasses
+
+    s = dataclasses.replace(kafka_topics, cassandra_username="nobody")  # bad credentials
+    produce(s, [event("p", "u")], partition=0)
+    lines: list[str] = []
+    result = drain(instance, s, say=lines.append)
+    assert result.failed == 1
+    [line] = lines
+    assert line.startswith("partition 0: run ") and " FAILED: " in line
+    assert "Execution of step" not in line
+    assert "Bad credentials" in line or "AuthenticationFailed" in line, line
+    assert "\n" not in line
+
+
+def test_failure_description_reads_past_dagsters_wrapper_to_the_cause() -> None:
+    from dagster._utils.error import SerializableErrorInfo
+
+    from programuser_dagster.drain import _error_text
+
+    kafka = SerializableErrorInfo(
+        "cimpl.KafkaException: KafkaError{code=_TRANSPORT}\n", [], "KafkaException")
+    ours = SerializableErrorInfo(
+        "programuser_dagster.resources.kafka.KafkaUnavailable: Kafka at 127.0.0.1:1 did not "
+        "answer.\n", [], "KafkaUnavailable", cause=kafka)
+    wrapper = SerializableErrorInfo(
+        'dagster._core.errors.DagsterExecutionStepExecutionError: Error occurred while '
+        'executing op "flatten_events":\n', [], "DagsterExecutionStepExecutionError", cause=ours)
+    assert _error_text(wrapper) == ("KafkaUnavailable: Kafka at 127.0.0.1:1 did not answer. "
+                                    "(caused by KafkaException: KafkaError{code=_TRANSPORT})")
+    interrupted = SerializableErrorInfo(
+        "dagster._core.errors.DagsterExecutionInterruptedError\n", [],
+        "DagsterExecutionInterruptedError")
+    assert _error_text(interrupted) == "interrupted by SIGINT or SIGTERM before it committed"
+
+
+# ------------------------------------------------------------ drain stops on SIGTERM/SIGINT
+
+
+def _commit(s: Settings, partition: int, offset: int) -> None:
+    """Commit an offset for the test's group from outside the pipeline (an operator's tool)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers,
+                         "group.id": s.kafka_group_id, "enable.auto.commit": False})
+    try:
+        consumer.commit(offsets=[TopicPartition(s.kafka_input_topic, partition, offset)],
+                        asynchronous=False)
+    finally:
+        consumer.close()
+
+
+def _wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _runs(instance) -> list[Any]:
+    records = instance.get_run_records(RunsFilter(job_name="program_user_info"), ascending=True)
+    return [r.dagster_run for r in records]
+
+
+def _logged(instance, run_id: str, text: str) -> bool:
+    for entry in instance.all_logs(run_id):
+        event_ = entry.dagster_event
+        if any(text in t for t in (entry.user_message, event_ and event_.message) if t):
+            return True
+    return False
+
+
+def _home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(Path(__file__).parent.parent / "dagster.yaml", home / "dagster.yaml")
+    return home
+
+
+def _backlog(s: Settings) -> None:
+    for p in range(4):
+        produce(s, [event(f"p{p}", f"u{i}") for i in range(25)], partition=p)
+
+
+def _start_drain(s: Settings, home: Path, out: Path, *args: str) -> subprocess.Popen:
+    from programuser_dagster.jobs import PAUSE_BEFORE_COMMIT_ENV
+
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+        "KAFKA_INPUT_TOPIC": s.kafka_input_topic,
+        "KAFKA_GROUP_ID": s.kafka_group_id,
+        "KAFKA_DLQ_TOPIC": s.kafka_dlq_topic,
+        "CASSANDRA_KEYSPACE": s.cassandra_keyspace,
+        # Each run waits here, its writes acknowledged, inside the commit step: the signal
+        # arrives while a run is in progress.
+        PAUSE_BEFORE_COMMIT_ENV: "4",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "programuser_dagster.cli", "drain", "--max-messages", "10",
+         *args],
+        env=env, stdout=out.open("wb"), stderr=subprocess.STDOUT,
+    )
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(30)
+
+
+def _assert_committed_rows_were_written(s: Settings, session) -> dict[int, int | None]:
+    """Nothing committed that was not written: every event below each partition's committed
+    offset has its row. Returns the committed offsets."""
+    committed = {p: offsets(s, p).committed for p in range(4)}
+    rows = {(r.program_id, r.user_id) for r in session.execute(
+        f"SELECT program_id, user_id FROM {s.cassandra_keyspace}.{s.cassandra_table}")}
+    for p, c in committed.items():
+        missing = [i for i in range(c or 0) if (f"p{p}", f"u{i}") not in rows]
+        assert not missing, f"partition {p} committed {c} but rows {missing} are missing"
+    return committed
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_drain_stops_on_a_signal_and_says_what_was_left(
+    kafka_topics: Settings, cassandra_session, tmp_path: Path, signum: int, code: int
+) -> None:
+    s = kafka_topics
+    _backlog(s)
+    home = _home(tmp_path)
+    out = tmp_path / "drain.out"
+    proc = _start_drain(s, home, out)
+    try:
+        with DagsterInstance.from_config(str(home)) as instance:
+            [run] = _wait_for("drain's first run", lambda: _runs(instance)[:1], 180)
+            _wait_for("its pause before the commit",
+                      lambda: _logged(instance, run.run_id, "Test fault hook"), 180)
+            proc.send_signal(signum)
+            assert proc.wait(120) == code, out.read_text()
+            runs = _runs(instance)
+        name = signal.Signals(signum).name
+        assert out.read_text().splitlines()[-1] == (
+            f"drain: stopped by {name}: 0 runs finished (0 partitions caught up), partition 0's "
+            "run in progress committed up to 10, lag left on partition 0 (15), "
+            "partitions 1, 2, 3 not started"
+        ), out.read_text()
+        # No run started after the signal; the one in progress finished (its writes were
+        # acknowledged: it committed).
+        assert [r.run_id for r in runs] == [run.run_id]
+        assert runs[0].status == DagsterRunStatus.SUCCESS
+        assert _assert_committed_rows_were_written(s, cassandra_session) == {
+            0: 10, 1: None, 2: None, 3: None}
+    finally:
+        _stop(proc)
+
+
+def test_drain_in_two_processes_forwards_a_signal_and_waits_for_the_workers(
+    kafka_topics: Settings, cassandra_session, tmp_path: Path
+) -> None:
+    s = kafka_topics
+    _backlog(s)
+    home = _home(tmp_path)
+    out = tmp_path / "drain.out"
+    proc = _start_drain(s, home, out, "--processes", "2")
+    try:
+        with DagsterInstance.from_config(str(home)) as instance:
+            first = _wait_for("a run in each worker", lambda: _runs(instance)[1:] and
+                              _runs(instance), 180)
+            for run in first:
+                _wait_for("the pause before the commit",
+                          lambda run=run: _logged(instance, run.run_id, "Test fault hook"), 180)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(120) == 143, out.read_text()
+            runs = _runs(instance)
+        assert out.read_text().splitlines()[-1] == (
+            "drain: stopped by SIGTERM: 0 runs finished (0 partitions caught up), partition 0's "
+            "run in progress committed up to 10, partition 1's run in progress committed up "
+            "to 10, lag left on partition 0 (15), partition 1 (15), partitions 2, 3 not started"
+        ), out.read_text()
+        assert sorted(r.run_id for r in runs) == sorted(r.run_id for r in first)
+        assert all(r.status == DagsterRunStatus.SUCCESS for r in runs)
+        assert _assert_committed_rows_were_written(s, cassandra_session) == {
+            0: 10, 1: 10, 2: None, 3: None}
+    finally:
+        _stop(proc)

@@ -19,7 +19,7 @@ from programuser_dagster.backlog import plan_backlog
 from programuser_dagster.resources import kafka_resource
 from programuser_dagster.sensors import build_backlog_sensor
 from programuser_dagster.settings import Settings
-from tests.pipeline_helpers import event, produce, run_partition
+from tests.pipeline_helpers import event, offsets, produce, run_partition
 
 pytestmark = pytest.mark.stack
 
@@ -36,12 +36,22 @@ def tick(instance: DagsterInstance, s: Settings) -> SensorResult:
     return result
 
 
-def add_run(instance: DagsterInstance, partition: int, status: DagsterRunStatus, start: int = 0):
+def add_run(
+    instance: DagsterInstance,
+    partition: int,
+    status: DagsterRunStatus,
+    start: int = 0,
+    token: int = 0,
+    **tags: str,
+):
+    """A run record of the job at a committed state (offset, fence token), as the sensor tags
+    the runs it requests."""
     run = DagsterRun(
         job_name="program_user_info",
         run_id=make_new_run_id(),
         status=status,
-        tags={"dagster/partition": str(partition), "programuser/start_offset": str(start)},
+        tags={"dagster/partition": str(partition), "programuser/start_offset": str(start),
+              "programuser/start_token": str(token), **tags},
     )
     return instance.add_run(run)
 
@@ -68,8 +78,8 @@ def test_a_tick_with_lag_requests_one_run_per_partition_up_to_the_high_watermark
     result = tick(instance, s)
     requests = sorted(result.run_requests, key=lambda r: r.partition_key)
     assert [(r.partition_key, r.run_key) for r in requests] == [
-        ("0", "partition-0:0-3:attempt-1"),
-        ("2", "partition-2:0-1:attempt-1"),
+        ("0", "partition-0:0-3:token-0:attempt-1"),
+        ("2", "partition-2:0-1:token-0:attempt-1"),
     ]
     assert requests[0].run_config["ops"]["flatten_events"]["config"]["end_offset"] == 3
     lag = {k: v.value for k, v in result.asset_events[0].metadata.items()}
@@ -100,13 +110,13 @@ def test_a_failed_range_is_requested_again_after_a_growing_back_off(
     kafka = kafka_resource(s)
     try:
         later = plan_backlog(instance, kafka, now=time.time() + 31)
-        assert [r.run_key for r in later.run_requests] == ["partition-0:0-1:attempt-2"]
+        assert [r.run_key for r in later.run_requests] == ["partition-0:0-1:token-0:attempt-2"]
         # A second failure at the same start doubles the wait.
         run2 = add_run(instance, 0, DagsterRunStatus.STARTED)
         instance.report_run_failed(run2)
         assert plan_backlog(instance, kafka, now=time.time() + 31).run_requests == []
         retry = plan_backlog(instance, kafka, now=time.time() + 61).run_requests
-        assert [r.run_key for r in retry] == ["partition-0:0-1:attempt-3"]
+        assert [r.run_key for r in retry] == ["partition-0:0-1:token-0:attempt-3"]
     finally:
         kafka.close()
 
@@ -138,3 +148,36 @@ def test_a_new_partition_of_the_topic_is_added_and_drained(
     [request] = result.dynamic_partitions_requests
     assert list(request.partition_keys) == ["4"]
     assert [r.partition_key for r in result.run_requests] == ["4"]
+
+
+def test_a_run_that_succeeded_without_moving_the_offset_is_a_failed_attempt(
+    instance, kafka_topics: Settings
+) -> None:
+    """The guard against any cause of a loop of empty runs (a bad setting, a bug): a real run
+    whose range is empty though the partition has records commits nothing, is tagged
+    no_progress, and the sensor backs off as after a failure."""
+    s = kafka_topics
+    produce(s, [event("p", "u"), event("p", "v")], partition=0)
+    result = run_partition(instance, s, end_offset=0)
+    assert result.success
+    run = instance.get_run_by_id(result.run_id)
+    assert run.tags["programuser/outcome"] == "no_progress"
+    assert offsets(s).committed is None
+    kafka = kafka_resource(s)
+    try:
+        plan = plan_backlog(instance, kafka)
+        assert plan.run_requests == []
+        assert plan.waiting[0].startswith("lag 2, 1 failed attempt(s) at offset 0, retrying in")
+        later = plan_backlog(instance, kafka, now=time.time() + 31)
+        assert [r.run_key for r in later.run_requests] == ["partition-0:0-2:token-0:attempt-2"]
+    finally:
+        kafka.close()
+
+
+def test_a_superseded_run_is_not_a_failed_attempt(instance, kafka_topics: Settings) -> None:
+    s = kafka_topics
+    produce(s, [event("p", "u")], partition=0)
+    add_run(instance, 0, DagsterRunStatus.SUCCESS, **{"programuser/outcome": "superseded"})
+    add_run(instance, 0, DagsterRunStatus.FAILURE, token=7)  # another committed state's
+    [request] = tick(instance, s).run_requests
+    assert request.run_key == "partition-0:0-1:token-0:attempt-1"

@@ -324,15 +324,18 @@ class CassandraIOManager(ConfigurableIOManager):
         except Exception as exc:
             if not isinstance(exc, RowsNotProduced):
                 self.disconnect()  # the next run connects afresh rather than reuse a broken link
-            # The producing op names its batch in the output metadata; echo it for operators.
-            batch = context.output_metadata.get("batch")
-            label = getattr(batch, "value", batch) or "this batch"
+            # The producing op names its batch, and what becomes of it, in the output
+            # metadata; echo them for operators.
+            def said(name: str, default: str) -> str:
+                value = context.output_metadata.get(name)
+                return str(getattr(value, "value", value) or default)
+
             what = str(exc) if isinstance(exc, (CassandraWriteFailed, RowsNotProduced)) else (
                 f"{self.where()} refused the write ({type(exc).__name__}: {exc})."
             )
             raise Failure(
-                description=f"{what} Nothing of {label} was committed: the sensor will retry "
-                "it, or re-execute this run once Cassandra is back."
+                description=f"{what} Nothing of {said('batch', 'this batch')} was committed. "
+                + said("if_not_written", "Re-execute this run once the cause is fixed.")
             ) from exc
         context.add_output_metadata(
             {

@@ -2,15 +2,25 @@
 
 Follows confluent-kafka's guidance for at-least-once batch consumers: explicit assign() of one
 partition at a start offset (no group membership, so no rebalancing mid-run),
-enable.auto.commit=false, consume() in batches, and a synchronous commit of an explicit offset
-once the work is durable.
+enable.auto.commit=false, consume() in batches, and the offset committed once the work is
+durable.
+
+The commit is fenced, because Kafka has no compare-and-set on offsets (an assign-only group
+commits with generation -1, accepted from anyone): a run reads the partition's committed state
+(offset, token) when it starts, and commits in a Kafka transaction of the partition's own
+transactional.id, whose init_transactions() aborts and fences any older committer of the
+partition; the transaction re-reads the state and commits offset and token + 1 only if the state
+is still the one the run started from. The run's dead letters are in the same transaction, so a
+read_committed reader sees each range's letters once, with its commit.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -23,9 +33,13 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient, ConfigResource
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
+from ..client_logs import kafka_logger
+from ..settings import DEAD_LETTER_MAX_MESSAGE_BYTES, INPUT_MAX_MESSAGE_BYTES
+from .dead_letters import BATCH_OVERHEAD, Source, letter, room_warning
 from .secrets import reveal
 
 T = TypeVar("T")
@@ -38,9 +52,14 @@ _COORDINATOR_ERRORS = frozenset(
         KafkaError._WAIT_COORD,
     }
 )
-
-# Room for a 4 MB event plus the dead-letter headers; the local broker allows 5 MB.
-MAX_MESSAGE_BYTES = 5 * 1024 * 1024
+# Errors that mean another committer of the partition initialised its transactions after us.
+_FENCED_ERRORS = frozenset(
+    {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+)
+# The commit metadata string carries the fence's token: "programuser-dagster token=N".
+_TOKEN = re.compile(r"\btoken=(\d+)\b")
+# Dead-letter offsets at most this far apart are re-read in one pass rather than two.
+_READ_GAP = 1_000
 
 
 class KafkaUnavailable(RuntimeError):
@@ -53,6 +72,11 @@ class PartitionOffsets:
     low: int
     high: int
     committed: int | None  # None: the group never committed on this partition
+    token: int = 0  # the fence's token of that commit (0: none, or not ours)
+
+    @property
+    def state(self) -> CommitState:
+        return CommitState(self.committed, self.token)
 
     @property
     def next_offset(self) -> int:
@@ -70,9 +94,19 @@ class PartitionOffsets:
 
 
 @dataclass(frozen=True)
-class DeadLetter:
-    message: Message
-    reason: str
+class CommitState:
+    """A partition's committed offset (None: never committed) and the token of that commit."""
+
+    offset: int | None
+    token: int
+
+    def describe(self) -> str:
+        return f"offset {'none' if self.offset is None else self.offset}, token {self.token}"
+
+
+class Superseded(RuntimeError):
+    """Another run of the partition committed (or began committing) since this run started;
+    this run's commit was refused and nothing of it was committed."""
 
 
 class KafkaResource(ConfigurableResource):
@@ -105,6 +139,8 @@ class KafkaResource(ConfigurableResource):
     )
 
     _consumer: Consumer | None = PrivateAttr(default=None)
+    _observer: Consumer | None = PrivateAttr(default=None)
+    _room: tuple[int, list[str]] | None = PrivateAttr(default=None)  # see dead_letter_room
     # The client's latest errors (librdkafka error_cb): they say *why* a broker did not answer.
     _client_errors: deque[str] = PrivateAttr(default_factory=lambda: deque(maxlen=3))
 
@@ -114,6 +150,7 @@ class KafkaResource(ConfigurableResource):
         conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
             "error_cb": lambda err: self._client_errors.append(err.str()),
+            "logger": kafka_logger(),  # librdkafka's repeated lines summarised, not on stderr
         }
         optional = {
             "security.protocol": self.security_protocol,
@@ -149,18 +186,32 @@ class KafkaResource(ConfigurableResource):
 
     @property
     def consumer(self) -> Consumer:
+        """Reads records, and the committed state inside a commit: read_committed (librdkafka's
+        default), so committed() waits for a pending transaction's offsets to settle."""
         # One consumer per resource instance: it is only ever assigned, never subscribed.
         if self._consumer is None:
             self._consumer = Consumer(self._consumer_config())
         return self._consumer
 
+    @property
+    def observer(self) -> Consumer:
+        """Observes committed offsets (sensor, lag, a run's start) without waiting for another
+        run's pending transaction: read_uncommitted returns the last settled commit at once,
+        where read_committed waits up to the transaction's timeout."""
+        if self._observer is None:
+            self._observer = Consumer(
+                {**self._consumer_config(), "isolation.level": "read_uncommitted"}
+            )
+        return self._observer
+
     def teardown_after_execution(self, context: Any) -> None:
         self.close()
 
     def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+        for consumer in (self._consumer, self._observer):
+            if consumer is not None:
+                consumer.close()
+        self._consumer = self._observer = None
 
     def _where(self) -> str:
         return f"Kafka at {self.bootstrap_servers}"
@@ -211,19 +262,26 @@ class KafkaResource(ConfigurableResource):
             )
         return sorted(topic.partitions)
 
-    def offsets(self, partitions: Sequence[int] | None = None) -> list[PartitionOffsets]:
-        """Low/high watermarks and the group's committed offset of each partition."""
+    def offsets(
+        self, partitions: Sequence[int] | None = None, *, settled: bool = False
+    ) -> list[PartitionOffsets]:
+        """Low/high watermarks and the group's committed offset (and token) of each partition.
+
+        `settled`: wait for a commit in progress to end (the fence's read); otherwise return
+        the last commit that ended, at once.
+        """
         parts = list(self.partitions() if partitions is None else partitions)
         tps = [TopicPartition(self.input_topic, p) for p in parts]
+        reader = self.consumer if settled else self.observer
         try:
             committed = self._retrying(
-                lambda: self.consumer.committed(tps, timeout=self.request_timeout_s)
+                lambda: reader.committed(tps, timeout=self.request_timeout_s)
             )
             result = []
             for tp in committed:
                 if tp.error is not None:
                     raise KafkaException(tp.error)
-                low, high = self.consumer.get_watermark_offsets(
+                low, high = reader.get_watermark_offsets(
                     TopicPartition(self.input_topic, tp.partition),
                     timeout=self.request_timeout_s,
                     cached=False,
@@ -235,6 +293,7 @@ class KafkaResource(ConfigurableResource):
                         high=high,
                         committed=None if tp.offset == OFFSET_INVALID or tp.offset < 0
                         else tp.offset,
+                        token=_token(tp.metadata),
                     )
                 )
         except KafkaException as exc:
@@ -319,133 +378,298 @@ class KafkaResource(ConfigurableResource):
 
     # -- writing -------------------------------------------------------------------------------
 
-    def deliver_dead_letters(self, letters: Sequence[DeadLetter]) -> dict[str, int]:
-        """Produce each dead letter and wait for the broker's delivery reports.
-
-        Returns the count of delivered letters by reason, taken from the delivery reports.
-        Raises KafkaUnavailable if any letter is not acknowledged within delivery_timeout_s.
-        """
-        if not letters:
-            return {}
-        producer = self._producer()
-        delivered: dict[str, int] = {}
-        errors: list[str] = []
-
-        def report(err: KafkaError | None, msg: Message, reason: str) -> None:
-            if err is None:
-                delivered[reason] = delivered.get(reason, 0) + 1
-            else:
-                errors.append(err.str())
-
-        for letter in letters:
-            m = letter.message
-            headers = list(m.headers() or [])
-            headers += [
-                ("reason", letter.reason.encode()),
-                ("source_topic", m.topic().encode()),
-                ("source_partition", str(m.partition()).encode()),
-                ("source_offset", str(m.offset()).encode()),
-            ]
-            ts_type, ts = m.timestamp()
-            if ts_type != 0 and ts is not None and ts >= 0:  # 0 = TIMESTAMP_NOT_AVAILABLE
-                headers.append(("source_timestamp", str(ts).encode()))
-            while True:
-                try:
-                    producer.produce(
-                        self.dlq_topic,
-                        value=m.value(),
-                        key=m.key(),
-                        headers=headers,
-                        on_delivery=lambda err, msg, r=letter.reason: report(err, msg, r),
-                    )
-                    break
-                except BufferError:
-                    producer.poll(0.1)  # local queue full: let deliveries drain
-        remaining = producer.flush(self.delivery_timeout_s + 5)
-        total = sum(delivered.values())
-        if remaining or errors or total != len(letters):
-            first = errors[0] if errors else f"{remaining} still queued"
-            raise KafkaUnavailable(
-                f"Only {total} of {len(letters)} dead letters reached topic "
-                f"{self.dlq_topic!r} on {self.bootstrap_servers} within "
-                f"{self.delivery_timeout_s:.0f}s ({first}). Check that the topic exists and "
-                "accepts writes."
-            )
-        return delivered
-
     def produce(
         self,
         records: Iterable[tuple[bytes | None, bytes | None]],
         partition: int | None = None,
+        refused: Callable[[int, str], None] | None = None,
     ) -> int:
         """Produce (key, value) records to the input topic; returns how many were acknowledged.
 
         Without `partition`, the key picks the partition, so one user's events stay in order.
+        A record the client or the broker refuses does not stop the others, and every accepted
+        record is flushed. Each refusal is reported as `refused(index of the record, reason)`;
+        without `refused`, refusals raise KafkaUnavailable after the flush.
         """
+        self.partitions()  # a missing topic is said now, not after delivery.timeout.ms
         producer = self._producer()
         acked = 0
-        errors: list[str] = []
+        pending: set[int] = set()  # sent, no delivery report yet
+        failures: list[tuple[int, str]] = []
+        tell = refused or (lambda i, why: failures.append((i, why)))
 
-        def report(err: KafkaError | None, _msg: Message) -> None:
+        def report(err: KafkaError | None, i: int) -> None:
             nonlocal acked
+            pending.discard(i)
             if err is None:
                 acked += 1
             else:
-                errors.append(err.str())
+                tell(i, err.str())
 
         extra = {} if partition is None else {"partition": partition}
         sent = 0
-        for key, value in records:
+        for i, (key, value) in enumerate(records):
             while True:
                 try:
                     producer.produce(
-                        self.input_topic, value=value, key=key, on_delivery=report, **extra
+                        self.input_topic, value=value, key=key, **extra,
+                        on_delivery=lambda err, _msg, i=i: report(err, i),
                     )
+                    pending.add(i)  # reports are served by poll/flush, on this thread
                     break
                 except BufferError:
                     producer.poll(0.1)  # local queue full: let deliveries drain
+                except KafkaException as exc:  # refused by the client (e.g. too large)
+                    err = exc.args[0] if exc.args else None
+                    tell(i, err.str() if isinstance(err, KafkaError) else str(exc))
+                    break
             sent += 1
             if sent % 10_000 == 0:
                 producer.poll(0)
-        producer.flush(self.delivery_timeout_s + 5)
-        if errors or acked != sent:
+        wait_s = self.delivery_timeout_s + 5
+        producer.flush(wait_s)
+        for i in sorted(pending):
+            tell(i, f"not acknowledged within {wait_s:.0f}s (it may or may not be on the topic)")
+        if failures:
             raise KafkaUnavailable(
-                f"Only {acked} of {sent} records reached {self.input_topic!r} on "
-                f"{self.bootstrap_servers}: {errors[0] if errors else 'delivery timed out'}"
+                f"{acked} of {sent} records reached {self.input_topic!r} on "
+                f"{self.bootstrap_servers}; {len(failures)} did not, the first (record "
+                f"{failures[0][0]}): {failures[0][1]}"
             )
         return acked
 
     def _producer(self) -> Producer:
+        """A producer of the input topic (`produce`), with the input topic's record limit."""
         return Producer(
             {
                 **self._common_config(),
                 "enable.idempotence": True,
                 "acks": "all",
-                "message.max.bytes": MAX_MESSAGE_BYTES,
+                # librdkafka checks a record's key, value and headers against this; the broker
+                # checks the whole batch, framing included: leave the framing's room, so that
+                # what the producer takes the topic takes.
+                "message.max.bytes": INPUT_MAX_MESSAGE_BYTES - BATCH_OVERHEAD,
                 "delivery.timeout.ms": int(self.delivery_timeout_s * 1000),
                 "linger.ms": 5,
             }
         )
 
-    def commit(self, partition: int, offset: int) -> int:
-        """Commit `offset` for the partition synchronously, never moving it backwards.
+    # -- the fenced commit ---------------------------------------------------------------------
 
-        Returns the committed offset afterwards (which is above `offset` if another run
-        already committed further).
+    def transactional_id(self, partition: int) -> str:
+        """One per (group, topic, partition): every committer of a partition shares it, so each
+        one's init_transactions() fences the ones before it."""
+        return f"programuser-dagster.{self.group_id}.{self.input_topic}.{partition}"
+
+    def dead_letter_room(self) -> tuple[int, list[str]]:
+        """The dead-letter topic's max.message.bytes, and warnings for the operator: the topic
+        is smaller than the input topic (large letters lose their value), or its size could not
+        be checked (then the size the stack gives it is assumed). Described once per resource.
         """
-        current = self.partition_offsets(partition).committed
-        if current is not None and current >= offset:
-            return current
+        if self._room is None:
+            self._room = self._describe_dead_letter_room()
+        return self._room
+
+    def _describe_dead_letter_room(self) -> tuple[int, list[str]]:
+        admin = AdminClient(self._common_config())
+        resources = [ConfigResource("TOPIC", self.dlq_topic), ConfigResource("TOPIC",
+                                                                             self.input_topic)]
         try:
-            self._retrying(
-                lambda: self.consumer.commit(
-                    offsets=[TopicPartition(self.input_topic, partition, offset)],
-                    asynchronous=False,
+            futures = admin.describe_configs(resources, request_timeout=self.request_timeout_s)
+            limits = [int(f.result()["max.message.bytes"].value) for f in futures.values()]
+        except (KafkaException, KeyError, ValueError) as exc:
+            return DEAD_LETTER_MAX_MESSAGE_BYTES, [
+                f"Could not check the max.message.bytes of topics {self.dlq_topic!r} and "
+                f"{self.input_topic!r} on {self.bootstrap_servers} ({exc}); assuming the "
+                f"dead-letter topic allows {DEAD_LETTER_MAX_MESSAGE_BYTES} bytes. Grant "
+                "DescribeConfigs on both topics to have it checked."
+            ]
+        warning = room_warning(self.dlq_topic, limits[0], self.input_topic, limits[1])
+        return limits[0], [warning] if warning else []
+
+    @contextmanager
+    def fenced_commit(self, partition: int, expected: CommitState) -> Iterator[FencedCommit]:
+        """A transaction that commits the partition only if its committed state is still
+        `expected` (what the run read when it started); raises Superseded otherwise.
+
+        Inside the block: FencedCommit.deliver (dead letters), then FencedCommit.commit. Leaving
+        the block without commit(), or with an exception, aborts: nothing of it is visible to a
+        read_committed reader, and the offset stays.
+        """
+        limit, _ = self.dead_letter_room()
+        producer = Producer(
+            {
+                **self._common_config(),
+                "transactional.id": self.transactional_id(partition),
+                # Short: a committer that dies mid-transaction blocks read_committed readers of
+                # the partition's letters (and committed() waiters) until the next committer's
+                # init_transactions() aborts it, or this timeout.
+                "transaction.timeout.ms": int(self.delivery_timeout_s * 1000) + 30_000,
+                "delivery.timeout.ms": int(self.delivery_timeout_s * 1000),
+                # Batches never exceed the topic's limit, so one letter's refusal cannot take
+                # the letters batched with it; each letter is sized to fit (dead_letters.py).
+                "batch.size": max(1, min(1_000_000, limit - 1024)),
+                "message.max.bytes": limit + 64 * 1024,  # a request: one batch plus framing
+                "queue.buffering.max.kbytes": max(64 * 1024, 2 * limit // 1024),
+                "linger.ms": 5,
+                # init_transactions() retries CONCURRENT_TRANSACTIONS while the previous
+                # committer's markers are written: 100 ms steps made it 0.1-0.5 s a run.
+                "retry.backoff.ms": 10,
+                "retry.backoff.max.ms": 100,
+            }
+        )
+        txn = FencedCommit(self, producer, partition, limit)
+        try:
+            txn.call("begin the commit", lambda: producer.init_transactions(
+                self.request_timeout_s))
+            state = self.offsets([partition], settled=True)[0].state
+            if state != expected:
+                raise Superseded(
+                    f"Partition {partition} was committed by another run since this run "
+                    f"started (then: {expected.describe()}; now: {state.describe()}). This "
+                    "run's commit was refused; nothing of it was committed."
                 )
-            )
-        except KafkaException as exc:
+            txn.state = state
+            producer.begin_transaction()
+            yield txn
+        finally:
+            if not txn.committed:
+                txn.abort()
+
+    # -- re-reading dead letters ---------------------------------------------------------------
+
+    def iter_offsets(
+        self, partition: int, offsets: Sequence[int]
+    ) -> Iterator[tuple[int, Message | None]]:
+        """The records at these offsets (sorted), one by one; None for an offset that no longer
+        holds a record (deleted by retention or compaction since it was read)."""
+        wanted = sorted(set(offsets))
+        i = 0
+        while i < len(wanted):
+            j = i
+            while j + 1 < len(wanted) and wanted[j + 1] - wanted[j] <= _READ_GAP:
+                j += 1
+            segment = set(wanted[i:j + 1])
+            found: set[int] = set()
+            low = self.partition_offsets(partition).low
+            start = max(wanted[i], low)
+            if start <= wanted[j]:
+                for chunk in self.iter_range(partition, start, wanted[j] + 1, batch_size=256):
+                    for m in chunk:
+                        if m.offset() in segment:
+                            found.add(m.offset())
+                            yield m.offset(), m
+            for missing in sorted(segment - found):
+                yield missing, None
+            i = j + 1
+
+
+class FencedCommit:
+    """One partition's commit in progress: its dead letters, then its offset, in one
+    transaction (see KafkaResource.fenced_commit)."""
+
+    def __init__(self, kafka: KafkaResource, producer: Producer, partition: int,
+                 limit: int) -> None:
+        self.kafka, self.producer, self.partition, self.limit = kafka, producer, partition, limit
+        self.state: CommitState | None = None
+        self.committed = False
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        """A transactional call; a fenced producer means another run of the partition began
+        committing after this one: Superseded. Retriable errors are retried, others raised."""
+        deadline = time.monotonic() + self.kafka.request_timeout_s
+        while True:
+            try:
+                return fn()
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if isinstance(err, KafkaError) and err.code() in _FENCED_ERRORS:
+                    raise Superseded(
+                        f"Another run of partition {self.partition} began committing after "
+                        f"this one (this run's transaction was fenced while it tried to "
+                        f"{what}). Nothing of this run was committed."
+                    ) from exc
+                if (isinstance(err, KafkaError) and err.retriable()
+                        and not err.txn_requires_abort() and time.monotonic() < deadline):
+                    time.sleep(0.2)
+                    continue
+                raise KafkaUnavailable(
+                    f"{self.kafka._where()} failed to {what} for {self.kafka.input_topic!r} "
+                    f"partition {self.partition}: {exc}." + self.kafka._login_hint()
+                ) from exc
+
+    def deliver(self, letters: Sequence[tuple[int, str]]) -> dict[str, int]:
+        """Send the dead letter of each (offset, reason), re-read from the input topic, and wait
+        for the broker's acknowledgements; returns the letters acknowledged, by reason."""
+        if not letters:
+            return {}
+        reasons = dict(letters)
+        delivered: dict[str, int] = {}
+        errors: list[str] = []
+
+        def report(err: KafkaError | None, _msg: Message, reason: str) -> None:
+            if err is None:
+                delivered[reason] = delivered.get(reason, 0) + 1
+            else:
+                errors.append(err.str())
+
+        for offset, message in self.kafka.iter_offsets(self.partition, list(reasons)):
+            one = letter(_source(self.kafka.input_topic, self.partition, offset, message),
+                         reasons[offset], self.limit)
+            while True:
+                try:
+                    self.producer.produce(
+                        self.kafka.dlq_topic, value=one.value, key=one.key, headers=one.headers,
+                        on_delivery=lambda err, msg, r=one.reason: report(err, msg, r),
+                    )
+                    break
+                except BufferError:
+                    self.producer.poll(0.1)  # local queue full: let deliveries drain
+            self.producer.poll(0)
+        remaining = self.call("deliver dead letters",
+                              lambda: self.producer.flush(self.kafka.delivery_timeout_s + 5))
+        total = sum(delivered.values())
+        if remaining or errors or total != len(reasons):
+            first = errors[0] if errors else f"{remaining} still queued"
             raise KafkaUnavailable(
-                f"{self._where()} refused to commit offset {offset} of {self.input_topic!r} "
-                f"partition {partition} for group {self.group_id!r}: {exc}"
-            ) from exc
-        return offset
+                f"Dead letters could not be delivered: only {total} of {len(reasons)} reached "
+                f"topic {self.kafka.dlq_topic!r} on {self.kafka.bootstrap_servers} within "
+                f"{self.kafka.delivery_timeout_s:.0f}s ({first}). Check that the topic exists "
+                "and accepts writes."
+            )
+        return delivered
+
+    def commit(self, end: int) -> CommitState:
+        """Commit `end` with the next token, together with the letters delivered."""
+        assert self.state is not None
+        new = CommitState(end, self.state.token + 1)
+        offsets = [TopicPartition(self.kafka.input_topic, self.partition, end,
+                                  metadata=f"programuser-dagster token={new.token}")]
+        group = self.kafka.consumer.consumer_group_metadata()
+        timeout = self.kafka.request_timeout_s
+        self.call("commit the offset", lambda: self.producer.send_offsets_to_transaction(
+            offsets, group, timeout))
+        self.call("commit the transaction", lambda: self.producer.commit_transaction(timeout))
+        self.committed = True
+        return new
+
+    def abort(self) -> None:
+        """Best effort: an abort that fails is completed by the next committer's
+        init_transactions(), or by the transaction's timeout."""
+        with suppress(KafkaException):
+            self.producer.abort_transaction(self.kafka.request_timeout_s)
+
+
+def _source(topic: str, partition: int, offset: int, message: Message | None) -> Source:
+    if message is None:  # gone since it was read: the letter says where it was
+        return Source(topic, partition, offset, None, None,
+                      [("original_deleted", b"true")], None)
+    ts_type, ts = message.timestamp()
+    has_ts = ts_type != 0 and ts is not None and ts >= 0  # 0 = TIMESTAMP_NOT_AVAILABLE
+    return Source(topic, partition, offset, message.key(), message.value(),
+                  list(message.headers() or []), ts if has_ts else None)
+
+
+def _token(metadata: str | None) -> int:
+    match = _TOKEN.search(metadata or "")
+    return int(match.group(1)) if match else 0
