@@ -29,8 +29,11 @@ class DeferredSignals:
 
 
 @contextmanager
-def interrupts_deferred() -> Iterator[DeferredSignals]:
+def interrupts_deferred(deferred: DeferredSignals | None = None) -> Iterator[DeferredSignals]:
     """Record and swallow SIGINT and SIGTERM for the block, then restore the previous handlers.
+
+    The signals are recorded in `deferred` (a new one if not given), which the caller can read
+    after the block, whether it ended normally or not.
 
     The signals are not re-delivered afterwards: the block is meant to be the last thing a run
     does (its commit), the run then ends normally, and whoever executes runs learns of the
@@ -42,7 +45,7 @@ def interrupts_deferred() -> Iterator[DeferredSignals]:
     `raise_execution_interrupts()` on every next(), which re-installs its raising handler over
     this one, so a signal after the yield raises again (yield before or after the block).
     """
-    deferred = DeferredSignals()
+    deferred = DeferredSignals() if deferred is None else deferred
     if threading.current_thread() is not threading.main_thread():
         yield deferred
         return

@@ -44,7 +44,7 @@ from pydantic import Field
 from .accounting import RangeReport
 from .assets import ACCOUNTING_CHECK, JOB_NAME, PROGRAM_ENROLLMENT
 from .events import Reject, flatten
-from .interrupts import interrupts_deferred
+from .interrupts import DeferredSignals, interrupts_deferred
 from .resources.cassandra import WriteReceipt
 from .resources.kafka import CommitState, KafkaResource, KafkaUnavailable, Message, Superseded
 
@@ -313,12 +313,16 @@ def commit_offsets(
         _superseded(context, report.superseded)
         return
     if report.end <= report.start:
-        # Nothing read, nothing to commit: committing would only bump the token.
-        context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: NO_PROGRESS})
-        context.log.warning(
-            f"Partition {report.partition}: the range [{report.start}, {report.end}) is empty "
-            f"(high-water mark {report.high_watermark}); nothing was committed."
-        )
+        # Nothing read, nothing to commit: committing would only bump the token. Records left
+        # past the start make it no progress (a failed attempt for the sensor's back-off).
+        if report.high_watermark > report.start:
+            context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: NO_PROGRESS})
+            context.log.warning(
+                f"Partition {report.partition}: the range [{report.start}, {report.end}) is "
+                f"empty though records reach {report.high_watermark}; nothing was committed."
+            )
+        else:
+            context.log.info(f"Partition {report.partition} has nothing past {report.start}.")
         return
     _, warnings = kafka.dead_letter_room()
     for warning in warnings:
@@ -326,11 +330,12 @@ def commit_offsets(
     _pause(context, PAUSE_BEFORE_FENCE_ENV, "before the fence")
     expected = CommitState(report.committed_before, report.token_before)
     committed: CommitState | None = None
+    held = DeferredSignals()
     try:
         # A SIGTERM or SIGINT from here on is held to the end: the writes are acknowledged, so
         # the run commits (or is refused) rather than leaving the transaction half done.
         # Nothing is yielded inside: Dagster re-installs its raising handler on every resume.
-        with interrupts_deferred(), kafka.fenced_commit(report.partition, expected) as txn:
+        with interrupts_deferred(held), kafka.fenced_commit(report.partition, expected) as txn:
             report.dead_lettered = txn.deliver(report.dead_letters)
             if report.balanced:
                 _pause(context, PAUSE_BEFORE_COMMIT_ENV, "before the commit")
@@ -343,6 +348,10 @@ def commit_offsets(
         raise Failure(
             description=f"{exc} {_not_committed(context, report)}", metadata=report.metadata()
         ) from exc
+    finally:
+        if held.received:
+            context.log.warning(f"{held.names()} arrived during the commit and was held until "
+                                "its transaction ended.")
     # Yielded (not logged) so that the check's result is recorded before a failure below.
     yield AssetCheckEvaluation(
         asset_key=PROGRAM_ENROLLMENT,
@@ -364,15 +373,22 @@ def commit_offsets(
             f"Dead-lettered {report.dead_lettered_total} messages to {kafka.dlq_topic!r}: "
             f"{dict(sorted(report.dead_lettered.items()))}"
         )
-    lag_left = max(0, kafka.partition_offsets(report.partition).high - report.end)
+    # Best effort: the range is committed whatever the broker answers now.
+    try:
+        lag: dict[str, int] = {
+            "lag_left": max(0, kafka.partition_offsets(report.partition).high - report.end)
+        }
+    except KafkaUnavailable as exc:
+        lag = {}
+        context.log.warning(f"Committed, but the lag left is unknown: {exc}")
     context.log.info(
         f"Committed {report.end} (token {committed.token}): {report.describe()}; "
-        f"lag left {lag_left}."
+        f"lag left {lag.get('lag_left', 'unknown')}."
     )
     yield AssetMaterialization(
         PROGRAM_ENROLLMENT,
         description=report.describe(),
-        metadata={**report.metadata(), "committed_offset": report.end, "lag_left": lag_left},
+        metadata={**report.metadata(), "committed_offset": report.end, **lag},
     )
 
 

@@ -127,7 +127,10 @@ class Settings:
             kafka_sasl_username=opt("KAFKA_SASL_USERNAME"),
             kafka_ssl_ca_location=opt("KAFKA_SSL_CA_LOCATION"),
             kafka_delivery_timeout_s=float(
-                positive("KAFKA_DELIVERY_TIMEOUT_S", "30", float, allowed="seconds above 0")
+                # A commit's transaction may last this + 30 s: below the broker's default
+                # transaction.max.timeout.ms (900 s), or no commit could begin.
+                positive("KAFKA_DELIVERY_TIMEOUT_S", "30", float, at_most=600,
+                         allowed="seconds above 0, at most 600")
             ),
             cassandra_hosts=tuple(
                 h.strip() for h in get("CASSANDRA_HOSTS", "127.0.0.1").split(",") if h.strip()

@@ -78,12 +78,6 @@ def test_then_its_key_and_then_its_original_headers() -> None:
         assert record_bytes(one.key, one.value, one.headers) <= 1000
 
 
-def test_record_bytes_bounds_what_the_broker_counts() -> None:
-    # Our bound is above the record's own bytes by at least the batch header (61 bytes).
-    headers = [("reason", b"not_json")]
-    assert record_bytes(b"k", b"v" * 100, headers) >= 61 + 1 + 100 + len("reason") + 8
-
-
 def test_the_room_warning_names_the_setting_and_the_consequence() -> None:
     assert room_warning("dlq", DEAD_LETTER_MAX_MESSAGE_BYTES, "in",
                         INPUT_MAX_MESSAGE_BYTES) is None
@@ -233,8 +227,49 @@ def test_a_dead_letter_topic_that_cannot_be_described_is_warned_about(
         limit, warnings = kafka.dead_letter_room()
     finally:
         kafka.close()
-    assert limit == DEAD_LETTER_MAX_MESSAGE_BYTES
+    assert limit == 1_000_000  # Kafka's default, not ours: a letter never exceeds it
     [warning] = warnings
-    assert warning.startswith(f"Could not check the max.message.bytes of topics "
+    assert warning.startswith(f"Could not read the max.message.bytes of dead-letter topic "
                               f"{gone.kafka_dlq_topic!r}")
-    assert "Grant DescribeConfigs" in warning
+    assert "does it exist, and may this client DescribeConfigs on it?" in warning
+    assert "reason=too_large" in warning
+
+
+@pytest.mark.stack
+def test_a_letter_exactly_at_the_topic_limit_is_taken_whole_one_byte_more_is_too_large(
+    kafka_topics: Settings,
+) -> None:
+    """record_bytes is a safe bound on the broker's own count at the very edge: the letter
+    whose bound equals the topic's max.message.bytes is accepted by the real broker."""
+    s = kafka_topics
+    small = dataclasses.replace(s, kafka_dlq_topic=f"{s.kafka_dlq_topic}.edge")
+    limit = 100_000
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+    for future in admin.create_topics([NewTopic(small.kafka_dlq_topic, 1, 1, config={
+            "max.message.bytes": str(limit)})]).values():
+        future.result(30)
+    try:
+        ts = 1_700_000_000_000
+        headers = letter(Source(s.kafka_input_topic, 0, 0, b"k", b"", [], ts), "not_json",
+                         limit).headers
+        size = limit - record_bytes(b"k", b"", headers)
+        values = [b"{" + b"x" * (size - 1), b"{" + b"x" * size]  # at offsets 0 and 1
+        produce(small, values, key=b"k", timestamp=ts)
+        kafka = kafka_resource(small)
+        try:
+            state = kafka.partition_offsets(0).state
+            with kafka.fenced_commit(0, state) as txn:
+                assert txn.limit == limit
+                assert txn.deliver([(0, "not_json"), (1, "not_json")]) == {
+                    "not_json": 1, TOO_LARGE: 1}
+                txn.commit(2)
+        finally:
+            kafka.close()
+        letters = _letters_by_offset(small, 2)
+        assert letters[0].value() == values[0]
+        assert record_bytes(letters[0].key(), letters[0].value(),
+                            list(letters[0].headers())) == limit
+        assert letters[1].value() == b""
+        assert dict(letters[1].headers())["original_bytes"] == str(size + 1).encode()
+    finally:
+        delete_topics(s.kafka_bootstrap_servers, [small.kafka_dlq_topic])

@@ -28,12 +28,13 @@ from programuser_dagster.jobs import (
     COMMITTED,
     JOB_NAME,
     OUTCOME_TAG,
+    PAUSE_BEFORE_COMMIT_ENV,
     PAUSE_BEFORE_FENCE_ENV,
     SUPERSEDED,
     kafka_partitions,
 )
 from programuser_dagster.resources import kafka_resource
-from programuser_dagster.resources.kafka import CommitState, Superseded
+from programuser_dagster.resources.kafka import CommitState, KafkaUnavailable, Superseded
 from programuser_dagster.settings import Settings
 from programuser_dagster.stack import delete_topics, ensure_topics
 from tests.pipeline_helpers import dead_letters, event, offsets, produce, run_partition
@@ -115,11 +116,11 @@ sys.exit(main(["drain"]))
 
 
 def two_drains(s: Settings, homes: tuple[Path, Path], barrier: Path,
-               delays: tuple[float, float]) -> list[subprocess.CompletedProcess[str]]:
+               pauses: tuple[dict[str, str], dict[str, str]]
+               ) -> list[subprocess.CompletedProcess[str]]:
     """Two drain processes, imports done, released together by creating `barrier`."""
     procs = []
-    for home, delay in zip(homes, delays, strict=True):
-        extra = {PAUSE_BEFORE_FENCE_ENV: str(delay)} if delay else {}
+    for home, extra in zip(homes, pauses, strict=True):
         procs.append(subprocess.Popen(
             [sys.executable, "-c", _AT_THE_BARRIER, str(barrier)],
             env=env_for(s, home, **extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -165,7 +166,7 @@ def test_a_committer_fenced_in_its_transaction_commits_nothing_and_its_letters_v
     old, new = kafka_resource(s), kafka_resource(s)
     try:
         state = old.partition_offsets(0).state
-        with pytest.raises(Superseded, match="began committing after this one"), \
+        with pytest.raises(Superseded, match="committed it while this run tried to"), \
                 old.fenced_commit(0, state) as stale:
             assert stale.deliver([(0, "not_json"), (1, "not_json")]) == {"not_json": 2}
             # A second committer starts now: its init_transactions() aborts the first's.
@@ -178,6 +179,51 @@ def test_a_committer_fenced_in_its_transaction_commits_nothing_and_its_letters_v
         old.close()
         new.close()
     assert_letters_once(s, {(0, 0)})
+
+
+def test_a_committer_fenced_before_it_sends_its_letters_is_superseded(
+    kafka_topics: Settings,
+) -> None:
+    """The race two drains hit: a newer committer's init_transactions() bumps the epoch
+    between the older one's begin and its first letter."""
+    s = kafka_topics
+    produce(s, [b"{bad 0", event("p", "u")])
+    old, new = kafka_resource(s), kafka_resource(s)
+    try:
+        state = old.partition_offsets(0).state
+        with pytest.raises(Superseded, match="committed it while this run tried to"), \
+                old.fenced_commit(0, state) as stale:
+            with new.fenced_commit(0, state) as txn:
+                txn.deliver([(0, "not_json")])
+                txn.commit(2)
+            stale.deliver([(0, "not_json")])
+            stale.commit(2)
+        assert new.partition_offsets(0).state == CommitState(2, 1)
+    finally:
+        old.close()
+        new.close()
+    assert_letters_once(s, {(0, 0)})
+
+
+def test_a_committer_fenced_with_no_newer_commit_fails_and_is_not_superseded(
+    kafka_topics: Settings,
+) -> None:
+    """Fenced, but nobody committed (the other committer gave up, or the transaction timed
+    out): a failure, so the range is retried with a back-off, not a superseded run."""
+    s = kafka_topics
+    produce(s, [event("p", "u")])
+    old, new = kafka_resource(s), kafka_resource(s)
+    try:
+        state = old.partition_offsets(0).state
+        with pytest.raises(KafkaUnavailable, match="no other run has committed the partition"), \
+                old.fenced_commit(0, state) as stale:
+            with new.fenced_commit(0, state):
+                pass  # begins, fences the first, commits nothing
+            stale.commit(1)
+        assert new.partition_offsets(0).state == state
+    finally:
+        old.close()
+        new.close()
 
 
 # ----------------------------------------------------------------------------- two triggers
@@ -202,13 +248,21 @@ def test_two_drains_released_together_commit_each_range_once(
             values[5] = b"{not json " + str(n).encode()
             first = produce(s, values, partition=p)
             bad.add((p, first[5]))
-        # Even rounds: both on one fresh home (its storage initialised by both at once); odd
-        # rounds: the shared home. Every third round one drain pauses before its fence.
-        pair = (new_home(tmp_path, f"fresh-{n}"),) * 2 if n % 2 == 0 else (shared, shared)
-        if pair[0] not in homes:
-            homes.append(pair[0])
-        delays = (0.0, 1.5) if n % 3 == 1 else (0.0, 0.0)
-        results = two_drains(s, pair, tmp_path / f"barrier-{n}", delays)
+        # Four kinds of round: both drains on one fresh home (its storage initialised by both
+        # at once); on the shared home, one pausing between its start read and its fence; on
+        # two homes (neither sees the other's run: both always run the range), one pausing
+        # inside its transaction, after its letters (the other's fence aborts it there); on
+        # the shared home, no pause.
+        kind = n % 4
+        if kind == 0:
+            pair = (new_home(tmp_path, f"fresh-{n}"),) * 2
+        elif kind == 2:
+            pair = (new_home(tmp_path, f"a-{n}"), new_home(tmp_path, f"b-{n}"))
+        else:
+            pair = (shared, shared)
+        homes += [h for h in dict.fromkeys(pair) if h not in homes]
+        pause = {1: {PAUSE_BEFORE_FENCE_ENV: "1.5"}, 2: {PAUSE_BEFORE_COMMIT_ENV: "1.5"}}
+        results = two_drains(s, pair, tmp_path / f"barrier-{n}", ({}, pause.get(kind, {})))
         for r in results:
             assert r.returncode == 0, r.stdout
             assert "Traceback" not in r.stdout and "IntegrityError" not in r.stdout, r.stdout
@@ -216,11 +270,14 @@ def test_two_drains_released_together_commit_each_range_once(
         for p in (0, 1):
             assert offsets(s, p).committed == offsets(s, p).high
         # Every run ended committed or superseded: none failed, none is still in flight.
-        seen = outcomes(pair[0])
-        assert set(seen) <= {COMMITTED, SUPERSEDED}, seen
+        for home in set(pair):
+            seen = outcomes(home)
+            assert set(seen) <= {COMMITTED, SUPERSEDED}, seen
     for p in (0, 1):
         assert_committed_once(committed_ranges(homes, p), offsets(s, p).high)
     assert_letters_once(s, bad)
+    # The race was really run: some runs read a state another run then committed.
+    assert superseded > 0
     print(f"\n{ROUNDS} rounds of two drains: {superseded} runs superseded")
 
 

@@ -127,3 +127,25 @@ def test_a_sample_of_no_events_is_refused_naming_the_flag(
     assert f"argument --sample: must be at least 1, not {int(count)}" in done.stderr
     assert "produced" not in done.stdout
 
+
+
+def test_a_line_the_producer_refuses_is_said_with_its_number(
+    kafka_topics: Settings, tmp_path: Path
+) -> None:
+    """A line just under the input limit passes the line check, but with its key and the
+    batch's framing the producer refuses it: said with its line number, the others go on."""
+    s = kafka_topics
+    first, last = lines_of([event("p", "u1"), event("p", "u3")])
+    edge = b'{"programId":"p","userId":"edge","x":"'
+    edge += b"x" * (INPUT_MAX_MESSAGE_BYTES - len(edge) - 2) + b'"}'
+    assert len(edge) == INPUT_MAX_MESSAGE_BYTES
+    path = tmp_path / "edge.jsonl"
+    path.write_bytes(b"\n".join([first, edge, last]) + b"\n")
+
+    done = cli(["produce", str(path)], s, tmp_path)
+
+    assert done.returncode == 1, done.stderr
+    assert f"produced 2 messages to {s.kafka_input_topic}" in done.stdout
+    assert "produce: line 2 refused: " in done.stderr
+    assert "1 refused (line 2), 2 acknowledged" in done.stderr
+    assert sorted(topic_values(s, 2)) == sorted([first, last])

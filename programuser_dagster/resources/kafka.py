@@ -38,7 +38,7 @@ from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from ..client_logs import kafka_logger
-from ..settings import DEAD_LETTER_MAX_MESSAGE_BYTES, INPUT_MAX_MESSAGE_BYTES
+from ..settings import INPUT_MAX_MESSAGE_BYTES
 from .dead_letters import BATCH_OVERHEAD, Source, letter, room_warning
 from .secrets import reveal
 
@@ -60,6 +60,11 @@ _FENCED_ERRORS = frozenset(
 _TOKEN = re.compile(r"\btoken=(\d+)\b")
 # Dead-letter offsets at most this far apart are re-read in one pass rather than two.
 _READ_GAP = 1_000
+# A produce request is one batch plus its request framing: the producer's request limit.
+_REQUEST_FRAMING = 64 * 1024
+# What a dead-letter topic whose config cannot be read is assumed to allow: Kafka's default
+# (1 MB), not ours, so that a letter never exceeds a topic left at the broker's default.
+_UNDESCRIBED_DEAD_LETTER_BYTES = 1_000_000
 
 
 class KafkaUnavailable(RuntimeError):
@@ -472,20 +477,33 @@ class KafkaResource(ConfigurableResource):
 
     def _describe_dead_letter_room(self) -> tuple[int, list[str]]:
         admin = AdminClient(self._common_config())
-        resources = [ConfigResource("TOPIC", self.dlq_topic), ConfigResource("TOPIC",
-                                                                             self.input_topic)]
+
+        def limit(topic: str) -> int:
+            [future] = admin.describe_configs(
+                [ConfigResource("TOPIC", topic)], request_timeout=self.request_timeout_s
+            ).values()
+            return int(future.result()["max.message.bytes"].value)
+
         try:
-            futures = admin.describe_configs(resources, request_timeout=self.request_timeout_s)
-            limits = [int(f.result()["max.message.bytes"].value) for f in futures.values()]
+            dead_letter = limit(self.dlq_topic)
         except (KafkaException, KeyError, ValueError) as exc:
-            return DEAD_LETTER_MAX_MESSAGE_BYTES, [
-                f"Could not check the max.message.bytes of topics {self.dlq_topic!r} and "
-                f"{self.input_topic!r} on {self.bootstrap_servers} ({exc}); assuming the "
-                f"dead-letter topic allows {DEAD_LETTER_MAX_MESSAGE_BYTES} bytes. Grant "
-                "DescribeConfigs on both topics to have it checked."
+            return _UNDESCRIBED_DEAD_LETTER_BYTES, [
+                f"Could not read the max.message.bytes of dead-letter topic {self.dlq_topic!r} "
+                f"on {self.bootstrap_servers} ({exc}): does it exist, and may this client "
+                "DescribeConfigs on it? Assuming Kafka's default of "
+                f"{_UNDESCRIBED_DEAD_LETTER_BYTES} bytes: larger letters are sent as "
+                "reason=too_large, without their value."
             ]
-        warning = room_warning(self.dlq_topic, limits[0], self.input_topic, limits[1])
-        return limits[0], [warning] if warning else []
+        try:
+            source = limit(self.input_topic)
+        except (KafkaException, KeyError, ValueError) as exc:
+            return dead_letter, [
+                f"Could not read the max.message.bytes of input topic {self.input_topic!r} "
+                f"({exc}), so could not check that its records fit the dead-letter topic "
+                f"{self.dlq_topic!r} (max.message.bytes={dead_letter})."
+            ]
+        warning = room_warning(self.dlq_topic, dead_letter, self.input_topic, source)
+        return dead_letter, [warning] if warning else []
 
     @contextmanager
     def fenced_commit(self, partition: int, expected: CommitState) -> Iterator[FencedCommit]:
@@ -497,6 +515,7 @@ class KafkaResource(ConfigurableResource):
         read_committed reader, and the offset stays.
         """
         limit, _ = self.dead_letter_room()
+        timeout_s = self.delivery_timeout_s + 30  # settings.py keeps it below the broker's cap
         producer = Producer(
             {
                 **self._common_config(),
@@ -504,12 +523,12 @@ class KafkaResource(ConfigurableResource):
                 # Short: a committer that dies mid-transaction blocks read_committed readers of
                 # the partition's letters (and committed() waiters) until the next committer's
                 # init_transactions() aborts it, or this timeout.
-                "transaction.timeout.ms": int(self.delivery_timeout_s * 1000) + 30_000,
+                "transaction.timeout.ms": int(timeout_s * 1000),
                 "delivery.timeout.ms": int(self.delivery_timeout_s * 1000),
                 # Batches never exceed the topic's limit, so one letter's refusal cannot take
                 # the letters batched with it; each letter is sized to fit (dead_letters.py).
                 "batch.size": max(1, min(1_000_000, limit - 1024)),
-                "message.max.bytes": limit + 64 * 1024,  # a request: one batch plus framing
+                "message.max.bytes": limit + _REQUEST_FRAMING,
                 "queue.buffering.max.kbytes": max(64 * 1024, 2 * limit // 1024),
                 "linger.ms": 5,
                 # init_transactions() retries CONCURRENT_TRANSACTIONS while the previous
@@ -518,7 +537,7 @@ class KafkaResource(ConfigurableResource):
                 "retry.backoff.max.ms": 100,
             }
         )
-        txn = FencedCommit(self, producer, partition, limit)
+        txn = FencedCommit(self, producer, partition, expected, limit, timeout_s)
         try:
             txn.call("begin the commit", lambda: producer.init_transactions(
                 self.request_timeout_s))
@@ -569,26 +588,24 @@ class FencedCommit:
     transaction (see KafkaResource.fenced_commit)."""
 
     def __init__(self, kafka: KafkaResource, producer: Producer, partition: int,
-                 limit: int) -> None:
-        self.kafka, self.producer, self.partition, self.limit = kafka, producer, partition, limit
+                 expected: CommitState, limit: int, timeout_s: float) -> None:
+        self.kafka, self.producer, self.partition = kafka, producer, partition
+        self.expected, self.limit, self.timeout_s = expected, limit, timeout_s
         self.state: CommitState | None = None
         self.committed = False
 
-    def call(self, what: str, fn: Callable[[], T]) -> T:
-        """A transactional call; a fenced producer means another run of the partition began
-        committing after this one: Superseded. Retriable errors are retried, others raised."""
-        deadline = time.monotonic() + self.kafka.request_timeout_s
+    def call(self, what: str, fn: Callable[[], T], patience_s: float | None = None) -> T:
+        """A transactional call; retriable errors are retried for `patience_s` (default: the
+        request timeout), a fenced producer is judged by _fenced, others raised."""
+        deadline = time.monotonic() + (patience_s or self.kafka.request_timeout_s)
         while True:
             try:
                 return fn()
-            except KafkaException as exc:
+            except (KafkaException, SystemError) as raised:
+                exc = _kafka_exception(raised)
                 err = exc.args[0] if exc.args else None
                 if isinstance(err, KafkaError) and err.code() in _FENCED_ERRORS:
-                    raise Superseded(
-                        f"Another run of partition {self.partition} began committing after "
-                        f"this one (this run's transaction was fenced while it tried to "
-                        f"{what}). Nothing of this run was committed."
-                    ) from exc
+                    raise self._fenced(what) from exc
                 if (isinstance(err, KafkaError) and err.retriable()
                         and not err.txn_requires_abort() and time.monotonic() < deadline):
                     time.sleep(0.2)
@@ -598,6 +615,32 @@ class FencedCommit:
                     f"partition {self.partition}: {exc}." + self.kafka._login_hint()
                 ) from exc
 
+    def _fenced(self, what: str) -> Exception:
+        """This transaction was fenced: by another committer of the partition (its
+        init_transactions()), or by the broker because it outlived transaction.timeout.ms.
+        Superseded only when the committed state moves on (the other committer's commit lands
+        within a few seconds); otherwise a failure, so that the range is retried."""
+        deadline = time.monotonic() + 10
+        while True:
+            with suppress(KafkaUnavailable):
+                now = self.kafka.offsets([self.partition], settled=True)[0].state
+                if now != self.expected:
+                    return Superseded(
+                        f"Another run of partition {self.partition} committed it while this "
+                        f"run tried to {what} ({now.describe()}; this run's transaction was "
+                        "fenced). Nothing of this run was committed."
+                    )
+            if time.monotonic() > deadline:
+                return KafkaUnavailable(
+                    f"This run's transaction on {self.kafka.input_topic!r} partition "
+                    f"{self.partition} was fenced while it tried to {what}, and no other run "
+                    "has committed the partition since: another committer began and did not "
+                    "finish, or the transaction outlived transaction.timeout.ms "
+                    f"({self.timeout_s:.0f}s; KAFKA_DELIVERY_TIMEOUT_S + 30 s). Nothing of this "
+                    "run was committed."
+                )
+            time.sleep(0.5)
+
     def deliver(self, letters: Sequence[tuple[int, str]]) -> dict[str, int]:
         """Send the dead letter of each (offset, reason), re-read from the input topic, and wait
         for the broker's acknowledgements; returns the letters acknowledged, by reason."""
@@ -605,32 +648,35 @@ class FencedCommit:
             return {}
         reasons = dict(letters)
         delivered: dict[str, int] = {}
-        errors: list[str] = []
+        errors: list[KafkaError] = []
 
         def report(err: KafkaError | None, _msg: Message, reason: str) -> None:
             if err is None:
                 delivered[reason] = delivered.get(reason, 0) + 1
             else:
-                errors.append(err.str())
+                errors.append(err)
 
         for offset, message in self.kafka.iter_offsets(self.partition, list(reasons)):
             one = letter(_source(self.kafka.input_topic, self.partition, offset, message),
                          reasons[offset], self.limit)
             while True:
                 try:
-                    self.producer.produce(
+                    self.call("deliver dead letters", lambda one=one: self.producer.produce(
                         self.kafka.dlq_topic, value=one.value, key=one.key, headers=one.headers,
                         on_delivery=lambda err, msg, r=one.reason: report(err, msg, r),
-                    )
+                    ))
                     break
-                except BufferError:
-                    self.producer.poll(0.1)  # local queue full: let deliveries drain
-            self.producer.poll(0)
+                except BufferError:  # local queue full: let deliveries drain
+                    self.call("deliver dead letters", lambda: self.producer.poll(0.1))
+            self.call("deliver dead letters", lambda: self.producer.poll(0))
         remaining = self.call("deliver dead letters",
                               lambda: self.producer.flush(self.kafka.delivery_timeout_s + 5))
         total = sum(delivered.values())
+        if any(err.code() in _FENCED_ERRORS for err in errors):
+            # A newer committer's init_transactions() bumped the epoch while letters were sent.
+            raise self._fenced("deliver dead letters")
         if remaining or errors or total != len(reasons):
-            first = errors[0] if errors else f"{remaining} still queued"
+            first = errors[0].str() if errors else f"{remaining} still queued"
             raise KafkaUnavailable(
                 f"Dead letters could not be delivered: only {total} of {len(reasons)} reached "
                 f"topic {self.kafka.dlq_topic!r} on {self.kafka.bootstrap_servers} within "
@@ -649,7 +695,18 @@ class FencedCommit:
         timeout = self.kafka.request_timeout_s
         self.call("commit the offset", lambda: self.producer.send_offsets_to_transaction(
             offsets, group, timeout))
-        self.call("commit the transaction", lambda: self.producer.commit_transaction(timeout))
+        try:
+            # librdkafka: a commit that timed out is called again, until the transaction's own
+            # timeout; it never commits twice.
+            self.call("commit the transaction",
+                      lambda: self.producer.commit_transaction(timeout), patience_s=self.timeout_s)
+        except KafkaUnavailable:
+            # Did it land all the same? Then the run committed, and must say so.
+            with suppress(KafkaUnavailable):
+                if self.kafka.offsets([self.partition], settled=True)[0].state == new:
+                    self.committed = True
+                    return new
+            raise
         self.committed = True
         return new
 
@@ -668,6 +725,18 @@ def _source(topic: str, partition: int, offset: int, message: Message | None) ->
     has_ts = ts_type != 0 and ts is not None and ts >= 0  # 0 = TIMESTAMP_NOT_AVAILABLE
     return Source(topic, partition, offset, message.key(), message.value(),
                   list(message.headers() or []), ts if has_ts else None)
+
+
+def _kafka_exception(raised: BaseException) -> KafkaException:
+    """The KafkaException behind `raised`. A fatal error (a fenced producer) raised by flush()
+    while it still serves delivery callbacks surfaces as a SystemError from the callback, with
+    the KafkaException as its context."""
+    if isinstance(raised, KafkaException):
+        return raised
+    context = raised.__context__
+    if isinstance(context, KafkaException):
+        return context
+    raise raised
 
 
 def _token(metadata: str | None) -> int:
