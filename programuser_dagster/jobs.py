@@ -101,6 +101,15 @@ class IngestConfig(Config):
         gt=0,
         description="At most about this many bytes of message values per chunk.",
     )
+    # The commit step sends a run's dead letters in one transaction, which must end within
+    # transaction.timeout.ms (KAFKA_DELIVERY_TIMEOUT_S + 30 s): a run stops reading at the
+    # chunk where its letters reach this many bytes, and the next run goes on from there.
+    dead_letter_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        gt=0,
+        description="A run ends its range early once its dead letters reach about this many "
+        "bytes (the rest is the next run's).",
+    )
 
 
 # The rows output: DataFrames produced while the IO manager consumes them (see _RangeStream).
@@ -186,11 +195,20 @@ def flatten_events(
     # The range is read, flattened and written in chunks: the next chunk is flattened while the
     # IO manager's last writes of the previous one are in flight, and a run holds a chunk or
     # two, not the range. Of the rejects only offsets and reasons are kept.
-    stream = _RangeStream(kafka, partition, start, end, config.chunk_messages, config.chunk_bytes)
+    stream = _RangeStream(kafka, partition, start, end, config.chunk_messages, config.chunk_bytes,
+                          config.dead_letter_bytes)
     with _gc_paused():
         yield Output(stream.frames(), "rows", metadata=_batch_metadata(context, report))
     if not stream.finished:
         raise RuntimeError("The Cassandra IO manager did not write every chunk of the range.")
+    if stream.end < end:
+        report.end = stream.end
+        context.instance.add_run_tags(context.run_id, {END_TAG: str(stream.end)})
+        context.log.warning(
+            f"Partition {partition}: the range ends at {stream.end}, not {end}: its dead letters "
+            f"reached {stream.letter_bytes} bytes, as many as one commit sends; the next run "
+            "goes on from there."
+        )
     report.read = stream.read
     report.skipped = dict(Counter(r.reason for r in stream.rejects if r.outcome == "skipped"))
     receipt = _write_receipt(context)
@@ -217,12 +235,14 @@ class _RangeStream:
 
     def __init__(
         self, kafka: KafkaResource, partition: int, start: int, end: int, chunk: int,
-        chunk_bytes: int,
+        chunk_bytes: int, dead_letter_bytes: int,
     ) -> None:
         self.kafka, self.partition, self.start, self.end = kafka, partition, start, end
         self.chunk = max(1, chunk)
         self.chunk_bytes = max(1, chunk_bytes)
+        self.max_letter_bytes = dead_letter_bytes
         self.read = 0
+        self.letter_bytes = 0  # of the values to dead-letter so far
         self.rejects: list[Reject] = []
         self.finished = False
 
@@ -237,12 +257,16 @@ class _RangeStream:
         size, limit = max(1, self.chunk // 5), max(1, self.chunk_bytes // 5)
         for messages in self.kafka.iter_range(self.partition, self.start, self.end,
                                               batch_size=self.chunk):
-            self.read += len(messages)
             for m in messages:
                 pending.append(m)
                 pending_bytes += len(m.value() or b"")
                 if len(pending) >= size or pending_bytes >= limit:
                     yield self._flatten(pending)
+                    if self.letter_bytes >= self.max_letter_bytes:
+                        # Ends here: the chunk's last offset, not the rest of this fetch.
+                        self.end = pending[-1].offset() + 1
+                        self.finished = True
+                        return
                     pending, pending_bytes = [], 0
                     size, limit = self.chunk, self.chunk_bytes
         if pending:
@@ -254,8 +278,13 @@ class _RangeStream:
         # their futures; ~0.5 KB a row) is collected here, chunk by chunk: the run pauses the
         # automatic collector (see _gc_paused), which otherwise keeps it to the end of the run.
         gc.collect()
+        self.read += len(messages)
         batch = flatten((m.offset(), m.value()) for m in messages)
-        self.rejects += batch.rejects
+        if batch.rejects:
+            sizes = {m.offset(): len(m.value() or b"") for m in messages}
+            self.letter_bytes += sum(sizes[r.offset] for r in batch.rejects
+                                     if r.outcome == "dead_lettered")
+            self.rejects += batch.rejects
         return batch.rows
 
 
@@ -382,8 +411,8 @@ def commit_offsets(
         lag = {}
         context.log.warning(f"Committed, but the lag left is unknown: {exc}")
     context.log.info(
-        f"Committed {report.end} (token {committed.token}): {report.describe()}; "
-        f"lag left {lag.get('lag_left', 'unknown')}."
+        f"Committed {report.end}: {report.describe()}; lag left "
+        f"{lag.get('lag_left', 'unknown')}; fence token {committed.token}."
     )
     yield AssetMaterialization(
         PROGRAM_ENROLLMENT,

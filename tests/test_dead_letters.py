@@ -15,8 +15,8 @@ import pytest
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from programuser_dagster.jobs import _RangeStream
-from programuser_dagster.resources import kafka_resource
+from programuser_dagster.jobs import _RangeStream, kafka_partitions, program_user_info
+from programuser_dagster.resources import build_resources, kafka_resource
 from programuser_dagster.resources.dead_letters import (
     TOO_LARGE,
     Source,
@@ -208,7 +208,8 @@ def test_a_chunk_is_cut_by_bytes_as_well_as_by_messages(kafka_topics: Settings) 
     produce(s, [b"{" + b"z" * 300_000 for _ in range(10)])
     kafka = kafka_resource(s)
     try:
-        stream = _RangeStream(kafka, 0, 0, 10, chunk=10_000, chunk_bytes=1_000_000)
+        stream = _RangeStream(kafka, 0, 0, 10, chunk=10_000, chunk_bytes=1_000_000,
+                              dead_letter_bytes=1 << 30)
         frames = list(stream.frames())
     finally:
         kafka.close()
@@ -273,3 +274,30 @@ def test_a_letter_exactly_at_the_topic_limit_is_taken_whole_one_byte_more_is_too
         assert dict(letters[1].headers())["original_bytes"] == str(size + 1).encode()
     finally:
         delete_topics(s.kafka_bootstrap_servers, [small.kafka_dlq_topic])
+
+
+@pytest.mark.stack
+def test_a_run_ends_its_range_where_its_dead_letters_fill_one_commit(
+    instance, kafka_topics: Settings
+) -> None:
+    """The letters of one range go in one transaction, which must end in time: a run stops at
+    the chunk where they reach dead_letter_bytes, commits that much, and the next run goes on."""
+    s = kafka_topics
+    values: list[Any] = [b"{" + bytes([97 + i]) * 100_000 for i in range(6)]
+    values.append(event("p", "last"))
+    produce(s, values)
+    config = {"ops": {"flatten_events": {"config": {"chunk_messages": 5,
+                                                    "dead_letter_bytes": 250_000}}}}
+    resources = build_resources(s)
+    instance.add_dynamic_partitions(kafka_partitions.name or "", ["0"])
+    ends = []
+    for _ in range(2):
+        result = program_user_info.execute_in_process(
+            run_config=config, instance=instance, partition_key="0", resources=resources)
+        assert result.success
+        ends.append(offsets(s).committed)
+    # Chunks [0] (a fifth of 5, at least 1), then [1-5]: the letters reach 600 KB there, so the
+    # first run ends at 6; the second reads the rest.
+    assert ends == [6, 7]
+    letters = _letters_by_offset(s, 6)
+    assert [letters[o].value() for o in range(6)] == values[:6]
