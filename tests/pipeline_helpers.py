@@ -207,3 +207,25 @@ def temporary_env(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def cli_env(s: Settings, home: Any = None, **extra: str) -> dict[str, str]:
+    """The environment of a subprocess (the CLI, a daemon) on the test's topics and keyspace,
+    and on Dagster home `home` (None: no DAGSTER_HOME at all). The test fault hooks of this
+    process are not passed on unless given in `extra`."""
+    from programuser_dagster.jobs import PAUSE_BEFORE_COMMIT_ENV, PAUSE_BEFORE_FENCE_ENV
+
+    hooks = (PAUSE_BEFORE_COMMIT_ENV, PAUSE_BEFORE_FENCE_ENV, "DAGSTER_HOME")
+    env = {k: v for k, v in os.environ.items() if k not in hooks}
+    if home is not None:
+        env["DAGSTER_HOME"] = str(home)
+    env.update({
+        "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+        "KAFKA_INPUT_TOPIC": s.kafka_input_topic,
+        "KAFKA_GROUP_ID": s.kafka_group_id,
+        "KAFKA_DLQ_TOPIC": s.kafka_dlq_topic,
+        "CASSANDRA_PORT": str(s.cassandra_port),
+        "CASSANDRA_KEYSPACE": s.cassandra_keyspace,
+        **extra,
+    })
+    return env

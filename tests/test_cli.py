@@ -17,7 +17,7 @@ import pytest
 from programuser_dagster.cli import positive_int
 from programuser_dagster.client_logs import RepeatFilter, normalise
 from programuser_dagster.settings import Settings
-from tests.pipeline_helpers import event, produce
+from tests.pipeline_helpers import cli_env, event, produce
 
 REPO = Path(__file__).parent.parent
 
@@ -233,15 +233,7 @@ def _free_port() -> int:
 
 
 def _env(s: Settings, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
-        "KAFKA_INPUT_TOPIC": s.kafka_input_topic,
-        "KAFKA_GROUP_ID": s.kafka_group_id,
-        "KAFKA_DLQ_TOPIC": s.kafka_dlq_topic,
-        "CASSANDRA_KEYSPACE": s.cassandra_keyspace,
-        **extra,
-    }
+    return cli_env(s, os.environ.get("DAGSTER_HOME"), **extra)
 
 
 @pytest.mark.stack

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -18,7 +17,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from programuser_dagster.drain import FAILED, PROGRESS, STALLED, SUPERSEDED_RUN, drain, judge
 from programuser_dagster.settings import Settings
-from tests.pipeline_helpers import event, offsets, produce
+from tests.pipeline_helpers import cli_env, event, offsets, produce
 
 pytestmark = pytest.mark.stack
 
@@ -67,14 +66,7 @@ def test_drain_skips_a_partition_whose_run_is_in_flight(
 
 
 def _cli(args: list[str], s: Settings, home: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": home,
-        "KAFKA_INPUT_TOPIC": s.kafka_input_topic,
-        "KAFKA_GROUP_ID": s.kafka_group_id,
-        "KAFKA_DLQ_TOPIC": s.kafka_dlq_topic,
-        "CASSANDRA_KEYSPACE": s.cassandra_keyspace,
-    }
+    env = cli_env(s, home)
     return subprocess.run(
         [sys.executable, "-m", "programuser_dagster.cli", *args],
         env=env, capture_output=True, text=True, timeout=300,
@@ -346,18 +338,9 @@ def _backlog(s: Settings) -> None:
 def _start_drain(s: Settings, home: Path, out: Path, *args: str) -> subprocess.Popen:
     from programuser_dagster.jobs import PAUSE_BEFORE_COMMIT_ENV
 
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
-        "KAFKA_INPUT_TOPIC": s.kafka_input_topic,
-        "KAFKA_GROUP_ID": s.kafka_group_id,
-        "KAFKA_DLQ_TOPIC": s.kafka_dlq_topic,
-        "CASSANDRA_KEYSPACE": s.cassandra_keyspace,
-        # Each run waits here, its writes acknowledged, inside the commit step: the signal
-        # arrives while a run is in progress.
-        PAUSE_BEFORE_COMMIT_ENV: "4",
-    }
+    # Each run waits here, its writes acknowledged, inside the commit step: the signal
+    # arrives while a run is in progress.
+    env = cli_env(s, home, **{PAUSE_BEFORE_COMMIT_ENV: "4"})
     return subprocess.Popen(
         [sys.executable, "-m", "programuser_dagster.cli", "drain", "--max-messages", "10",
          *args],

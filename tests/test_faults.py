@@ -66,6 +66,7 @@ from programuser_dagster.stack.launcher import _running_pid
 from tests.dagster_dev import free_port
 from tests.pipeline_helpers import (
     all_rows,
+    cli_env,
     dead_letters,
     event,
     failure_text,
@@ -202,20 +203,7 @@ def job_env(s: Settings, **extra: str) -> Iterator[None]:
 
 def env_for(s: Settings, home: Path, **extra: str) -> dict[str, str]:
     """A subprocess environment for the test's topics, keyspace and Dagster home."""
-    env = {k: v for k, v in os.environ.items() if k != PAUSE_BEFORE_COMMIT_ENV}
-    env.update(
-        {
-            "DAGSTER_HOME": str(home),
-            "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
-            "KAFKA_INPUT_TOPIC": s.kafka_input_topic,
-            "KAFKA_GROUP_ID": s.kafka_group_id,
-            "KAFKA_DLQ_TOPIC": s.kafka_dlq_topic,
-            "CASSANDRA_PORT": str(s.cassandra_port),
-            "CASSANDRA_KEYSPACE": s.cassandra_keyspace,
-            **extra,
-        }
-    )
-    return env
+    return cli_env(s, home, **extra)
 
 
 def runs_of(instance: DagsterInstance, partition: int = 0) -> list[Any]:

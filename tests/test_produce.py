@@ -3,7 +3,6 @@ number and reason, the good lines still reach the topic, and the exit code says 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -15,22 +14,13 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from programuser_dagster.settings import INPUT_MAX_MESSAGE_BYTES, Settings
-from tests.pipeline_helpers import event
+from tests.pipeline_helpers import cli_env, event
 
 pytestmark = pytest.mark.stack
 
 
 def cli(args: list[str], s: Settings, home: Path, **extra: str) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
-        "KAFKA_INPUT_TOPIC": s.kafka_input_topic,
-        "KAFKA_GROUP_ID": s.kafka_group_id,
-        "KAFKA_DLQ_TOPIC": s.kafka_dlq_topic,
-        "CASSANDRA_KEYSPACE": s.cassandra_keyspace,
-        **extra,
-    }
+    env = cli_env(s, home, **extra)
     return subprocess.run(
         [sys.executable, "-m", "programuser_dagster.cli", *args],
         env=env, capture_output=True, text=True, timeout=300,
