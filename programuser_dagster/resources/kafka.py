@@ -563,6 +563,8 @@ class KafkaResource(ConfigurableResource):
         """The records at these offsets (sorted), one by one; None for an offset that no longer
         holds a record (deleted by retention or compaction since it was read)."""
         wanted = sorted(set(offsets))
+        # Once: the low watermark only rises, and a record deleted later is simply not found.
+        low = self.partition_offsets(partition).low if wanted else 0
         i = 0
         while i < len(wanted):
             j = i
@@ -570,7 +572,6 @@ class KafkaResource(ConfigurableResource):
                 j += 1
             segment = set(wanted[i:j + 1])
             found: set[int] = set()
-            low = self.partition_offsets(partition).low
             start = max(wanted[i], low)
             if start <= wanted[j]:
                 for chunk in self.iter_range(partition, start, wanted[j] + 1, batch_size=256):
