@@ -1,8 +1,12 @@
-"""Environment variables -> one typed settings object.
+"""Environment variables -> one typed, checked settings object.
 
 Every command, the local stack and the Dagster resources read configuration from here, so the
-names and defaults live in exactly one place (the README lists them). Secrets (passwords) are
-not read here: the resources take them through dagster.EnvVar so that they are never shown.
+names, defaults and checks live in exactly one place (the README lists them). A default is the
+`Settings` field's (`DEFAULTS` holds them for other modules); `VARIABLES` says which variable
+sets which field; each variable has one rule, used both by `Settings.from_env` and whenever a
+`Settings` is built, so that a refused value stops the Definitions or a command at once, in one
+line naming the variable. Secrets (passwords) are not read here: the resources take them
+through dagster.EnvVar so that they are never shown.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Any
 
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
 
@@ -35,6 +41,260 @@ def check_identifier(name: str, what: str) -> str:
     return name
 
 
+# -- the rules: parse (from_env only) and check (every Settings) -------------------------------
+
+
+class _Refused(ValueError):
+    """Why a value is refused; the caller puts the variable and the value in front."""
+
+
+def _use(allowed: str) -> _Refused:
+    return _Refused(f"is not allowed: use {allowed}.")
+
+
+Parse = Callable[[str], Any]
+Check = Callable[[Any], Any]
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _whole(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise _Refused("is not a whole number.") from None
+
+
+def _number(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise _Refused("is not a number.") from None
+
+
+_FLAG_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _flag(raw: str) -> bool:
+    try:
+        return _FLAG_WORDS[raw.lower()]
+    except KeyError:
+        raise _use("true or false (or 1/0, yes/no)") from None
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+# A zero or negative count, size, interval or timeout makes loops that never end (a run of 0
+# messages succeeds and is retried at once), hence "positive" everywhere.
+def _count(at_most: int | None = None, allowed: str = "a whole number of at least 1") -> Check:
+    def check(value: Any) -> int:
+        if (isinstance(value, bool) or not isinstance(value, int) or value < 1
+                or (at_most is not None and value > at_most)):
+            raise _use(allowed)
+        return value
+    return check
+
+
+def _seconds(at_most: float | None = None, allowed: str = "seconds above 0") -> Check:
+    def check(value: Any) -> float:
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not math.isfinite(value) or value <= 0
+                or (at_most is not None and value > at_most)):
+            raise _use(allowed)
+        return float(value)
+    return check
+
+
+def _one_of(*choices: str) -> Check:
+    """Case-insensitive; kept upper-case, as the clients spell them."""
+    def check(value: Any) -> str:
+        word = value.strip().upper() if isinstance(value, str) else None
+        if word not in choices:
+            raise _use("one of " + ", ".join(choices))
+        return word
+    return check
+
+
+def _optional(check: Check) -> Check:
+    """None (unset) or a value the check allows; a blank string means unset."""
+    def maybe(value: Any) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return check(value)
+    return maybe
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _use("a non-empty name")
+    return value.strip()
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _use("true or false (or 1/0, yes/no)")
+    return value
+
+
+# Kafka's legal topic names. The default topics are "{env}.programuser.info" and that plus
+# ".failed", so an environment name leaves room for the longer of them.
+_TOPIC_MAX = 249
+_ENV_MAX = _TOPIC_MAX - len(".programuser.info.failed")
+
+
+def _kafka_name(longest: int, allowed: str) -> Check:
+    legal = re.compile(rf"[A-Za-z0-9._-]{{1,{longest}}}")
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not legal.fullmatch(value) or value in (".", ".."):
+            raise _use(allowed)
+        return value
+    return check
+
+
+_ADDRESS = re.compile(r"\S+:[0-9]{1,5}")
+
+
+def _brokers(value: Any) -> str:
+    entries = [e.strip() for e in value.split(",")] if isinstance(value, str) else []
+    if not entries or not all(
+        _ADDRESS.fullmatch(e) and 1 <= int(e.rpartition(":")[2]) <= 65535 for e in entries
+    ):
+        raise _use("comma-separated host:port, each port 1 to 65535")
+    return ",".join(entries)
+
+
+def _hosts(value: Any) -> tuple[str, ...]:
+    if (not isinstance(value, tuple | list) or not value or not all(
+        isinstance(h, str) and h and not any(c.isspace() or c == "," for c in h) for h in value
+    )):
+        raise _use("at least one host, comma-separated")
+    return tuple(value)
+
+
+def _replication(value: Any) -> str:
+    # It is written into CREATE KEYSPACE as is (a map cannot be bound as a parameter).
+    text = value.strip() if isinstance(value, str) else ""
+    if not (text.startswith("{") and text.endswith("}") and "class" in text):
+        raise _use("a CQL replication map with a class, "
+                   "e.g. {'class': 'NetworkTopologyStrategy', 'dc1': 3}")
+    return text
+
+
+def _identifier(what: str) -> Check:
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise _use("a plain identifier")
+        return check_identifier(value, what)
+    return check
+
+
+def _ca_file(directory_ok: bool = False) -> Check:
+    """A CA file that exists and is readable, now rather than at the first TLS handshake."""
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise _use("the path of the CA certificate file (PEM)")
+        if directory_ok and value == "probe":  # librdkafka: look for the system's CA store
+            return value
+        if not os.path.exists(value):
+            raise _Refused("does not exist: set it to the CA certificate file (PEM).")
+        if not (os.path.isfile(value) or (directory_ok and os.path.isdir(value))):
+            raise _Refused("is not a file: set it to the CA certificate file (PEM).")
+        if not os.access(value, os.R_OK):
+            raise _Refused("is not readable: set it to the CA certificate file (PEM).")
+        return value
+    return check
+
+
+@dataclass(frozen=True)
+class _Variable:
+    """One environment variable: the field it sets, how its text is read, what is allowed."""
+
+    name: str
+    field: str
+    parse: Parse
+    check: Check
+
+    def read(self, raw: str) -> Any:
+        """A set (non-blank) variable's text -> its checked value."""
+        try:
+            return self.check(self.parse(raw))
+        except _Refused as why:
+            raise ValueError(f"{self.name}={raw!r} {why}") from None
+
+    def checked(self, value: Any) -> Any:
+        try:
+            return self.check(value)
+        except _Refused as why:
+            raise ValueError(f"{self.name}={value!r} {why}") from None
+
+
+_WRITE_CONSISTENCY = ("ANY", "ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM",
+                      "EACH_QUORUM", "LOCAL_ONE")
+_TOPIC_NAME = _kafka_name(_TOPIC_MAX, f"a Kafka topic name: 1 to {_TOPIC_MAX} of A-Z a-z 0-9 . _ -")
+
+# One row per variable. PROGRAMUSER_ENV comes first: the default topic names are made from it,
+# so a bad environment name is reported as itself rather than as a bad topic.
+_TABLE: tuple[_Variable, ...] = (
+    _Variable("PROGRAMUSER_ENV", "env", _text, _kafka_name(
+        _ENV_MAX, f"1 to {_ENV_MAX} of A-Z a-z 0-9 . _ - (it names the default topics)")),
+    _Variable("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers", _text, _brokers),
+    _Variable("KAFKA_INPUT_TOPIC", "kafka_input_topic", _text, _TOPIC_NAME),
+    _Variable("KAFKA_GROUP_ID", "kafka_group_id", _text, _name),
+    _Variable("KAFKA_DLQ_TOPIC", "kafka_dlq_topic", _text, _TOPIC_NAME),
+    _Variable("KAFKA_INPUT_PARTITIONS", "kafka_partitions", _whole, _count()),
+    _Variable("KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol", _text,
+              _optional(_one_of("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))),
+    _Variable("KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism", _text, _optional(_one_of(
+        "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"))),
+    _Variable("KAFKA_SASL_USERNAME", "kafka_sasl_username", _text, _optional(_name)),
+    # librdkafka takes a CA file, a directory of them, or "probe".
+    _Variable("KAFKA_SSL_CA_LOCATION", "kafka_ssl_ca_location", _text,
+              _optional(_ca_file(directory_ok=True))),
+    # A commit's transaction may last this + 30 s: below the broker's default
+    # transaction.max.timeout.ms (900 s), or no commit could begin.
+    _Variable("KAFKA_DELIVERY_TIMEOUT_S", "kafka_delivery_timeout_s", _number,
+              _seconds(at_most=600, allowed="seconds above 0, at most 600")),
+    _Variable("KAFKA_REQUEST_TIMEOUT_S", "kafka_request_timeout_s", _number, _seconds()),
+    _Variable("CASSANDRA_HOSTS", "cassandra_hosts", _list, _hosts),
+    _Variable("CASSANDRA_PORT", "cassandra_port", _whole,
+              _count(at_most=65535, allowed="a port, 1 to 65535")),
+    _Variable("CASSANDRA_KEYSPACE", "cassandra_keyspace", _text,
+              _identifier("CASSANDRA_KEYSPACE")),
+    _Variable("CASSANDRA_TABLE", "cassandra_table", _text, _identifier("CASSANDRA_TABLE")),
+    _Variable("CASSANDRA_REPLICATION", "cassandra_replication", _text, _replication),
+    _Variable("CASSANDRA_CONSISTENCY", "cassandra_consistency", _text,
+              _one_of(*_WRITE_CONSISTENCY)),
+    _Variable("CASSANDRA_LOCAL_DC", "cassandra_local_dc", _text, _optional(_name)),
+    _Variable("CASSANDRA_USERNAME", "cassandra_username", _text, _optional(_name)),
+    _Variable("CASSANDRA_SSL_CA", "cassandra_ssl_ca", _text, _optional(_ca_file())),
+    _Variable("CASSANDRA_CREATE_SCHEMA", "cassandra_create_schema", _flag, _boolean),
+    _Variable("CASSANDRA_CONCURRENCY", "cassandra_concurrency", _whole, _count()),
+    _Variable("CASSANDRA_BATCH_ROWS", "cassandra_batch_rows", _whole, _count()),
+    _Variable("CASSANDRA_BATCH_BYTES", "cassandra_batch_bytes", _whole, _count(
+        at_most=50 * 1024, allowed="a whole number of at least 1, at most 51200 (50 KiB)")),
+    _Variable("CASSANDRA_REQUEST_TIMEOUT_S", "cassandra_request_timeout_s", _number, _seconds()),
+    _Variable("PROGRAMUSER_MAX_MESSAGES", "max_messages", _whole, _count()),
+    _Variable("PROGRAMUSER_CHUNK_MESSAGES", "chunk_messages", _whole, _count()),
+    _Variable("PROGRAMUSER_CHUNK_BYTES", "chunk_bytes", _whole, _count()),
+    _Variable("PROGRAMUSER_DEAD_LETTER_BYTES", "dead_letter_bytes", _whole, _count()),
+    _Variable("PROGRAMUSER_SENSOR_INTERVAL_S", "sensor_interval_s", _whole, _count()),
+    _Variable("PROGRAMUSER_FRESHNESS_FAIL_S", "freshness_fail_s", _whole, _count()),
+    _Variable("PROGRAMUSER_DLQ_SHARE_WARN", "dead_letter_share_warn", _number, _seconds(
+        at_most=1.0, allowed="a share above 0 and at most 1, e.g. 0.05")),
+    _Variable("PROGRAMUSER_STALL_WARN_S", "stall_warn_s", _whole, _count()),
+    _Variable("PROGRAMUSER_CODE_LOCATION", "code_location", _text, _name),
+)
+
+# Every variable Settings reads -> the field it sets (e.g. to check that a deployment passes
+# each of them to its runs).
+VARIABLES: Mapping[str, str] = MappingProxyType({v.name: v.field for v in _TABLE})
+
+
 @dataclass(frozen=True)
 class Settings:
     env: str = "dev"
@@ -48,6 +308,8 @@ class Settings:
     kafka_sasl_username: str | None = None
     kafka_ssl_ca_location: str | None = None
     kafka_delivery_timeout_s: float = 30.0
+    # Timeout of metadata, watermark, committed and commit calls.
+    kafka_request_timeout_s: float = 15.0
     cassandra_hosts: tuple[str, ...] = ("127.0.0.1",)
     cassandra_port: int = 9042
     cassandra_keyspace: str = "sunbird_programs"
@@ -58,7 +320,28 @@ class Settings:
     cassandra_username: str | None = None
     cassandra_ssl_ca: str | None = None
     cassandra_create_schema: bool = True
-    max_messages: int = 100_000  # why this size: jobs.IngestConfig.max_messages
+    # Write requests (batches) in flight at once.
+    cassandra_concurrency: int = 64
+    # Rows of one partition (program_id) per UNLOGGED batch; 1 sends one INSERT per row.
+    cassandra_batch_rows: int = 32
+    # Estimated bytes per batch, kept under Cassandra's default batch_size_fail_threshold
+    # (50 KiB, so more is refused here): a batch above it fails.
+    cassandra_batch_bytes: int = 24 * 1024
+    cassandra_request_timeout_s: float = 30.0  # per request
+    # 100,000: a run holds a chunk or two of chunk_messages, whatever its range, so this bounds a
+    # run's length (~15 s here), not its memory; large enough that Dagster's fixed cost per run
+    # stays a small share, and a retry repeats at most this much work.
+    max_messages: int = 100_000
+    # Messages read, flattened and written together: a run holds a chunk or two; big enough
+    # that a chunk's rows of one program fill the per-program batches.
+    chunk_messages: int = 10_000
+    # A chunk is also cut at this many bytes of message values, so a backlog of records near
+    # the 5 MiB limit holds ~64 MiB, not chunk_messages x 5 MiB.
+    chunk_bytes: int = 64 * 1024 * 1024
+    # The commit step sends a run's dead letters in one Kafka transaction, which must end within
+    # transaction.timeout.ms (KAFKA_DELIVERY_TIMEOUT_S + 30 s): a run stops reading at the chunk
+    # where its letters reach this many bytes, and the next run goes on from there.
+    dead_letter_bytes: int = 256 * 1024 * 1024
     sensor_interval_s: int = 30
     freshness_fail_s: int = 3600
     dead_letter_share_warn: float = 0.05
@@ -75,8 +358,11 @@ class Settings:
             object.__setattr__(self, "kafka_group_id", f"{self.env}-programuser-group")
         if not self.kafka_dlq_topic:
             object.__setattr__(self, "kafka_dlq_topic", f"{self.kafka_input_topic}.failed")
-        check_identifier(self.cassandra_keyspace, "CASSANDRA_KEYSPACE")
-        check_identifier(self.cassandra_table, "CASSANDRA_TABLE")
+        # Every field, however this object was built (from_env, directly, replace, for_env);
+        # a check may normalise its value (e.g. upper-case).
+        for variable in _TABLE:
+            value = variable.checked(getattr(self, variable.field))
+            object.__setattr__(self, variable.field, value)
 
     def for_env(self, env: str, keyspace: str, partitions: int | None = None) -> Settings:
         """These settings for another environment name: its default topics and group (derived
@@ -88,74 +374,24 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings the environment gives: an unset or blank variable means the field's
+        default; a refused value raises ValueError naming the variable, in one line."""
         env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for variable in _TABLE:
+            raw = env.get(variable.name, "").strip()
+            if raw:
+                values[variable.field] = variable.read(raw)
+        return cls(**values)
 
-        def get(name: str, default: str = "") -> str:
-            return env.get(name, "").strip() or default
 
-        def opt(name: str) -> str | None:
-            return get(name) or None
+DEFAULTS: Settings = Settings()
 
-        def number(name: str, default: str, kind: type = int) -> int | float:
-            raw = get(name, default)
-            try:
-                return kind(raw)
-            except ValueError:
-                whole = " whole" if kind is int else ""
-                raise ValueError(f"{name}={raw!r} is not a{whole} number.") from None
 
-        def positive(name: str, default: str, kind: type = int, at_most: float | None = None,
-                     allowed: str = "") -> int | float:
-            # A zero or negative count, interval or timeout makes loops that never end (a run
-            # of 0 messages succeeds and is retried at once): refused here, naming the variable.
-            value = number(name, default, kind)
-            if not math.isfinite(value) or value <= 0 or (at_most is not None and value > at_most):
-                what = allowed or ("a whole number of at least 1" if kind is int
-                                   else "a number above 0")
-                raise ValueError(f"{name}={get(name, default)!r} is not allowed: use {what}.")
-            return value
-
-        return cls(
-            env=get("PROGRAMUSER_ENV", "dev"),
-            kafka_bootstrap_servers=get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
-            kafka_input_topic=get("KAFKA_INPUT_TOPIC"),
-            kafka_group_id=get("KAFKA_GROUP_ID"),
-            kafka_dlq_topic=get("KAFKA_DLQ_TOPIC"),
-            kafka_partitions=int(positive("KAFKA_INPUT_PARTITIONS", "4")),
-            kafka_security_protocol=opt("KAFKA_SECURITY_PROTOCOL"),
-            kafka_sasl_mechanism=opt("KAFKA_SASL_MECHANISM"),
-            kafka_sasl_username=opt("KAFKA_SASL_USERNAME"),
-            kafka_ssl_ca_location=opt("KAFKA_SSL_CA_LOCATION"),
-            kafka_delivery_timeout_s=float(
-                # A commit's transaction may last this + 30 s: below the broker's default
-                # transaction.max.timeout.ms (900 s), or no commit could begin.
-                positive("KAFKA_DELIVERY_TIMEOUT_S", "30", float, at_most=600,
-                         allowed="seconds above 0, at most 600")
-            ),
-            cassandra_hosts=tuple(
-                h.strip() for h in get("CASSANDRA_HOSTS", "127.0.0.1").split(",") if h.strip()
-            ),
-            cassandra_port=int(
-                positive("CASSANDRA_PORT", "9042", at_most=65535, allowed="a port, 1 to 65535")
-            ),
-            cassandra_keyspace=get("CASSANDRA_KEYSPACE", "sunbird_programs"),
-            cassandra_table=get("CASSANDRA_TABLE", "program_enrollment"),
-            cassandra_replication=get(
-                "CASSANDRA_REPLICATION", "{'class': 'SimpleStrategy', 'replication_factor': 1}"
-            ),
-            cassandra_consistency=get("CASSANDRA_CONSISTENCY", "LOCAL_QUORUM").upper(),
-            cassandra_local_dc=opt("CASSANDRA_LOCAL_DC"),
-            cassandra_username=opt("CASSANDRA_USERNAME"),
-            cassandra_ssl_ca=opt("CASSANDRA_SSL_CA"),
-            cassandra_create_schema=get("CASSANDRA_CREATE_SCHEMA", "true").lower()
-            not in ("false", "0", "no"),
-            max_messages=int(positive("PROGRAMUSER_MAX_MESSAGES", "100000")),
-            sensor_interval_s=int(positive("PROGRAMUSER_SENSOR_INTERVAL_S", "30")),
-            freshness_fail_s=int(positive("PROGRAMUSER_FRESHNESS_FAIL_S", "3600")),
-            dead_letter_share_warn=float(
-                positive("PROGRAMUSER_DLQ_SHARE_WARN", "0.05", float, at_most=1.0,
-                         allowed="a share above 0 and at most 1, e.g. 0.05")
-            ),
-            stall_warn_s=int(positive("PROGRAMUSER_STALL_WARN_S", "900")),
-            code_location=get("PROGRAMUSER_CODE_LOCATION", "programuser_dagster"),
-        )
+def local_stack_hint(address: str) -> str:
+    """A pointer to the local stack's status, for an error about an address that is the local
+    stack's own (host:port); nothing for any other: production errors name the setting."""
+    local_hosts = {DEFAULTS.cassandra_hosts[0], "localhost"}
+    kafka_port = DEFAULTS.kafka_bootstrap_servers.rsplit(":", 1)[1]
+    local = {f"{h}:{p}" for h in local_hosts for p in (kafka_port, DEFAULTS.cassandra_port)}
+    return " (the local stack: `programuser-dagster stack status`)" if address in local else ""
