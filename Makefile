@@ -18,7 +18,7 @@ export CASSANDRA_PASSWORD ?= programuser
 # arenas keep its peak flat, at no cost in speed (README: Performance). Set it where runs start.
 export MALLOC_ARENA_MAX ?= 2
 
-.PHONY: deps venv stack run test soak lint down produce lag drain bench bench-scale bench-parallel
+.PHONY: deps venv stack run test test-unit soak lint down produce lag drain bench bench-scale bench-parallel
 
 # Acts only when something is missing (we run as root on CI and dev boxes).
 deps:
@@ -57,9 +57,13 @@ run: stack
 test: deps venv
 	$(BIN)/pytest -q
 
+# The unit tests alone: no server, no stack (seconds).
+test-unit: venv
+	$(BIN)/pytest -q tests/unit
+
 # The soak test: real `dagster dev` under >= 500 events/s for 3 minutes (SOAK_RATE, SOAK_SECONDS).
 soak: deps venv
-	PROGRAMUSER_SOAK=1 $(BIN)/pytest -q -s tests/test_soak.py
+	PROGRAMUSER_SOAK=1 $(BIN)/pytest -q -s tests/e2e/test_soak.py
 
 lint: venv
 	$(BIN)/ruff check .

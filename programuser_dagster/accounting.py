@@ -8,15 +8,22 @@ Only offsets, counts and reasons live here: no message content (it is personal d
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import zlib
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+
+def balances(read: int, written: int, skipped: int, dead_lettered: int) -> bool:
+    """The accounting rule: every message read was written, skipped or dead-lettered."""
+    return read == written + skipped + dead_lettered
 
 
 @dataclass
 class RangeReport:
     partition: int
     start: int
-    end: int
+    end: int  # exclusive; may end up below requested_end (see cut_at)
     high_watermark: int
     lost_to_retention: int = 0
     # The partition's committed state when the run started (offset, fence token): the commit
@@ -33,6 +40,29 @@ class RangeReport:
     dead_letters: list[tuple[int, str]] = field(default_factory=list)
     # Why this run has nothing to commit: its range was committed by another run first.
     superseded: str | None = None
+    # Bytes of the values to dead-letter: a range whose letters reach the run's
+    # dead_letter_bytes is cut short (the end its run was planned for stays in requested_end).
+    letter_bytes: int = 0
+    requested_end: int | None = None
+    # Every chunk of [start, end) was read and handed to the writer (the range's iterator ran
+    # to its end): the commit step commits nothing otherwise.
+    read_to_end: bool = False
+
+    def cut_at(self, end: int) -> None:
+        """End the range early at `end` (the rest is the next run's)."""
+        if self.requested_end is None:
+            self.requested_end = self.end
+        self.end = end
+
+    def to_bytes(self) -> bytes:
+        """The report as compressed JSON (offsets, counts and reasons: no message content)."""
+        return zlib.compress(json.dumps(asdict(self), separators=(",", ":")).encode())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RangeReport:
+        fields = json.loads(zlib.decompress(data))
+        fields["dead_letters"] = [(int(o), str(r)) for o, r in fields["dead_letters"]]
+        return cls(**fields)
 
     @property
     def skipped_total(self) -> int:
@@ -44,7 +74,7 @@ class RangeReport:
 
     @property
     def balanced(self) -> bool:
-        return self.read == self.written + self.skipped_total + self.dead_lettered_total
+        return balances(self.read, self.written, self.skipped_total, self.dead_lettered_total)
 
     def imbalance(self) -> str:
         return (

@@ -1,11 +1,13 @@
-"""Which partitions need a run now: the one planning rule shared by sensor, schedule and drain.
+"""Which partitions need a run now, from the broker and the instance: the planning shared by the
+sensor, the schedule and drain.
 
-A partition gets a run request when it has records past its committed offset and no run of it
-is queued or in progress. A range whose run failed is requested again (the sensor is the one
-owner of retries), after a back-off that doubles with each failed attempt at the same committed
-state (offset and fence token). A run that succeeded without moving the offset (outcome
-no_progress) is a failed attempt too, so a bad setting cannot loop; a superseded run is not
-(another run committed its range).
+The rule itself is planning.py's (pure); this module reads what it decides from: the topic's
+partitions and offsets (the KafkaResource), the runs queued or in progress per partition
+(freeing those of a dead drain process), and the failed attempts at each partition's committed
+state (from the run records: a failure, a cancel, or a run that succeeded without moving the
+offset, outcome no_progress, so that a bad setting cannot loop; not a superseded run, since
+another run committed its range). It turns the launches into Dagster run requests, whose config
+and tags are built in one place (launch_request) for the sensor, the schedule and drain.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from dagster import (
@@ -27,17 +29,22 @@ from dagster import (
     RunsFilter,
 )
 
-from .assets import PROGRAM_ENROLLMENT
-from .jobs import (
+from .assets import JOB_NAME, PROGRAM_ENROLLMENT
+from .ingest_config import run_config
+from .jobs import kafka_partitions
+from .offsets import PartitionOffsets
+from .planning import Launch, Plan, decide
+from .resources.kafka import KafkaResource
+from .run_tags import (
+    DRAIN_PROCESS_TAG,  # also imported from here by tests (run_tags is its home)
     END_TAG,
-    JOB_NAME,
     NO_PROGRESS,
     OUTCOME_TAG,
+    PARTITION_TAG,
     START_TAG,
     START_TOKEN_TAG,
-    kafka_partitions,
 )
-from .resources.kafka import KafkaResource, PartitionOffsets
+from .settings import Settings
 
 IN_FLIGHT = [
     DagsterRunStatus.QUEUED,
@@ -46,19 +53,21 @@ IN_FLIGHT = [
     DagsterRunStatus.STARTED,
     DagsterRunStatus.CANCELING,
 ]
-PARTITION_TAG = "dagster/partition"
-# On runs executed by `drain`: the process that executes them (see runs_in_flight).
-DRAIN_PROCESS_TAG = "programuser/drain_process"
-RETRY_BASE_S = 30.0
-RETRY_MAX_S = 900.0
 
 
 @dataclass
 class BacklogPlan:
-    offsets: list[PartitionOffsets]
-    new_partitions: list[str]
-    run_requests: list[RunRequest] = field(default_factory=list)
-    waiting: dict[int, str] = field(default_factory=dict)  # partition -> why no run now
+    decision: Plan  # the pure plan: launches, and why the other partitions with lag wait
+    new_partitions: list[str]  # partitions of the topic not yet known to the job
+    run_requests: list[RunRequest]  # the launches, as run requests (launch_request)
+
+    @property
+    def offsets(self) -> list[PartitionOffsets]:
+        return self.decision.offsets
+
+    @property
+    def waiting(self) -> dict[int, str]:
+        return self.decision.waiting
 
     def lag_observation(self) -> AssetObservation:
         lag = {f"lag_partition_{o.partition}": o.lag for o in self.offsets}
@@ -67,14 +76,26 @@ class BacklogPlan:
         )
 
     def summary(self) -> str:
-        if not self.offsets:
-            return "The input topic has no partitions."
-        lag = sum(o.lag for o in self.offsets)
-        if lag == 0:
-            return f"Every partition is caught up ({len(self.offsets)} partitions, lag 0)."
-        parts = [f"{len(self.run_requests)} run(s) requested, total lag {lag}"]
-        parts += [f"partition {p}: {why}" for p, why in sorted(self.waiting.items())]
-        return "; ".join(parts)
+        return self.decision.summary()
+
+
+def launch_tags(launch: Launch) -> dict[str, str]:
+    """The tags of a run launched for a range (the run corrects them to the range it really
+    reads)."""
+    return {START_TAG: str(launch.start), START_TOKEN_TAG: str(launch.token),
+            END_TAG: str(launch.end)}
+
+
+def launch_request(launch: Launch, settings: Settings) -> RunRequest:
+    """The run request of a launch: the one place a launched run's config and tags are made
+    (sensor, schedule, drain), so the settings' limits (PROGRAMUSER_MAX_MESSAGES, ...) bound
+    every run."""
+    return RunRequest(
+        run_key=launch.run_key,
+        partition_key=str(launch.partition),
+        run_config=run_config(settings, end_offset=launch.end),
+        tags=launch_tags(launch),
+    )
 
 
 def _where() -> str:
@@ -140,13 +161,6 @@ def runs_in_flight(instance: DagsterInstance, partition: int) -> int:
     return alive
 
 
-def retry_wait_s(failed_attempts: int) -> float:
-    """Back-off before the next attempt at a range that failed `failed_attempts` times."""
-    if failed_attempts <= 0:
-        return 0.0
-    return min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (failed_attempts - 1))
-
-
 def sync_partitions(instance: DagsterInstance, kafka: KafkaResource) -> tuple[list[int], list[str]]:
     """The topic's partitions, and those not yet known as dynamic partitions of the job."""
     partitions = kafka.partitions()
@@ -157,45 +171,28 @@ def sync_partitions(instance: DagsterInstance, kafka: KafkaResource) -> tuple[li
 def plan_backlog(
     instance: DagsterInstance,
     kafka: KafkaResource,
+    settings: Settings,
     now: float | None = None,
     partitions: Sequence[int] | None = None,
 ) -> BacklogPlan:
+    """The runs to request now (all partitions of the topic, or `partitions`), and the topic's
+    partitions not yet known to the job (the caller adds them)."""
     now = time.time() if now is None else now
     all_partitions, new = sync_partitions(instance, kafka)
     offsets = kafka.offsets(all_partitions if partitions is None else partitions)
-    plan = BacklogPlan(offsets=offsets, new_partitions=new)
-    for o in offsets:
-        if o.lag == 0:
-            continue
-        if runs_in_flight(instance, o.partition):
-            plan.waiting[o.partition] = f"lag {o.lag}, a run is queued or in progress"
-            continue
-        failed = failed_attempts(instance, o)
-        wait = retry_wait_s(len(failed))
-        last_end = max((r.end_time or 0.0 for r in failed), default=0.0)
-        if failed and now - last_end < wait:
-            plan.waiting[o.partition] = (
-                f"lag {o.lag}, {len(failed)} failed attempt(s) at offset {o.next_offset}, "
-                f"retrying in {wait - (now - last_end):.0f}s"
-            )
-            continue
-        start, end = o.next_offset, o.high
-        plan.run_requests.append(
-            RunRequest(
-                run_key=f"partition-{o.partition}:{start}-{end}:token-{o.token}:"
-                f"attempt-{len(failed) + 1}",
-                partition_key=str(o.partition),
-                run_config={"ops": {"flatten_events": {"config": {"end_offset": end}}}},
-                tags=range_tags(o),
-            )
-        )
-    return plan
-
-
-def range_tags(o: PartitionOffsets) -> dict[str, str]:
-    """The tags of a run requested for a partition's backlog (the run corrects them to the
-    range it really reads)."""
-    return {START_TAG: str(o.next_offset), START_TOKEN_TAG: str(o.token), END_TAG: str(o.high)}
+    lagging = [o for o in offsets if o.lag > 0]  # only these need the instance's run records
+    in_flight = {o.partition for o in lagging if runs_in_flight(instance, o.partition)}
+    failed_ends = {
+        o.partition: [r.end_time for r in failed_attempts(instance, o)]
+        for o in lagging
+        if o.partition not in in_flight
+    }
+    decision = decide(offsets, in_flight, failed_ends, now)
+    return BacklogPlan(
+        decision=decision,
+        new_partitions=new,
+        run_requests=[launch_request(launch, settings) for launch in decision.launches],
+    )
 
 
 def failed_attempts(instance: DagsterInstance, o: PartitionOffsets) -> list[RunRecord]:

@@ -1,4 +1,8 @@
-"""The one place where the job, sensor, schedule, asset, checks and resources meet."""
+"""The one place where the job, sensor, schedule, asset, checks and resources meet.
+
+Loading them reads and checks every setting (settings.py): a bad value stops the code location
+from loading, naming its variable, rather than failing every run later.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,9 @@ from dagster import BetaWarning, Definitions
 
 from . import client_logs
 from .assets import build_asset_checks, build_program_enrollment
-from .jobs import program_user_info
+from .jobs import build_job
 from .resources import build_resources
-from .schedules import kafka_backlog_schedule
+from .schedules import build_backlog_schedule
 from .sensors import build_backlog_sensor, build_health_sensor
 from .settings import Settings
 
@@ -20,12 +24,13 @@ warnings.filterwarnings("ignore", category=BetaWarning, message=".*owners.*")
 
 def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
+    job = build_job(settings)
     return Definitions(
         assets=[build_program_enrollment(settings)],
         asset_checks=build_asset_checks(settings),
-        jobs=[program_user_info],
-        sensors=[build_backlog_sensor(settings.sensor_interval_s), build_health_sensor(settings)],
-        schedules=[kafka_backlog_schedule],
+        jobs=[job],
+        sensors=[build_backlog_sensor(job, settings), build_health_sensor(settings)],
+        schedules=[build_backlog_schedule(job, settings)],
         resources=build_resources(settings),
     )
 

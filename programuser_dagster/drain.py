@@ -13,9 +13,6 @@ and the result says what was finished and what was not.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -23,7 +20,7 @@ import re
 import signal
 import threading
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -31,23 +28,17 @@ from dagster import DagsterInstance, ExecuteInProcessResult
 from dagster._core.storage.tags import REPOSITORY_LABEL_TAG  # not exported publicly
 
 from . import client_logs
-from .backlog import (
-    DRAIN_PROCESS_TAG,
-    process_token,
-    range_tags,
-    runs_in_flight,
-    sync_partitions,
-)
+from .backlog import launch_request, process_token, runs_in_flight, sync_partitions
 from .instance import add_partitions
 from .interrupts import STOP_SIGNALS
-from .jobs import (
-    LAUNCHED_BY_TAG,
-    OUTCOME_TAG,
-    SUPERSEDED,
-    program_user_info,
-)
+from .jobs import program_user_info
+from .memory import release_memory
+from .offsets import PartitionOffsets
+from .planning import Launch
 from .resources import build_resources
-from .resources.kafka import KafkaUnavailable, PartitionOffsets
+from .resources.cassandra import keep_connections
+from .resources.kafka import KafkaUnavailable
+from .run_tags import DRAIN, DRAIN_PROCESS_TAG, LAUNCHED_BY_TAG, OUTCOME_TAG, SUPERSEDED
 from .settings import Settings
 
 # What a finished run did to its partition (judge()).
@@ -221,7 +212,9 @@ def drain(
                          "would be followed by the same run forever.")
     if processes < 1:
         raise ValueError(f"processes must be at least 1, not {processes}.")
-    with _StopSignals() as stop:
+    settings = replace(settings, max_messages=limit)  # every run's config: backlog.launch_request
+    # One Cassandra connection for all the runs of this process, shut down when it ends.
+    with _StopSignals() as stop, keep_connections():
         result = _drain(instance, settings, say, limit, processes, only, stop)
     if result.signal:
         say(result.stop_summary())
@@ -268,11 +261,11 @@ def _drain(
                     say(f"partition {p}: skipped, a run is queued or in progress")
                     done.add(p)
                     continue
-                run = _run_once(instance, resources, before, limit, settings.code_location)
+                run = _run_once(instance, resources, before, settings)
                 interrupted = stop.check() is not None
                 result.runs.append((p, run.ok, run.line))
                 say(run.line)
-                _release_memory()
+                release_memory()
                 after = _offsets_after(kafka, p)
                 if after is None:  # the broker went away: what the run did is unknown
                     verdict = FAILED if not run.ok else PROGRESS
@@ -351,28 +344,27 @@ def _run_once(
     instance: DagsterInstance,
     resources: dict,
     offsets: PartitionOffsets,
-    max_messages: int,
-    code_location: str,
+    settings: Settings,
 ) -> _Run:
     partition = offsets.partition
-    run_config = {"ops": {"flatten_events": {"config": {
-        "end_offset": offsets.high, "max_messages": max_messages}}}}
+    # The sensor's run request for this backlog (its config and range tags), executed here.
+    request = launch_request(Launch.of(offsets), settings)
     tags = {
-        **range_tags(offsets),
-        LAUNCHED_BY_TAG: "drain",
+        **request.tags,
+        LAUNCHED_BY_TAG: DRAIN,
         # The label of the runs the daemon launches from the code location: the UI lists a
         # job's runs, and the Partitions page its partitions' status, by this tag only (without
         # it a drained partition shows as missing there). "__repository__" is Dagster's name
         # for the repository of a Definitions object.
-        REPOSITORY_LABEL_TAG: f"__repository__@{code_location}",
+        REPOSITORY_LABEL_TAG: f"__repository__@{settings.code_location}",
     }
     token = process_token()  # lets the next planner tell if this process was killed
     if token:
         tags[DRAIN_PROCESS_TAG] = token
     result = program_user_info.execute_in_process(
-        run_config=run_config,
+        run_config=request.run_config,
         instance=instance,
-        partition_key=str(partition),
+        partition_key=request.partition_key,
         resources=resources,
         tags=tags,
         raise_on_error=False,
@@ -386,9 +378,10 @@ def _run_once(
     if outcome == SUPERSEDED:
         return _Run(True, run_id, outcome, f"partition {partition}: run {run_id} superseded: "
                     "another run committed this range first")
-    report = result.output_for_node("flatten_events", "report")
-    return _Run(True, run_id, outcome,
-                f"partition {partition}: run {run_id} ok: {report.describe()}")
+    # What it committed, as its materialization says (a run with no commit has none).
+    committed = result.asset_materializations_for_node("commit_offsets")
+    what = committed[0].description if committed else f"nothing committed (outcome {outcome})"
+    return _Run(True, run_id, outcome, f"partition {partition}: run {run_id} ok: {what}")
 
 
 def failure_description(result: ExecuteInProcessResult) -> str:
@@ -524,7 +517,7 @@ def _worker(
     client_logs.install()
     try:
         with DagsterInstance.from_ref(ref) as instance, \
-                _StopSignals(watch_parent=True) as stop:
+                _StopSignals(watch_parent=True) as stop, keep_connections():
             result = _drain(instance, settings, lambda line: print(line, flush=True),
                             max_messages, 1, partitions, stop)
         report.send(("ok", result))
@@ -535,26 +528,3 @@ def _worker(
             report.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
     finally:
         report.close()
-
-
-def _release_memory() -> None:
-    """Give a finished run's memory back to the system before the next run.
-
-    A run's messages, rows and DataFrame are garbage once it ends, but glibc keeps the freed
-    heap and Python's arenas fragment: without this a long drain's RSS grows run after run.
-    """
-    gc.collect()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _glibc() -> Any:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        libc.malloc_trim  # noqa: B018 (glibc only)
-    except (OSError, AttributeError, TypeError):
-        return None
-    return libc
-
-
-_LIBC = _glibc()

@@ -19,7 +19,9 @@ from dagster import (
     RunsFilter,
 )
 
-from .resources.kafka import PartitionOffsets
+from .accounting import balances
+from .offsets import PartitionOffsets
+from .run_tags import PARTITION_TAG
 
 ACCOUNTING_CHECK = "accounting_balanced"
 DEAD_LETTER_SHARE_CHECK = "dead_letter_share"
@@ -68,10 +70,9 @@ def recent_runs_counts(
 
 
 def balanced(counts: dict[str, Any]) -> bool:
-    """read == written + skipped + dead-lettered, from a run's recorded counts."""
-    return counts["messages_read"] == (
-        counts["messages_written"] + counts["messages_skipped"] + counts["messages_dead_lettered"]
-    )
+    """The accounting rule (accounting.balances) on a run's recorded counts."""
+    return balances(counts["messages_read"], counts["messages_written"],
+                    counts["messages_skipped"], counts["messages_dead_lettered"])
 
 
 def accounting(runs: Sequence[dict[str, Any]]) -> Verdict:
@@ -127,7 +128,7 @@ def stalled_partitions(
             RunsFilter(
                 job_name=job_name,
                 statuses=[DagsterRunStatus.SUCCESS],
-                tags={"dagster/partition": str(o.partition)},
+                tags={PARTITION_TAG: str(o.partition)},
             ),
             limit=1,
         )

@@ -1,4 +1,4 @@
-"""The table's CQL, shipped in the package, and the statements that create it."""
+"""The tables' CQL, shipped in the package, and the statements that create them."""
 
 from __future__ import annotations
 
@@ -6,12 +6,20 @@ from importlib.resources import files
 
 from .settings import check_identifier
 
+# The Cassandra IO manager's record of what each run wrote (schema.cql), kept this long: a
+# run's commit step can be re-executed from the UI for as long.
+RECEIPTS_TABLE = "write_receipts"
+RECEIPT_DAYS = 30
+
 
 def schema_statements(keyspace: str, table: str, replication: str) -> list[str]:
-    """CREATE ... IF NOT EXISTS statements for the keyspace and table, in order."""
+    """CREATE ... IF NOT EXISTS statements for the keyspace and its tables, in order."""
     check_identifier(keyspace, "keyspace")
     check_identifier(table, "table")
     text = files("programuser_dagster").joinpath("schema.cql").read_text()
     lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
-    cql = "\n".join(lines).format(keyspace=keyspace, table=table, replication=replication)
+    cql = "\n".join(lines).format(
+        keyspace=keyspace, table=table, replication=replication, receipts=RECEIPTS_TABLE,
+        receipt_ttl_s=RECEIPT_DAYS * 24 * 3600,
+    )
     return [stmt.strip() for stmt in cql.split(";") if stmt.strip()]

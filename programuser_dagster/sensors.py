@@ -6,6 +6,7 @@ import time
 from dagster import (
     AddDynamicPartitionsRequest,
     DefaultSensorStatus,
+    JobDefinition,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
@@ -16,27 +17,31 @@ from dagster import (
 from . import health
 from .assets import JOB_NAME, PROGRAM_ENROLLMENT, RECENT_RUNS
 from .backlog import plan_backlog
-from .jobs import kafka_partitions, program_user_info
+from .jobs import kafka_partitions
 from .resources.kafka import KafkaResource
 from .settings import Settings
 
 
-def build_backlog_sensor(interval_s: int = 30) -> SensorDefinition:
+def build_backlog_sensor(job: JobDefinition, settings: Settings) -> SensorDefinition:
+    """The sensor launching `job` (program_user_info), every PROGRAMUSER_SENSOR_INTERVAL_S, with
+    run requests built from the settings (backlog.launch_request)."""
+
     @sensor(
         name="kafka_backlog_sensor",
-        job=program_user_info,
-        minimum_interval_seconds=interval_s,
+        job=job,
+        minimum_interval_seconds=settings.sensor_interval_s,
         default_status=DefaultSensorStatus.RUNNING,
     )
     def kafka_backlog_sensor(
         context: SensorEvaluationContext, kafka: KafkaResource
     ) -> SensorResult:
-        """Fires every `interval_s` seconds. For each partition with records past its committed
-        offset and no run queued or in progress, requests one run of [committed, high-water
-        mark). Re-requests failed ranges with a growing back-off, adds new partitions of the
-        topic, and reports consumer lag per partition as an observation of program_enrollment.
+        """Fires every PROGRAMUSER_SENSOR_INTERVAL_S seconds. For each partition with records
+        past its committed offset and no run queued or in progress, requests one run of
+        [committed, high-water mark), at most PROGRAMUSER_MAX_MESSAGES offsets. Re-requests
+        failed ranges with a growing back-off, adds new partitions of the topic, and reports
+        consumer lag per partition as an observation of program_enrollment.
         """
-        plan = plan_backlog(context.instance, kafka)
+        plan = plan_backlog(context.instance, kafka, settings)
         return SensorResult(
             run_requests=plan.run_requests,
             dynamic_partitions_requests=[

@@ -16,6 +16,8 @@ Fixtures (use them; never write to the dev topics or keyspace from a test):
   keyspace ``test_<uuid8>`` (keyspace and table created). Everything it created is deleted or
   dropped after the test.
 - ``kafka_topics`` (function): ``make_test_settings()`` once; the usual way to get a Settings.
+- ``_cassandra_connections_kept`` (session, autouse): in-process runs reuse one Cassandra
+  connection per connection settings (resources/cassandra.py: keep_connections).
 - ``dagster_home`` (session): the temporary DAGSTER_HOME set for the whole test session, so
   tests never touch the dev instance in .dagster_home.
 
@@ -35,6 +37,7 @@ from typing import Any
 
 import pytest
 
+from programuser_dagster.resources.cassandra import keep_connections
 from programuser_dagster.settings import Settings
 from programuser_dagster.stack import (
     cassandra_cluster,
@@ -84,6 +87,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def dagster_home() -> Path:
     """The session's temporary DAGSTER_HOME (already in os.environ)."""
     return Path(os.environ["DAGSTER_HOME"])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cassandra_connections_kept() -> Iterator[None]:
+    """The session's in-process runs share each Cassandra connection, as drain's runs do
+    (outside such a block every run connects and shuts its connection down)."""
+    with keep_connections():
+        yield
 
 
 def _alive(pid: int) -> bool:

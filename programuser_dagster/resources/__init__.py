@@ -22,6 +22,7 @@ def kafka_resource(settings: Settings) -> KafkaResource:
         sasl_password=env_secret("KAFKA_SASL_PASSWORD"),
         ssl_ca_location=settings.kafka_ssl_ca_location,
         delivery_timeout_s=settings.kafka_delivery_timeout_s,
+        request_timeout_s=settings.kafka_request_timeout_s,
     )
 
 
@@ -38,6 +39,10 @@ def cassandra_io_manager(settings: Settings) -> CassandraIOManager:
         ssl_ca=settings.cassandra_ssl_ca,
         create_schema=settings.cassandra_create_schema,
         replication=settings.cassandra_replication,
+        concurrency=settings.cassandra_concurrency,
+        batch_rows=settings.cassandra_batch_rows,
+        batch_bytes=settings.cassandra_batch_bytes,
+        request_timeout_s=settings.cassandra_request_timeout_s,
     )
 
 

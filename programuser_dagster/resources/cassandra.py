@@ -1,26 +1,30 @@
 """Cassandra, and only Cassandra: the IO manager that upserts flattened rows.
 
-Follows cassandra-driver's performance guide: one Cluster/Session per process, one prepared
-INSERT, UNSET_VALUE for the columns an event leaves alone, and bounded concurrent execution.
+Follows cassandra-driver's performance guide: one Cluster/Session per run (or per drain), one
+prepared INSERT, UNSET_VALUE for the columns an event leaves alone, and bounded concurrent
+execution.
 
 Rows are grouped by partition key (program_id) into small UNLOGGED batches: a batch of rows of
 one partition is one mutation on one replica (no coordinator fan-out, no batch log), and it
-cuts the driver's per-request Python work (a future, a frame, a callback) by the batch size.
-On this machine that is ~10x the rows/s of one request per row (`make bench` measures both
-forms and takes the best as the write ceiling). A batch Cassandra refuses as invalid is
-replayed row by row, so only the rows it refuses become dead letters. Rows are encoded a
-column at a time (cql_encoding.py) rather than bound by the driver row by row: the same bytes
-for a third of the client's CPU.
+cuts the driver's per-request Python work (a future, a frame, a callback) by the batch size
+(README: Performance). A batch Cassandra refuses as invalid is replayed row by row, so only the
+rows it refuses become dead letters. Rows are encoded a column at a time (cql_encoding.py)
+rather than bound by the driver row by row: the same bytes for a third of the client's CPU.
+
+The IO manager's record of what it wrote (the range's report: offsets, counts and reasons) is
+kept in a small table beside the data, write_receipts, and is what load_input gives the
+committing step: a re-execution of that step in another process or container reads it there.
 """
 
 from __future__ import annotations
 
-import atexit
+import hashlib
 import ssl
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import pandas as pd
 from cassandra import ConsistencyLevel, InvalidRequest
@@ -31,9 +35,11 @@ from cassandra.query import BatchStatement, BatchType, PreparedStatement
 from dagster import ConfigurableIOManager, Failure, InputContext, OutputContext
 from pydantic import Field, PrivateAttr
 
+from ..accounting import RangeReport
 from ..events import COLUMNS
-from ..schema import schema_statements
-from ..settings import check_identifier
+from ..memory import collect_between_chunks, gc_paused
+from ..schema import RECEIPT_DAYS, RECEIPTS_TABLE, schema_statements
+from ..settings import DEFAULTS, check_identifier, local_stack_hint
 from .cql_encoding import Encoded, bound, encode_rows
 from .secrets import reveal
 
@@ -42,32 +48,54 @@ class CassandraWriteFailed(RuntimeError):
     """A write failed for a reason a retry may fix (node down, timeout): the step must fail."""
 
 
-class RowsNotProduced(RuntimeError):
-    """The rows to write could not be produced (their source failed): nothing of Cassandra's."""
+class RowSource(Protocol):
+    """What the IO manager writes: DataFrames of flattened rows in offset order, and the
+    range's report, which it completes with what Cassandra acknowledged (range_rows.py)."""
+
+    report: RangeReport
+
+    def __iter__(self) -> Iterator[pd.DataFrame]: ...
+
+    def failed(self, what: str) -> str: ...
 
 
 @dataclass
-class _SharedSession:
+class _Connection:
     cluster: Cluster
     session: Session
     schemas: set[tuple[str, str]] = field(default_factory=set)  # (keyspace, table) ensured
 
 
-# One Cluster/Session per process and connection settings, as the driver's guide says: a run
-# reuses the connection of the process's previous run (drain runs many in one process); a
-# failed write drops it (see upsert), and the process's exit shuts the rest down.
-_SESSIONS: dict[tuple[Any, ...], _SharedSession] = {}
+# The connections kept open across runs by a keep_connections() block, by connection settings
+# (a digest: the password is part of them); None outside such a block.
+_KEPT: dict[str, _Connection] | None = None
 
 
-@atexit.register
-def _shutdown_sessions() -> None:
-    while _SESSIONS:
-        _SESSIONS.popitem()[1].cluster.shutdown()
+@contextmanager
+def keep_connections() -> Iterator[None]:
+    """Keep each Cassandra connection open from one run to the next until the block ends.
+
+    For code that executes many runs in one process (drain, the tests): a connect costs
+    ~0.5-2 s here. Outside such a block a run connects at its first write and shuts its
+    connection down when it ends (the daemon's run worker executes one run). A nested block
+    leaves the connections to the outer one.
+    """
+    global _KEPT
+    if _KEPT is not None:
+        yield
+        return
+    _KEPT = {}
+    try:
+        yield
+    finally:
+        kept, _KEPT = _KEPT, None
+        for connection in kept.values():
+            connection.cluster.shutdown()
 
 
 @dataclass
 class WriteReceipt:
-    """What Cassandra acknowledged for one DataFrame; offsets and counts only, no content."""
+    """What Cassandra acknowledged for a run's rows; offsets and counts only, no content."""
 
     rows_upserted: int = 0
     messages_written: int = 0
@@ -76,49 +104,60 @@ class WriteReceipt:
 
 
 class CassandraIOManager(ConfigurableIOManager):
-    """Upserts each DataFrame of flattened events into the program_enrollment table."""
+    """Upserts each DataFrame of flattened events into the program_enrollment table, and gives
+    the next step the range's report of what it wrote."""
 
-    hosts: str = Field(default="127.0.0.1", description="Comma-separated contact points.")
-    port: int = Field(default=9042, description="CQL native transport port.")
-    keyspace: str = Field(default="sunbird_programs", description="Keyspace (plain identifier).")
-    table: str = Field(default="program_enrollment", description="Table (plain identifier).")
+    hosts: str = Field(
+        default=",".join(DEFAULTS.cassandra_hosts), description="Comma-separated contact points."
+    )
+    port: int = Field(default=DEFAULTS.cassandra_port, description="CQL native transport port.")
+    keyspace: str = Field(
+        default=DEFAULTS.cassandra_keyspace, description="Keyspace (plain identifier)."
+    )
+    table: str = Field(default=DEFAULTS.cassandra_table, description="Table (plain identifier).")
     consistency: str = Field(
-        default="LOCAL_QUORUM", description="Write consistency level, as the old job used."
+        default=DEFAULTS.cassandra_consistency, description="Write consistency level."
     )
     local_dc: str | None = Field(
-        default=None, description="Local data centre for DC-aware routing; unset: driver default."
+        default=DEFAULTS.cassandra_local_dc,
+        description="Local data centre for DC-aware routing; unset: the driver's default.",
     )
-    username: str | None = Field(default=None, description="PasswordAuthenticator user.")
+    username: str | None = Field(
+        default=DEFAULTS.cassandra_username, description="PasswordAuthenticator user."
+    )
     password: str | None = Field(
         default=None, description="PasswordAuthenticator password; set it with EnvVar."
     )
-    ssl_ca: str | None = Field(default=None, description="CA file: enables TLS when set.")
+    ssl_ca: str | None = Field(
+        default=DEFAULTS.cassandra_ssl_ca, description="CA file: enables TLS when set."
+    )
     create_schema: bool = Field(
-        default=True, description="Create the keyspace and table when missing."
+        default=DEFAULTS.cassandra_create_schema,
+        description="Create the keyspace and tables when missing.",
     )
     replication: str = Field(
-        default="{'class': 'SimpleStrategy', 'replication_factor': 1}",
+        default=DEFAULTS.cassandra_replication,
         description="Replication map used only when the keyspace is created.",
     )
     concurrency: int = Field(
-        default=64,
-        description="Write requests (batches) in flight at once. The bench sweeps 32-512: its "
-        "best point moves with the load, but 256-512 batches in flight made a busy local node "
-        "time writes out; 64 did not.",
+        default=DEFAULTS.cassandra_concurrency, gt=0,
+        description="Write requests (batches) in flight at once.",
     )
     batch_rows: int = Field(
-        default=32,
+        default=DEFAULTS.cassandra_batch_rows, gt=0,
         description="Rows of one partition (program_id) per UNLOGGED batch; 1 sends one "
-        "INSERT per row. Bounded with batch_bytes below Cassandra's batch_size_fail_threshold.",
+        "INSERT per row.",
     )
     batch_bytes: int = Field(
-        default=24 * 1024,
-        description="Estimated bytes per batch, well under batch_size_fail_threshold (50 KiB).",
+        default=DEFAULTS.cassandra_batch_bytes, gt=0,
+        description="Estimated bytes per batch, below Cassandra's batch_size_fail_threshold.",
     )
-    request_timeout_s: float = Field(default=30.0, description="Per-request timeout.")
+    request_timeout_s: float = Field(
+        default=DEFAULTS.cassandra_request_timeout_s, gt=0, description="Per-request timeout."
+    )
 
-    _cluster: Cluster | None = PrivateAttr(default=None)
-    _session: Session | None = PrivateAttr(default=None)
+    _connection: _Connection | None = PrivateAttr(default=None)
+    _owned: bool = PrivateAttr(default=False)  # this manager shuts the connection down
     _insert: PreparedStatement | None = PrivateAttr(default=None)
 
     # -- connection ----------------------------------------------------------------------------
@@ -127,7 +166,7 @@ class CassandraIOManager(ConfigurableIOManager):
         return f"Cassandra at {self.hosts}:{self.port}"
 
     def session(self) -> Session:
-        if self._session is None:
+        if self._connection is None:
             check_identifier(self.keyspace, "CASSANDRA_KEYSPACE")
             check_identifier(self.table, "CASSANDRA_TABLE")
             try:
@@ -138,20 +177,24 @@ class CassandraIOManager(ConfigurableIOManager):
                     f"(one of {', '.join(ConsistencyLevel.name_to_value)})."
                 ) from None
             key = self._connection_key(level)
-            shared = _SESSIONS.get(key)
-            if shared is None:
-                shared = _SESSIONS[key] = _SharedSession(*self._connect(level))
-            session = shared.session
-            if self.create_schema and (self.keyspace, self.table) not in shared.schemas:
+            connection = None if _KEPT is None else _KEPT.get(key)
+            if connection is None:
+                connection = _Connection(*self._connect(level))
+                if _KEPT is not None:
+                    _KEPT[key] = connection
+                else:
+                    self._owned = True
+            self._connection = connection
+            if self.create_schema and (self.keyspace, self.table) not in connection.schemas:
                 for stmt in schema_statements(self.keyspace, self.table, self.replication):
-                    session.execute(stmt)
-                shared.schemas.add((self.keyspace, self.table))
-            self._cluster, self._session = shared.cluster, session
-        return self._session
+                    connection.session.execute(stmt)
+                connection.schemas.add((self.keyspace, self.table))
+        return self._connection.session
 
-    def _connection_key(self, level: int) -> tuple[Any, ...]:
-        return (self.hosts, self.port, self.username, self.password, self.ssl_ca,
-                self.local_dc, level, self.request_timeout_s)
+    def _connection_key(self, level: int) -> str:
+        settings = (self.hosts, self.port, self.username, reveal(self.password), self.ssl_ca,
+                    self.local_dc, level, self.request_timeout_s)
+        return hashlib.sha256(repr(settings).encode()).hexdigest()
 
     def _connect(self, level: int) -> tuple[Cluster, Session]:
         policy = TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=self.local_dc))
@@ -173,7 +216,6 @@ class CassandraIOManager(ConfigurableIOManager):
             port=self.port,
             execution_profiles={EXEC_PROFILE_DEFAULT: profile},
             # v5 is Cassandra 4+'s native protocol; pinning it avoids a downgrade handshake.
-            # v4 measured the same here (client CPU 75-91 vs 83-85 us a row, batched).
             protocol_version=5,
             connect_timeout=10,
             **kwargs,
@@ -182,10 +224,15 @@ class CassandraIOManager(ConfigurableIOManager):
             return cluster, cluster.connect()
         except Exception as exc:
             cluster.shutdown()
+            tls = ", CASSANDRA_SSL_CA" if self.ssl_ca else ""
             raise CassandraWriteFailed(
-                f"Could not connect to {self.where()}: {exc}. Check that the node runs "
-                "(programuser-dagster stack status) and the credentials, if any."
+                f"Could not connect to {self.where()}: {exc}. Check CASSANDRA_HOSTS, "
+                f"CASSANDRA_PORT{tls} and the credentials (CASSANDRA_USERNAME, CASSANDRA_PASSWORD) "
+                f"if the cluster requires a login{local_stack_hint(self._first_address())}."
             ) from exc
+
+    def _first_address(self) -> str:
+        return f"{self.hosts.split(',')[0].strip()}:{self.port}"
 
     def insert_cql(self) -> str:
         cols = ", ".join(COLUMNS)
@@ -201,60 +248,77 @@ class CassandraIOManager(ConfigurableIOManager):
         self.close()
 
     def close(self) -> None:
-        """Forget this run's session; the connection stays open for the process's next run
-        (drain executes one run after another: a connect costs ~0.5-2 s on this machine)."""
-        self._cluster = self._session = self._insert = None
+        """The run is over: shut its connection down, unless a keep_connections() block
+        keeps it for the process's next run."""
+        if self._owned and self._connection is not None:
+            self._connection.cluster.shutdown()
+        self._connection, self._owned, self._insert = None, False, None
 
     def disconnect(self) -> None:
-        """Shut the shared connection down, e.g. after a write failure it may have caused."""
-        if self._cluster is not None:
-            for key, shared in list(_SESSIONS.items()):
-                if shared.cluster is self._cluster:
-                    del _SESSIONS[key]
-            self._cluster.shutdown()
-        self.close()
+        """Shut the connection down even if it is kept, e.g. after a write failure it may have
+        caused: the next run connects afresh rather than reuse a broken link."""
+        connection = self._connection
+        if connection is not None:
+            if _KEPT is not None:
+                for key, kept in list(_KEPT.items()):
+                    if kept is connection:
+                        del _KEPT[key]
+            connection.cluster.shutdown()
+        self._connection, self._owned, self._insert = None, False, None
 
     # -- writing -------------------------------------------------------------------------------
 
-    def upsert(self, rows: pd.DataFrame | Iterable[pd.DataFrame]) -> WriteReceipt:
+    def upsert(
+        self, rows: pd.DataFrame | Iterable[pd.DataFrame], between_chunks: Any = None
+    ) -> WriteReceipt:
         """Write every row of a DataFrame, or of each DataFrame of a run's chunks in offset
-        order; rows Cassandra refuses as invalid are reported, not raised.
+        order; rows Cassandra refuses as invalid are reported, not raised. Any other failure
+        of ours is raised as CassandraWriteFailed; the iterable's own errors pass through.
 
         Chunks are written one after another: all of a chunk's writes are acknowledged (and the
         rows of a batch refused as invalid replayed) before the next chunk's are sent, so a key
         that two chunks write ends with the later chunk's values (the driver stamps each write
         with its client-side, monotonic timestamp, and the later chunk's are sent later). The
         next chunk is taken from the iterable while this chunk's last writes are in flight, so
-        producing it (jobs.py flattens it then) overlaps Cassandra's work on them.
+        producing it (range_rows.py flattens it then) overlaps Cassandra's work on them.
         """
         frames = iter([rows] if isinstance(rows, pd.DataFrame) else rows)
         receipt = WriteReceipt()
-        execution = self.execution()
+        with self._ours():
+            execution = self.execution()
         sent: _Chunk | None = None
-        try:
-            while True:
-                try:
-                    frame = next(frames)
-                except StopIteration:
-                    break
-                except Exception as exc:
-                    raise RowsNotProduced(str(exc)) from exc
+        while True:
+            if between_chunks is not None:
+                between_chunks()
+            frame = next(frames, None)  # the source's work: its errors are not Cassandra's
+            with self._ours(receipt):
                 if sent is not None:
                     self._settle(sent, execution, receipt)
+                if frame is None:
+                    break
                 sent = self._send(frame, execution) if len(frame) else None
                 receipt.rows_sent += len(frame)
-            if sent is not None:
-                self._settle(sent, execution, receipt)
-        finally:
-            close = getattr(frames, "close", None)
-            if close is not None:  # ends the producer's read (jobs._RangeStream) at once
-                close()
-        if receipt.rejected_offsets:
-            refused = self._table_refuses_writes()
-            if refused is not None:
-                self._fail(receipt, refused)
+        with self._ours(receipt):
+            if receipt.rejected_offsets:
+                refused = self._table_refuses_writes()
+                if refused is not None:
+                    self._fail(receipt, refused)
         receipt.rejected_offsets.sort()
         return receipt
+
+    @contextmanager
+    def _ours(self, receipt: WriteReceipt | None = None) -> Iterator[None]:
+        """Every failure inside is Cassandra's (or our use of it): a CassandraWriteFailed."""
+        try:
+            yield
+        except CassandraWriteFailed:
+            raise
+        except Exception as exc:
+            if receipt is not None:
+                self._fail(receipt, exc)
+            raise CassandraWriteFailed(
+                f"{self.where()} refused the write ({type(exc).__name__}: {exc})."
+            ) from exc
 
     def execution(self, concurrency: int | None = None) -> BoundedExecution:
         """Asynchronous writes on this manager's session, `concurrency` (default: the
@@ -316,42 +380,56 @@ class CassandraIOManager(ConfigurableIOManager):
             return exc
         return None
 
-    def handle_output(
-        self, context: OutputContext, obj: pd.DataFrame | Iterable[pd.DataFrame]
-    ) -> None:
+    # -- the IO manager ------------------------------------------------------------------------
+
+    def handle_output(self, context: OutputContext, obj: RowSource) -> None:
+        report = obj.report
         try:
-            receipt = self.upsert(obj)
-        except Exception as exc:
-            if not isinstance(exc, RowsNotProduced):
-                self.disconnect()  # the next run connects afresh rather than reuse a broken link
-            # The producing op names its batch, and what becomes of it, in the output
-            # metadata; echo them for operators.
-            def said(name: str, default: str) -> str:
-                value = context.output_metadata.get(name)
-                return str(getattr(value, "value", value) or default)
-
-            what = str(exc) if isinstance(exc, (CassandraWriteFailed, RowsNotProduced)) else (
-                f"{self.where()} refused the write ({type(exc).__name__}: {exc})."
-            )
-            raise Failure(
-                description=f"{what} Nothing of {said('batch', 'this batch')} was committed. "
-                + said("if_not_written", "Re-execute this run once the cause is fixed.")
-            ) from exc
+            with gc_paused():
+                receipt = self.upsert(obj, between_chunks=collect_between_chunks)
+            report.written = receipt.messages_written
+            report.rows_upserted = receipt.rows_upserted
+            report.dead_letters += [(o, "rejected_by_cassandra") for o in receipt.rejected_offsets]
+            self._store_receipt(context, report)
+        except CassandraWriteFailed as exc:
+            self.disconnect()
+            raise Failure(description=obj.failed(str(exc))) from exc
         context.add_output_metadata(
-            {
-                "rows_upserted": receipt.rows_upserted,
-                "messages_written": receipt.messages_written,
-                "rejected_by_cassandra": len(receipt.rejected_offsets),
-                "rejected_offsets": receipt.rejected_offsets,
-                "table": f"{self.keyspace}.{self.table}",
-            }
+            {**report.metadata(), "rejected_by_cassandra": len(receipt.rejected_offsets),
+             "table": f"{self.keyspace}.{self.table}"}
         )
 
-    def load_input(self, context: InputContext) -> pd.DataFrame:
-        raise NotImplementedError(
-            "The program_enrollment table is written, never loaded back: depend on it with "
-            "In(Nothing)."
-        )
+    def load_input(self, context: InputContext) -> RangeReport:
+        """The report the upstream step's handle_output stored: what it read and wrote."""
+        upstream = context.upstream_output
+        if upstream is None:
+            raise Failure(description="The Cassandra IO manager loads only what a step of the "
+                          "same job wrote: connect the input to flatten_events' output.")
+        key = (upstream.run_id, upstream.step_key, upstream.name)
+        try:
+            with self._ours():
+                row = self.session().execute(
+                    f"SELECT report FROM {self.keyspace}.{RECEIPTS_TABLE} "
+                    "WHERE run_id = %s AND step_key = %s AND output = %s", key
+                ).one()
+        except CassandraWriteFailed as exc:
+            raise Failure(description=f"{exc} The record of what run {key[0]} wrote could "
+                          "not be read: re-execute this step once Cassandra answers.") from exc
+        if row is None:
+            raise Failure(description=(
+                f"No record of what run {key[0]} wrote ({self.keyspace}.{RECEIPTS_TABLE}, kept "
+                f"{RECEIPT_DAYS} days): it never finished its writes, or it is older. Launch a "
+                "new run of the partition instead: it starts from the committed offset."
+            ))
+        return RangeReport.from_bytes(row.report)
+
+    def _store_receipt(self, context: OutputContext, report: RangeReport) -> None:
+        with self._ours():
+            self.session().execute(
+                f"INSERT INTO {self.keyspace}.{RECEIPTS_TABLE} (run_id, step_key, output, report) "
+                "VALUES (%s, %s, %s, %s)",
+                (context.run_id, context.step_key, context.name, report.to_bytes()),
+            )
 
 
 @dataclass

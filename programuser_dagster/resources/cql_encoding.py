@@ -8,7 +8,8 @@ that, and the statements carry them as the driver's own bind would have.
 
 Only values of exactly the expected Python type take the direct path; any other value (and any
 other column type) is encoded by the driver's serialize(), so what cannot be encoded fails
-with the driver's own error. tests/test_cql_encoding.py checks the bytes against the driver's.
+with the driver's own error. tests/integration/test_cql_encoding.py checks the bytes against the
+driver's.
 """
 
 from __future__ import annotations

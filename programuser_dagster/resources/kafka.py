@@ -21,7 +21,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from confluent_kafka import (
@@ -38,7 +37,8 @@ from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from ..client_logs import kafka_logger
-from ..settings import INPUT_MAX_MESSAGE_BYTES
+from ..offsets import CommitState, PartitionOffsets
+from ..settings import DEFAULTS, INPUT_MAX_MESSAGE_BYTES, local_stack_hint
 from .dead_letters import BATCH_OVERHEAD, Source, letter, room_warning
 from .secrets import reveal
 
@@ -71,44 +71,6 @@ class KafkaUnavailable(RuntimeError):
     """The broker did not answer or refused an operation; the message says what to check."""
 
 
-@dataclass(frozen=True)
-class PartitionOffsets:
-    partition: int
-    low: int
-    high: int
-    committed: int | None  # None: the group never committed on this partition
-    token: int = 0  # the fence's token of that commit (0: none, or not ours)
-
-    @property
-    def state(self) -> CommitState:
-        return CommitState(self.committed, self.token)
-
-    @property
-    def next_offset(self) -> int:
-        """Where the next run starts: the committed offset, but never below the oldest record."""
-        return self.low if self.committed is None else max(self.committed, self.low)
-
-    @property
-    def lost_to_retention(self) -> int:
-        """Records deleted by retention between the committed offset and the low watermark."""
-        return 0 if self.committed is None else max(0, self.low - self.committed)
-
-    @property
-    def lag(self) -> int:
-        return max(0, self.high - self.next_offset)
-
-
-@dataclass(frozen=True)
-class CommitState:
-    """A partition's committed offset (None: never committed) and the token of that commit."""
-
-    offset: int | None
-    token: int
-
-    def describe(self) -> str:
-        return f"offset {'none' if self.offset is None else self.offset}, token {self.token}"
-
-
 class Superseded(RuntimeError):
     """Another run of the partition committed (or began committing) since this run started;
     this run's commit was refused and nothing of it was committed."""
@@ -118,14 +80,16 @@ class KafkaResource(ConfigurableResource):
     """The input topic, its consumer group and its dead-letter topic on one Kafka cluster."""
 
     bootstrap_servers: str = Field(
-        default="127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]."
+        default=DEFAULTS.kafka_bootstrap_servers,
+        description="Kafka bootstrap servers, host:port[,host:port].",
     )
-    input_topic: str = Field(default="dev.programuser.info", description="Topic to ingest.")
+    input_topic: str = Field(default=DEFAULTS.kafka_input_topic, description="Topic to ingest.")
     group_id: str = Field(
-        default="dev-programuser-group", description="Consumer group whose offsets are committed."
+        default=DEFAULTS.kafka_group_id,
+        description="Consumer group whose offsets are committed.",
     )
     dlq_topic: str = Field(
-        default="dev.programuser.info.failed", description="Topic receiving dead letters."
+        default=DEFAULTS.kafka_dlq_topic, description="Topic receiving dead letters."
     )
     security_protocol: str | None = Field(
         default=None, description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (librdkafka)."
@@ -137,10 +101,12 @@ class KafkaResource(ConfigurableResource):
     )
     ssl_ca_location: str | None = Field(default=None, description="CA bundle for TLS.")
     delivery_timeout_s: float = Field(
-        default=30.0, description="How long dead-letter delivery may take before the run fails."
+        default=DEFAULTS.kafka_delivery_timeout_s,
+        description="How long dead-letter delivery may take before the run fails.",
     )
     request_timeout_s: float = Field(
-        default=15.0, description="Timeout of metadata, watermark, committed and commit calls."
+        default=DEFAULTS.kafka_request_timeout_s,
+        description="Timeout of metadata, watermark, committed and commit calls.",
     )
 
     _consumer: Consumer | None = PrivateAttr(default=None)
@@ -253,17 +219,19 @@ class KafkaResource(ConfigurableResource):
         try:
             md = self.consumer.list_topics(self.input_topic, timeout=self.request_timeout_s)
         except KafkaException as exc:
+            hint = local_stack_hint(self.bootstrap_servers)
             raise KafkaUnavailable(
                 f"{self._where()} did not return metadata for topic {self.input_topic!r}: {exc}. "
-                "Check that the broker runs (programuser-dagster stack status)."
+                f"Check KAFKA_BOOTSTRAP_SERVERS and KAFKA_INPUT_TOPIC{hint}."
                 + self._login_hint()
             ) from exc
         topic = md.topics.get(self.input_topic)
         if topic is None or topic.error is not None:
             raise KafkaUnavailable(
                 f"Topic {self.input_topic!r} does not exist on {self.bootstrap_servers}. "
-                "Create it (programuser-dagster stack up creates the local one) or set "
-                "KAFKA_INPUT_TOPIC."
+                "Create it, or set KAFKA_INPUT_TOPIC to the topic to ingest"
+                + (" (`programuser-dagster stack up` creates the local one)."
+                   if local_stack_hint(self.bootstrap_servers) else ".")
             )
         return sorted(topic.partitions)
 

@@ -39,6 +39,7 @@ from typing import Any
 from ..schema import schema_statements
 from ..settings import (
     DEAD_LETTER_MAX_MESSAGE_BYTES,
+    DEFAULTS,
     INPUT_MAX_MESSAGE_BYTES,
     Settings,
     check_identifier,
@@ -947,11 +948,11 @@ def ensure_schema(
     session_or_hosts: Any,
     keyspace: str,
     table: str,
-    replication: str = Settings.cassandra_replication,
+    replication: str = DEFAULTS.cassandra_replication,
     *,
     port: int = 9042,
 ) -> None:
-    """Create the keyspace and table (IF NOT EXISTS) from schema.cql.
+    """Create the keyspace and its tables (IF NOT EXISTS) from schema.cql.
 
     `session_or_hosts` is a cassandra-driver Session, or a sequence of contact hosts
     (a temporary connection on `port` is then used).

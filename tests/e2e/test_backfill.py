@@ -23,10 +23,11 @@ from dagster import DagsterInstance
 
 from programuser_dagster.drain import drain
 from programuser_dagster.jobs import JOB_NAME
+from programuser_dagster.run_tags import PARTITION_TAG
 from programuser_dagster.settings import Settings
 from programuser_dagster.stack import delete_topics, ensure_topics
-from tests.dagster_dev import REPO, dagster_dev, free_port, settings_env
-from tests.pipeline_helpers import all_rows, dead_letters, event, offsets, produce
+from tests.support.dagster_dev import REPO, dagster_dev, free_port, settings_env
+from tests.support.pipeline import all_rows, dead_letters, event, offsets, produce
 
 pytestmark = pytest.mark.stack
 
@@ -220,7 +221,7 @@ def test_a_failed_and_missing_backfill_from_the_partitions_page_drains_exactly_t
     assert backfill["status"] == "COMPLETED_SUCCESS", backfill
     assert backfill["partitionNames"] == ["1", "2", "3"]
     runs = {
-        next(t["value"] for t in r["tags"] if t["key"] == "dagster/partition"): r
+        next(t["value"] for t in r["tags"] if t["key"] == PARTITION_TAG): r
         for r in backfill["runs"]
     }
     assert sorted(runs) == ["1", "2", "3"] and len(backfill["runs"]) == 3, backfill["runs"]

@@ -40,16 +40,19 @@ from dagster import (
 from programuser_dagster.backlog import plan_backlog
 from programuser_dagster.drain import drain
 from programuser_dagster.jobs import (
-    COMMITTED,
-    END_TAG,
     JOB_NAME,
-    OUTCOME_TAG,
     PAUSE_BEFORE_COMMIT_ENV,
-    START_TAG,
-    START_TOKEN_TAG,
     kafka_partitions,
 )
 from programuser_dagster.resources import kafka_resource
+from programuser_dagster.run_tags import (
+    COMMITTED,
+    END_TAG,
+    OUTCOME_TAG,
+    PARTITION_TAG,
+    START_TAG,
+    START_TOKEN_TAG,
+)
 from programuser_dagster.samples import message_key, sample_events
 from programuser_dagster.settings import Settings
 from programuser_dagster.stack import (
@@ -63,10 +66,18 @@ from programuser_dagster.stack import (
     up,
 )
 from programuser_dagster.stack.launcher import _running_pid
-from tests.dagster_dev import free_port
-from tests.pipeline_helpers import (
+from tests.support.dagster_dev import REPO, free_port
+from tests.support.faults import (
+    committed_report,
+    env_for,
+    job_env,
+    runs_of,
+    stop_group,
+    wait_for,
+)
+from tests.support.jobs import reconstructable_job_from_env
+from tests.support.pipeline import (
     all_rows,
-    cli_env,
     dead_letters,
     event,
     failure_text,
@@ -74,28 +85,13 @@ from tests.pipeline_helpers import (
     produce,
     run_partition,
     temporary_env,
+    written_metadata,
 )
-from tests.test_pipeline import reconstructable_job_from_env
 
 pytestmark = pytest.mark.stack
 
-REPO = Path(__file__).resolve().parents[1]
-PARTITION_TAG = "dagster/partition"
-
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 120.0, every: float = 0.1):
-    """Poll `check` until it returns something truthy; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 def produce_records(s: Settings, records: Sequence[tuple[bytes | None, bytes | None]]) -> int:
@@ -126,24 +122,9 @@ def _produce_forty_with_bad(s: Settings) -> list[int]:
 
 
 def run_reports(instance: DagsterInstance, run_id: str) -> list[dict[str, Any]]:
-    """The `report` output metadata of flatten_events in one run (none if it did not run)."""
-    found = []
-    for entry in instance.all_logs(run_id, of_type=DagsterEventType.STEP_OUTPUT):
-        ev = entry.dagster_event
-        if ev is None or ev.step_key != "flatten_events":
-            continue
-        data = ev.event_specific_data
-        if data.step_output_handle.output_name == "report":
-            found.append({k: v.value for k, v in data.metadata.items()})
-    return found
-
-
-def committed_report(instance: DagsterInstance, run_id: str) -> dict[str, Any] | None:
-    """The counts of the range a run committed (its materialization), or None."""
-    for entry in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION):
-        mat = entry.dagster_event.event_specific_data.materialization
-        return {k: v.value for k, v in mat.metadata.items()}
-    return None
+    """What the IO manager recorded for flatten_events in one run (none if it did not run)."""
+    entries = instance.all_logs(run_id, of_type=DagsterEventType.HANDLED_OUTPUT)
+    return written_metadata(entry.dagster_event for entry in entries)
 
 
 def successful_ranges(instance: DagsterInstance, partition: int = 0) -> list[dict[str, Any]]:
@@ -182,37 +163,6 @@ def assert_ranges_tile(
     for (_, prev_end), (next_start, _) in itertools.pairwise(non_empty):
         assert next_start == prev_end, f"gap or overlap in {ranges}"
     return reports
-
-
-@contextlib.contextmanager
-def job_env(s: Settings, **extra: str) -> Iterator[None]:
-    """The environment a reconstructed job (re-execution, subprocess) builds its resources from."""
-    values = {
-        "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
-        "KAFKA_INPUT_TOPIC": s.kafka_input_topic,
-        "KAFKA_GROUP_ID": s.kafka_group_id,
-        "KAFKA_DLQ_TOPIC": s.kafka_dlq_topic,
-        "KAFKA_DELIVERY_TIMEOUT_S": str(s.kafka_delivery_timeout_s),
-        "CASSANDRA_PORT": str(s.cassandra_port),
-        "CASSANDRA_KEYSPACE": s.cassandra_keyspace,
-        **extra,
-    }
-    with temporary_env(values):
-        yield
-
-
-def env_for(s: Settings, home: Path, **extra: str) -> dict[str, str]:
-    """A subprocess environment for the test's topics, keyspace and Dagster home."""
-    return cli_env(s, home, **extra)
-
-
-def runs_of(instance: DagsterInstance, partition: int = 0) -> list[Any]:
-    return [
-        r.dagster_run
-        for r in instance.get_run_records(
-            RunsFilter(job_name=JOB_NAME, tags={PARTITION_TAG: str(partition)})
-        )
-    ]
 
 
 def _text(entry: Any) -> str:
@@ -440,7 +390,7 @@ def test_only_one_run_of_a_partition_at_a_time(
 
     kafka = kafka_resource(s)
     try:
-        plan = plan_backlog(instance, kafka)
+        plan = plan_backlog(instance, kafka, s)
     finally:
         kafka.close()
     assert [r.partition_key for r in plan.run_requests] == ["1"]
@@ -488,7 +438,7 @@ def _after_the_kill(
     assert offsets(s).committed is None
     kafka = kafka_resource(s)
     try:
-        plan = plan_backlog(instance, kafka, now=time.time() + 31)
+        plan = plan_backlog(instance, kafka, s, now=time.time() + 31)
     finally:
         kafka.close()
     [request] = plan.run_requests
@@ -538,7 +488,7 @@ def test_a_drain_killed_between_upsert_and_commit_loses_nothing(
             # The next planner (sensor tick, schedule or drain) notices the dead process.
             kafka = kafka_resource(s)
             try:
-                plan = plan_backlog(instance, kafka)
+                plan = plan_backlog(instance, kafka, s)
             finally:
                 kafka.close()
             detected = time.monotonic() - killed_at
@@ -639,7 +589,7 @@ def test_cassandra_killed_during_the_write_fails_the_run_and_a_reexecution_compl
     # The sensor requests the same range again (after its back-off).
     kafka = kafka_resource(s)
     try:
-        [request] = plan_backlog(instance, kafka, now=time.time() + 31).run_requests
+        [request] = plan_backlog(instance, kafka, s, now=time.time() + 31).run_requests
     finally:
         kafka.close()
     assert request.tags == {START_TAG: "0", START_TOKEN_TAG: "0", END_TAG: str(total)}
@@ -723,19 +673,6 @@ def test_kafka_restarted_during_a_run_loses_nothing(
     print(f"\nKafka restarted ({restart:.0f}s) during the run, which {outcome}")
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
-    """Stop a process we started in its own session, with the children it started."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
-
-
 def test_a_daemon_launched_run_killed_between_upsert_and_commit_loses_nothing(
     kafka_topics: Settings, cassandra_session, scratch, stack, tmp_path
 ) -> None:
@@ -800,12 +737,12 @@ def test_a_daemon_launched_run_killed_between_upsert_and_commit_loses_nothing(
             )
             detected = time.monotonic() - killed_at
             assert failed.status == DagsterRunStatus.FAILURE
-            _stop_group(daemon)  # no further sensor ticks from here on
+            stop_group(daemon)  # no further sensor ticks from here on
             messages = " ".join(_text(e) for e in instance.all_logs(run.run_id))
             assert "Run execution process for" in messages, messages[-2000:]
             print(f"\ndaemon run worker killed: run marked failed {detected:.1f}s after the kill")
             assert written == clean_table(s, cassandra_session, scratch, stack)
             _after_the_kill(instance, s, run.run_id, written, cassandra_session, bad, 40)
     finally:
-        _stop_group(daemon)
+        stop_group(daemon)
         log.close()

@@ -25,30 +25,27 @@ import yaml
 from dagster import DagsterInstance, DagsterRunStatus, ReexecutionOptions, RunsFilter, execute_job
 
 from programuser_dagster.jobs import (
-    COMMITTED,
     JOB_NAME,
-    OUTCOME_TAG,
     PAUSE_BEFORE_COMMIT_ENV,
     PAUSE_BEFORE_FENCE_ENV,
-    SUPERSEDED,
     kafka_partitions,
 )
 from programuser_dagster.resources import kafka_resource
 from programuser_dagster.resources.kafka import CommitState, KafkaUnavailable, Superseded
+from programuser_dagster.run_tags import COMMITTED, OUTCOME_TAG, PARTITION_TAG, SUPERSEDED
 from programuser_dagster.settings import Settings
 from programuser_dagster.stack import delete_topics, ensure_topics
-from tests.pipeline_helpers import dead_letters, event, offsets, produce, run_partition
-from tests.test_faults import (
-    PARTITION_TAG,
-    REPO,
-    _stop_group,
+from tests.support.dagster_dev import REPO
+from tests.support.faults import (
     committed_report,
     env_for,
     job_env,
     runs_of,
+    stop_group,
     wait_for,
 )
-from tests.test_pipeline import reconstructable_job_from_env
+from tests.support.jobs import reconstructable_job_from_env
+from tests.support.pipeline import dead_letters, event, offsets, produce, run_partition
 
 pytestmark = pytest.mark.stack
 
@@ -353,7 +350,7 @@ def test_drain_beside_a_running_sensor_commits_each_range_once(
             wait_for("no run in flight", lambda: not instance.get_run_records(RunsFilter(
                 job_name=JOB_NAME, statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING,
                                              DagsterRunStatus.STARTED])), timeout=120)
-            _stop_group(daemon)
+            stop_group(daemon)
         seen = outcomes(home)
         assert set(seen) <= {COMMITTED, SUPERSEDED}, seen
         for p in range(4):
@@ -361,5 +358,5 @@ def test_drain_beside_a_running_sensor_commits_each_range_once(
         assert_letters_once(s, bad)
         print(f"\ndrain beside the sensor: {dict(seen)}")
     finally:
-        _stop_group(daemon)
+        stop_group(daemon)
         log.close()

@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
+from programuser_dagster.run_tags import PARTITION_TAG
 from programuser_dagster.settings import Settings
-from tests.dagster_dev import REPO, free_port, settings_env
-from tests.pipeline_helpers import event, offsets, produce
+from tests.support.dagster_dev import REPO, free_port, settings_env
+from tests.support.pipeline import event, offsets, produce
 
 pytestmark = pytest.mark.stack
 
@@ -146,7 +147,7 @@ def test_daemon_and_webserver_on_postgres_drain_four_partitions_in_parallel(
 
     assert runs and {r["status"] for r in runs} == {"SUCCESS"}
     spans = [
-        (next(t["value"] for t in r["tags"] if t["key"] == "dagster/partition"),
+        (next(t["value"] for t in r["tags"] if t["key"] == PARTITION_TAG),
          r["startTime"], r["endTime"])
         for r in runs
     ]

@@ -20,8 +20,8 @@ from programuser_dagster.resources.cassandra import CassandraIOManager
 from programuser_dagster.settings import Settings
 from programuser_dagster.stack import down, up
 from programuser_dagster.stack.launcher import SECURE_DEFAULTS
-from tests.dagster_dev import free_port
-from tests.pipeline_helpers import SEED_EVENT, failure_text, row, run_partition
+from tests.support.dagster_dev import free_port
+from tests.support.pipeline import SEED_EVENT, failure_text, row, run_partition
 
 pytestmark = pytest.mark.stack
 

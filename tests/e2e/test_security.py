@@ -18,8 +18,8 @@ import pytest
 from programuser_dagster.resources.cassandra import CassandraIOManager
 from programuser_dagster.settings import Settings
 from programuser_dagster.stack import CASSANDRA_SUPERUSER, cassandra_cluster
-from tests.dagster_dev import dagster_dev, settings_env
-from tests.pipeline_helpers import dead_letters, offsets, produce
+from tests.support.dagster_dev import dagster_dev, settings_env
+from tests.support.pipeline import dead_letters, offsets, produce
 
 pytestmark = pytest.mark.stack
 

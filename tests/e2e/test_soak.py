@@ -23,8 +23,8 @@ from programuser_dagster.events import COLUMNS, NOT_WRITTEN, flatten
 from programuser_dagster.resources import kafka_resource
 from programuser_dagster.samples import message_key, sample_events
 from programuser_dagster.settings import Settings
-from tests.dagster_dev import REPO, dagster_dev, settings_env
-from tests.pipeline_helpers import all_rows
+from tests.support.dagster_dev import REPO, dagster_dev, settings_env
+from tests.support.pipeline import all_rows
 
 pytestmark = [
     pytest.mark.stack,

@@ -14,8 +14,8 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from programuser_dagster.settings import Settings
-from tests.dagster_dev import REPO, dagster_dev, free_port, settings_env
-from tests.pipeline_helpers import event, offsets, produce
+from tests.support.dagster_dev import REPO, dagster_dev, free_port, settings_env
+from tests.support.pipeline import event, offsets, produce
 
 pytestmark = pytest.mark.stack
 

@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from programuser_dagster.settings import Settings
-from tests.bad_inputs import load_corpus
-from tests.pipeline_helpers import dead_letters, offsets, produce, row, run_partition, step_metadata
+from tests.support.bad_inputs import load_corpus
+from tests.support.pipeline import dead_letters, offsets, produce, row, run_partition, step_metadata
 
 pytestmark = pytest.mark.stack
 

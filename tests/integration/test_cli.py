@@ -17,9 +17,9 @@ import pytest
 from programuser_dagster.cli import positive_int
 from programuser_dagster.client_logs import RepeatFilter, normalise
 from programuser_dagster.settings import Settings
-from tests.pipeline_helpers import cli_env, event, produce
+from tests.support.pipeline import cli_env, event, produce
 
-REPO = Path(__file__).parent.parent
+REPO = Path(__file__).parents[2]
 
 
 # --------------------------------------------------------------------------- flags (pure)

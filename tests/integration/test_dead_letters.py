@@ -15,7 +15,9 @@ import pytest
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from programuser_dagster.jobs import _RangeStream, kafka_partitions, program_user_info
+from programuser_dagster.accounting import RangeReport
+from programuser_dagster.jobs import kafka_partitions, program_user_info
+from programuser_dagster.range_rows import Chunking, RangeRows
 from programuser_dagster.resources import build_resources, kafka_resource
 from programuser_dagster.resources.dead_letters import (
     TOO_LARGE,
@@ -30,7 +32,7 @@ from programuser_dagster.settings import (
     Settings,
 )
 from programuser_dagster.stack import delete_topics
-from tests.pipeline_helpers import dead_letters, event, offsets, produce, row, run_partition
+from tests.support.pipeline import dead_letters, event, offsets, produce, row, run_partition
 
 # ----------------------------------------------------------------------------- pure
 
@@ -208,13 +210,14 @@ def test_a_chunk_is_cut_by_bytes_as_well_as_by_messages(kafka_topics: Settings) 
     produce(s, [b"{" + b"z" * 300_000 for _ in range(10)])
     kafka = kafka_resource(s)
     try:
-        stream = _RangeStream(kafka, 0, 0, 10, chunk=10_000, chunk_bytes=1_000_000,
-                              dead_letter_bytes=1 << 30)
-        frames = list(stream.frames())
+        report = RangeReport(partition=0, start=0, end=10, high_watermark=10)
+        rows = RangeRows(kafka, report, Chunking(messages=10_000, bytes=1_000_000,
+                                                 dead_letter_bytes=1 << 30), on_failure="")
+        frames = list(rows)
     finally:
         kafka.close()
     # The first chunk is a fifth (200 KB: one message), the others ~1 MB (4 messages).
-    assert stream.read == 10 and len(stream.rejects) == 10
+    assert report.read == 10 and len(report.dead_letters) == 10 and report.read_to_end
     assert len(frames) == 4, len(frames)
 
 

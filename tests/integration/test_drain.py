@@ -16,8 +16,9 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from programuser_dagster.drain import FAILED, PROGRESS, STALLED, SUPERSEDED_RUN, drain, judge
+from programuser_dagster.run_tags import PARTITION_TAG
 from programuser_dagster.settings import Settings
-from tests.pipeline_helpers import cli_env, event, offsets, produce
+from tests.support.pipeline import add_run, cli_env, event, offsets, produce
 
 pytestmark = pytest.mark.stack
 
@@ -52,8 +53,6 @@ def test_drain_empties_a_backlog_across_four_partitions(
 def test_drain_skips_a_partition_whose_run_is_in_flight(
     instance, kafka_topics: Settings
 ) -> None:
-    from tests.test_sensor import add_run
-
     s = kafka_topics
     produce(s, [event("p", "u")], partition=0)
     produce(s, [event("p", "v")], partition=1)
@@ -119,7 +118,7 @@ def test_drain_in_two_processes_gives_each_partition_to_one_of_them(
     by_process: dict[str, set[str]] = {}
     for r in runs:
         tags = r.dagster_run.tags
-        by_process.setdefault(tags[DRAIN_PROCESS_TAG], set()).add(tags["dagster/partition"])
+        by_process.setdefault(tags[DRAIN_PROCESS_TAG], set()).add(tags[PARTITION_TAG])
     assert sorted(sorted(parts) for parts in by_process.values()) == [["0", "2"], ["1", "3"]]
 
 
@@ -326,7 +325,7 @@ def _logged(instance, run_id: str, text: str) -> bool:
 def _home(tmp_path: Path) -> Path:
     home = tmp_path / "home"
     home.mkdir()
-    shutil.copy(Path(__file__).parent.parent / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(Path(__file__).parents[2] / "dagster.yaml", home / "dagster.yaml")
     return home
 
 

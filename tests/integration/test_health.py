@@ -11,7 +11,7 @@ from programuser_dagster import health
 from programuser_dagster.resources import kafka_resource
 from programuser_dagster.sensors import build_health_sensor
 from programuser_dagster.settings import Settings
-from tests.pipeline_helpers import event, produce, run_partition
+from tests.support.pipeline import event, produce, run_partition
 
 pytestmark = pytest.mark.stack
 

@@ -13,15 +13,15 @@ from dagster import (
     execute_job,
     job,
     op,
-    reconstructable,
 )
-from dagster._core.definitions.reconstruct import ReconstructableJob
 
 from programuser_dagster.accounting import RangeReport
 from programuser_dagster.jobs import commit_offsets
 from programuser_dagster.resources import build_resources, kafka_resource
+from programuser_dagster.run_tags import PARTITION_TAG
 from programuser_dagster.settings import Settings
-from tests.pipeline_helpers import (
+from tests.support.jobs import reconstructable_job_from_env
+from tests.support.pipeline import (
     SEED_EVENT,
     create_schema,
     dead_letters,
@@ -33,7 +33,7 @@ from tests.pipeline_helpers import (
     run_partition,
     step_metadata,
 )
-from tests.seed import EVENT_1, EVENT_2, EXPECTED_AFTER_BOTH, SEED_ROW
+from tests.support.seed import EVENT_1, EVENT_2, EXPECTED_AFTER_BOTH, SEED_ROW
 
 pytestmark = pytest.mark.stack
 
@@ -161,20 +161,6 @@ def test_a_row_cassandra_refuses_is_dead_lettered(
     assert offsets(s).committed == produced[-1] + 1
 
 
-def job_from_env():
-    """The deployed job, built from the environment, so that Dagster can re-execute it."""
-    from programuser_dagster.definitions import build_definitions
-
-    return build_definitions(Settings.from_env()).get_job_def("program_user_info")
-
-
-def reconstructable_job_from_env() -> ReconstructableJob:
-    # Dagster caches the last reconstructed job; each test sets its own environment.
-    ReconstructableJob.get_definition.cache_clear()
-    ReconstructableJob.get_repository_definition.cache_clear()
-    return reconstructable(job_from_env)
-
-
 @pytest.mark.parametrize("how", ["whole", "from_failure"])
 def test_failed_write_commits_nothing_and_a_reexecution_ends_as_if_nothing_failed(
     how: str, instance, kafka_topics: Settings, cassandra_session, monkeypatch
@@ -193,7 +179,7 @@ def test_failed_write_commits_nothing_and_a_reexecution_ends_as_if_nothing_faile
     # Make Cassandra refuse every write: the table is gone and the job may not recreate it.
     cassandra_session.execute(f"DROP TABLE {s.cassandra_keyspace}.{s.cassandra_table}")
     with execute_job(
-        reconstructable_job_from_env(), instance, tags={"dagster/partition": "0"},
+        reconstructable_job_from_env(), instance, tags={PARTITION_TAG: "0"},
         raise_on_error=False,
     ) as failed:
         assert not failed.success
@@ -210,7 +196,7 @@ def test_failed_write_commits_nothing_and_a_reexecution_ends_as_if_nothing_faile
     # The UI's re-execution keeps the parent's tags, the partition among them; so does this.
     with execute_job(
         reconstructable_job_from_env(), instance, reexecution_options=options,
-        tags={"dagster/partition": "0"},
+        tags={PARTITION_TAG: "0"},
     ) as rerun:
         assert rerun.success
     assert row(cassandra_session, s, "p1", "u1") == EXPECTED_AFTER_BOTH
@@ -284,7 +270,8 @@ def test_an_accounting_mismatch_records_the_failed_check_and_commits_nothing(
     # A report one message short, fed to the real commit step with the real Kafka resource.
     @op(out=Out(RangeReport))
     def short_report() -> RangeReport:
-        return RangeReport(partition=0, start=0, end=1, high_watermark=1, read=1, written=0)
+        return RangeReport(partition=0, start=0, end=1, high_watermark=1, read=1, written=0,
+                           read_to_end=True)
 
     @job(resource_defs={"kafka": kafka_resource(s)})
     def mismatch_job():
@@ -301,4 +288,24 @@ def test_an_accounting_mismatch_records_the_failed_check_and_commits_nothing(
         (AssetKey("program_enrollment"), "accounting_balanced", False)
     ]
     assert "read 1 != written 0" in failure_text(result)
+    assert offsets(s).committed is None
+
+
+def test_a_range_not_read_to_its_end_commits_nothing(instance, kafka_topics: Settings) -> None:
+    s = kafka_topics
+    produce(s, [event("p", "u"), event("p", "v")])
+
+    # Balanced, but its reader stopped early (as a writer that stopped iterating would leave
+    # it): committing its end would skip offsets nobody read.
+    @op(out=Out(RangeReport))
+    def partial_report() -> RangeReport:
+        return RangeReport(partition=0, start=0, end=2, high_watermark=2, read=1, written=1)
+
+    @job(resource_defs={"kafka": kafka_resource(s)})
+    def partial_job():
+        commit_offsets(report=partial_report())
+
+    result = partial_job.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    assert "was not read to its end; nothing was committed" in failure_text(result)
     assert offsets(s).committed is None

@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from programuser_dagster.settings import INPUT_MAX_MESSAGE_BYTES, Settings
-from tests.pipeline_helpers import cli_env, event
+from tests.support.pipeline import cli_env, event
 
 pytestmark = pytest.mark.stack
 

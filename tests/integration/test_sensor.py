@@ -7,53 +7,15 @@ import time
 import pytest
 from confluent_kafka.admin import AdminClient, NewPartitions
 from dagster import (
-    DagsterInstance,
-    DagsterRun,
     DagsterRunStatus,
-    SensorResult,
-    build_sensor_context,
 )
-from dagster._core.utils import make_new_run_id
 
 from programuser_dagster.backlog import plan_backlog
 from programuser_dagster.resources import kafka_resource
-from programuser_dagster.sensors import build_backlog_sensor
 from programuser_dagster.settings import Settings
-from tests.pipeline_helpers import event, offsets, produce, run_partition
+from tests.support.pipeline import add_run, event, offsets, produce, run_partition, tick
 
 pytestmark = pytest.mark.stack
-
-
-def tick(instance: DagsterInstance, s: Settings) -> SensorResult:
-    sensor = build_backlog_sensor()
-    kafka = kafka_resource(s)
-    try:
-        with build_sensor_context(instance=instance, resources={"kafka": kafka}) as ctx:
-            result = sensor(ctx)
-    finally:
-        kafka.close()
-    assert isinstance(result, SensorResult)
-    return result
-
-
-def add_run(
-    instance: DagsterInstance,
-    partition: int,
-    status: DagsterRunStatus,
-    start: int = 0,
-    token: int = 0,
-    **tags: str,
-):
-    """A run record of the job at a committed state (offset, fence token), as the sensor tags
-    the runs it requests."""
-    run = DagsterRun(
-        job_name="program_user_info",
-        run_id=make_new_run_id(),
-        status=status,
-        tags={"dagster/partition": str(partition), "programuser/start_offset": str(start),
-              "programuser/start_token": str(token), **tags},
-    )
-    return instance.add_run(run)
 
 
 def test_a_tick_without_lag_requests_nothing_and_reports_zero_lag(
@@ -109,13 +71,13 @@ def test_a_failed_range_is_requested_again_after_a_growing_back_off(
     assert tick(instance, s).run_requests == []
     kafka = kafka_resource(s)
     try:
-        later = plan_backlog(instance, kafka, now=time.time() + 31)
+        later = plan_backlog(instance, kafka, s, now=time.time() + 31)
         assert [r.run_key for r in later.run_requests] == ["partition-0:0-1:token-0:attempt-2"]
         # A second failure at the same start doubles the wait.
         run2 = add_run(instance, 0, DagsterRunStatus.STARTED)
         instance.report_run_failed(run2)
-        assert plan_backlog(instance, kafka, now=time.time() + 31).run_requests == []
-        retry = plan_backlog(instance, kafka, now=time.time() + 61).run_requests
+        assert plan_backlog(instance, kafka, s, now=time.time() + 31).run_requests == []
+        retry = plan_backlog(instance, kafka, s, now=time.time() + 61).run_requests
         assert [r.run_key for r in retry] == ["partition-0:0-1:token-0:attempt-3"]
     finally:
         kafka.close()
@@ -165,10 +127,10 @@ def test_a_run_that_succeeded_without_moving_the_offset_is_a_failed_attempt(
     assert offsets(s).committed is None
     kafka = kafka_resource(s)
     try:
-        plan = plan_backlog(instance, kafka)
+        plan = plan_backlog(instance, kafka, s)
         assert plan.run_requests == []
         assert plan.waiting[0].startswith("lag 2, 1 failed attempt(s) at offset 0, retrying in")
-        later = plan_backlog(instance, kafka, now=time.time() + 31)
+        later = plan_backlog(instance, kafka, s, now=time.time() + 31)
         assert [r.run_key for r in later.run_requests] == ["partition-0:0-2:token-0:attempt-2"]
     finally:
         kafka.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from programuser_dagster.settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

@@ -11,13 +11,23 @@ from typing import Any
 import orjson
 from cassandra.cluster import Session
 from confluent_kafka import Consumer, Producer, TopicPartition
-from dagster import DagsterInstance, ExecuteInProcessResult
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    ExecuteInProcessResult,
+    SensorResult,
+    build_sensor_context,
+)
+from dagster._core.utils import make_new_run_id
 
-from programuser_dagster.jobs import kafka_partitions, program_user_info
+from programuser_dagster.jobs import JOB_NAME, kafka_partitions, program_user_info
 from programuser_dagster.resources import build_resources, kafka_resource
 from programuser_dagster.resources.kafka import PartitionOffsets
+from programuser_dagster.run_tags import PARTITION_TAG, START_TAG, START_TOKEN_TAG
+from programuser_dagster.sensors import build_backlog_sensor
 from programuser_dagster.settings import Settings
-from tests.seed import SEED_EVENT as SEED_EVENT
+from tests.support.seed import SEED_EVENT as SEED_EVENT
 
 
 def event(program: str, user: str, **fields: Any) -> dict[str, Any]:
@@ -84,6 +94,26 @@ def run_partition(
         resources=resources or build_resources(settings),
         raise_on_error=False,
     )
+
+
+def add_run(
+    instance: DagsterInstance,
+    partition: int,
+    status: DagsterRunStatus,
+    start: int = 0,
+    token: int = 0,
+    **tags: str,
+):
+    """A run record of the job at a committed state (offset, fence token), as the sensor tags
+    the runs it requests."""
+    run = DagsterRun(
+        job_name=JOB_NAME,
+        run_id=make_new_run_id(),
+        status=status,
+        tags={PARTITION_TAG: str(partition), START_TAG: str(start),
+              START_TOKEN_TAG: str(token), **tags},
+    )
+    return instance.add_run(run)
 
 
 def offsets(settings: Settings, partition: int = 0) -> PartitionOffsets:
@@ -158,20 +188,29 @@ def dead_letters(
         consumer.close()
 
 
+def written_metadata(events: Iterable[Any]) -> list[dict[str, Any]]:
+    """The counts the Cassandra IO manager recorded for flatten_events' `rows` (what the range
+    read and wrote), one per execution of the step among `events` (Dagster events)."""
+    found = []
+    for ev in events:
+        if (ev is not None and ev.event_type_value == "HANDLED_OUTPUT"
+                and ev.step_key == "flatten_events"
+                and ev.event_specific_data.output_name == "rows"):
+            found.append({k: v.value for k, v in ev.event_specific_data.metadata.items()})
+    return found
+
+
 def step_metadata(result: ExecuteInProcessResult) -> dict[str, Any]:
-    """A run's counts, as values: flatten_events' `report` output, completed by the commit
-    step's materialization when the run committed (the dead letters are counted there)."""
-    found: dict[str, Any] | None = None
+    """A run's counts, as values: what the IO manager recorded for flatten_events' `rows`,
+    completed by the commit step's materialization when the run committed (the dead letters
+    are counted there)."""
+    [found] = written_metadata(result.all_events) or [None]
+    if found is None:
+        raise AssertionError("no record of the rows written")
     for ev in result.all_events:
-        if ev.is_successful_output and ev.step_key == "flatten_events":
-            data = ev.event_specific_data
-            if data.step_output_handle.output_name == "report":
-                found = {k: v.value for k, v in data.metadata.items()}
-        elif ev.event_type_value == "ASSET_MATERIALIZATION" and found is not None:
+        if ev.event_type_value == "ASSET_MATERIALIZATION":
             mat = ev.event_specific_data.materialization
             found.update({k: v.value for k, v in mat.metadata.items()})
-    if found is None:
-        raise AssertionError("no report output")
     return found
 
 
@@ -229,3 +268,16 @@ def cli_env(s: Settings, home: Any = None, **extra: str) -> dict[str, str]:
         **extra,
     })
     return env
+
+
+def tick(instance: DagsterInstance, s: Settings) -> SensorResult:
+    """One evaluation of the real backlog sensor for these settings."""
+    sensor = build_backlog_sensor(program_user_info, s)
+    kafka = kafka_resource(s)
+    try:
+        with build_sensor_context(instance=instance, resources={"kafka": kafka}) as ctx:
+            result = sensor(ctx)
+    finally:
+        kafka.close()
+    assert isinstance(result, SensorResult)
+    return result

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from programuser_dagster.events import flatten
-from tests.bad_inputs import Case, load_corpus
+from tests.support.bad_inputs import Case, load_corpus
 
 CORPUS = load_corpus()
 REASONS = {

@@ -15,7 +15,7 @@ from dagster._core.instance.config import dagster_instance_config
 from dagster_docker import DockerRunLauncher
 from dagster_k8s import K8sRunLauncher
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PG_ENV = {
     "DAGSTER_PG_USERNAME": "dagster",
     "DAGSTER_PG_PASSWORD": "unused",

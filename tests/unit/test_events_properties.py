@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from programuser_dagster.events import COLUMNS, NOT_WRITTEN, Batch, flatten
-from tests import reference_impl as ref
-from tests.bad_inputs import load_corpus
+from tests.support import reference_impl as ref
+from tests.support.bad_inputs import load_corpus
 
 SETTINGS = settings(
     max_examples=200,

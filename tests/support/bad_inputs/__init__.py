@@ -11,7 +11,8 @@ written cases: expected column values, dates as "YYYY-MM-DD"), and the message v
 Written cases use programId "bad-inputs" and their name as userId, so that sending the whole
 corpus through a real pipeline writes one row per written case.
 
-Used by tests/test_bad_inputs_core.py and by the end-to-end test through real Kafka.
+Used by tests/unit/test_bad_inputs_core.py and tests/unit/test_events_properties.py, and through
+real Kafka by tests/integration/test_bad_inputs_e2e.py.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""End-to-end tests: real dagster dev, daemon, subprocesses, browser, PostgreSQL."""

@@ -1,0 +1,2 @@
+"""Integration tests: in-process runs against the real local Kafka and Cassandra (the stack
+fixture)."""
