@@ -49,7 +49,9 @@ class RangeReport:
     read_to_end: bool = False
 
     def cut_at(self, end: int) -> None:
-        """End the range early at `end` (the rest is the next run's)."""
+        """End the range early at `end` (the rest is the next run's); no cut at or past its end."""
+        if end >= self.end:
+            return
         if self.requested_end is None:
             self.requested_end = self.end
         self.end = end
@@ -60,7 +62,10 @@ class RangeReport:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RangeReport:
-        fields = json.loads(zlib.decompress(data))
+        stored = json.loads(zlib.decompress(data))
+        # Fields this version does not know (a receipt of a newer one, then a rollback) are
+        # left out rather than refused; the ones it needs are all in every receipt.
+        fields = {k: v for k, v in stored.items() if k in cls.__dataclass_fields__}
         fields["dead_letters"] = [(int(o), str(r)) for o, r in fields["dead_letters"]]
         return cls(**fields)
 

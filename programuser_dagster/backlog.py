@@ -36,7 +36,7 @@ from .offsets import PartitionOffsets
 from .planning import Launch, Plan, decide
 from .resources.kafka import KafkaResource
 from .run_tags import (
-    DRAIN_PROCESS_TAG,  # also imported from here by tests (run_tags is its home)
+    DRAIN_PROCESS_TAG,
     END_TAG,
     NO_PROGRESS,
     OUTCOME_TAG,

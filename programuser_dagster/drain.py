@@ -215,7 +215,7 @@ def drain(
     settings = replace(settings, max_messages=limit)  # every run's config: backlog.launch_request
     # One Cassandra connection for all the runs of this process, shut down when it ends.
     with _StopSignals() as stop, keep_connections():
-        result = _drain(instance, settings, say, limit, processes, only, stop)
+        result = _drain(instance, settings, say, processes, only, stop)
     if result.signal:
         say(result.stop_summary())
     return result
@@ -225,7 +225,6 @@ def _drain(
     instance: DagsterInstance,
     settings: Settings,
     say: Callable[[str], None],
-    limit: int,
     processes: int,
     only: Collection[int] | None,
     stop: _StopSignals,
@@ -241,7 +240,7 @@ def _drain(
             partitions = [p for p in partitions if p in only]
         if processes > 1:
             kafka.close()
-            return _drain_in_workers(instance, settings, partitions, limit, processes, stop)
+            return _drain_in_workers(instance, settings, partitions, processes, stop)
         done: set[int] = set()  # failed, stalled or skipped: not tried again in this drain
         lag: dict[int, int] = {}  # each partition's latest known lag
         while True:
@@ -433,7 +432,6 @@ def _drain_in_workers(
     instance: DagsterInstance,
     settings: Settings,
     partitions: list[int],
-    max_messages: int,
     processes: int,
     stop: _StopSignals,
 ) -> DrainResult:
@@ -457,7 +455,7 @@ def _drain_in_workers(
     for share in shares:
         receive, send = context.Pipe(duplex=False)
         process = context.Process(
-            target=_worker, args=(instance.get_ref(), settings, share, max_messages, send),
+            target=_worker, args=(instance.get_ref(), settings, share, send),
             name=f"drain-worker-{'-'.join(map(str, share))}",
         )
         process.start()
@@ -508,7 +506,6 @@ def _worker(
     ref: Any,  # dagster's InstanceRef (not exported publicly)
     settings: Settings,
     partitions: list[int],
-    max_messages: int,
     report: Any,  # the sending end of a multiprocessing Pipe
 ) -> None:
     # A process group of its own: the parent forwards stop signals, so a terminal's Ctrl-C
@@ -518,8 +515,8 @@ def _worker(
     try:
         with DagsterInstance.from_ref(ref) as instance, \
                 _StopSignals(watch_parent=True) as stop, keep_connections():
-            result = _drain(instance, settings, lambda line: print(line, flush=True),
-                            max_messages, 1, partitions, stop)
+            result = _drain(instance, settings, lambda line: print(line, flush=True), 1,
+                            partitions, stop)
         report.send(("ok", result))
     except BaseException as exc:  # reported to the parent, which raises it
         try:

@@ -67,8 +67,8 @@ _ROW_COLUMNS = (*COLUMNS, "message_count", "offsets")
 
 
 class _NotWritten(enum.Enum):
-    # An Enum member stays one object through pickling (Dagster's IO managers pickle), so
-    # `cell is NOT_WRITTEN` keeps working after a DataFrame travels between steps.
+    # An Enum member stays one object through pickling, so `cell is NOT_WRITTEN` keeps working
+    # if a DataFrame is ever pickled (rows do not cross steps today: only the range's report).
     NOT_WRITTEN = "NOT_WRITTEN"
 
     def __repr__(self) -> str:

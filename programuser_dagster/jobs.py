@@ -274,5 +274,6 @@ def build_job(settings: Settings) -> JobDefinition:
     return program_user_info
 
 
-# With the code's defaults: for tests and scripts that pass their own run config.
+# With the code's defaults, for callers that pass every run its config (drain: from its
+# settings, with backlog.launch_request) and for tests; the code location builds its own.
 program_user_info = build_job(DEFAULTS)

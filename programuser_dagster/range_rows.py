@@ -58,6 +58,11 @@ class RangeRows:
                 yield from self._frames(self.kafka)
             except KafkaUnavailable as exc:
                 raise Failure(description=self.failed(str(exc))) from exc
+            except Exception as exc:  # a client error or a bug: what failed, and what next
+                raise Failure(description=self.failed(
+                    f"Reading or flattening partition {self.report.partition} failed "
+                    f"({type(exc).__name__}: {exc})."
+                )) from exc
         # Only now may the range be committed up to its end: every chunk of it was handed on.
         self.report.read_to_end = True
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-from .settings import check_identifier
+from .settings import RECEIPTS_TABLE, check_identifier
 
-# The Cassandra IO manager's record of what each run wrote (schema.cql), kept this long: a
-# run's commit step can be re-executed from the UI for as long.
-RECEIPTS_TABLE = "write_receipts"
+# How long a receipt of what a run wrote is kept: a run's commit step can be re-executed from
+# the UI for as long.
 RECEIPT_DAYS = 30
 
 

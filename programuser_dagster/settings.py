@@ -31,6 +31,10 @@ DEAD_LETTER_HEADROOM_BYTES = 64 * 1024
 DEAD_LETTER_MAX_MESSAGE_BYTES = INPUT_MAX_MESSAGE_BYTES + DEAD_LETTER_HEADROOM_BYTES
 
 
+# The Cassandra IO manager's record of what each run wrote, beside the table (schema.cql).
+RECEIPTS_TABLE = "write_receipts"
+
+
 def check_identifier(name: str, what: str) -> str:
     """CQL identifiers cannot be bound as parameters, so only plain ones are allowed."""
     if not _IDENTIFIER.fullmatch(name):
@@ -193,6 +197,12 @@ def _identifier(what: str) -> Check:
     return check
 
 
+def _table(value: Any) -> str:
+    if value == RECEIPTS_TABLE:
+        raise _use(f"another name: {RECEIPTS_TABLE} is the pipeline's own receipts table")
+    return _identifier("CASSANDRA_TABLE")(value)
+
+
 def _ca_file(directory_ok: bool = False) -> Check:
     """A CA file that exists and is readable, now rather than at the first TLS handshake."""
     def check(value: Any) -> str:
@@ -265,7 +275,7 @@ _TABLE: tuple[_Variable, ...] = (
               _count(at_most=65535, allowed="a port, 1 to 65535")),
     _Variable("CASSANDRA_KEYSPACE", "cassandra_keyspace", _text,
               _identifier("CASSANDRA_KEYSPACE")),
-    _Variable("CASSANDRA_TABLE", "cassandra_table", _text, _identifier("CASSANDRA_TABLE")),
+    _Variable("CASSANDRA_TABLE", "cassandra_table", _text, _table),
     _Variable("CASSANDRA_REPLICATION", "cassandra_replication", _text, _replication),
     _Variable("CASSANDRA_CONSISTENCY", "cassandra_consistency", _text,
               _one_of(*_WRITE_CONSISTENCY)),
@@ -388,10 +398,16 @@ class Settings:
 DEFAULTS: Settings = Settings()
 
 
-def local_stack_hint(address: str) -> str:
-    """A pointer to the local stack's status, for an error about an address that is the local
-    stack's own (host:port); nothing for any other: production errors name the setting."""
-    local_hosts = {DEFAULTS.cassandra_hosts[0], "localhost"}
-    kafka_port = DEFAULTS.kafka_bootstrap_servers.rsplit(":", 1)[1]
-    local = {f"{h}:{p}" for h in local_hosts for p in (kafka_port, DEFAULTS.cassandra_port)}
-    return " (the local stack: `programuser-dagster stack status`)" if address in local else ""
+def local_stack_hint(hosts: str) -> str:
+    """A pointer to the local stack's status, for an error about servers that are all on this
+    machine's loopback (hosts or host:port, comma-separated); nothing for any other address:
+    production errors name the setting only."""
+    def name(address: str) -> str:  # host, host:port, [v6]:port or a bare v6 address
+        if address.startswith("["):
+            return address[1:].split("]", 1)[0]
+        return address.rsplit(":", 1)[0] if address.count(":") == 1 else address
+
+    names = [name(h.strip()) for h in hosts.split(",") if h.strip()]
+    loopback = all(n == "localhost" or n.startswith("127.") or n == "::1"
+                   for n in names)
+    return " (the local stack: `programuser-dagster stack status`)" if names and loopback else ""

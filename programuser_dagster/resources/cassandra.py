@@ -31,15 +31,15 @@ from cassandra import ConsistencyLevel, InvalidRequest
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
-from cassandra.query import BatchStatement, BatchType, PreparedStatement
+from cassandra.query import BatchStatement, BatchType, PreparedStatement, SimpleStatement
 from dagster import ConfigurableIOManager, Failure, InputContext, OutputContext
 from pydantic import Field, PrivateAttr
 
 from ..accounting import RangeReport
 from ..events import COLUMNS
 from ..memory import collect_between_chunks, gc_paused
-from ..schema import RECEIPT_DAYS, RECEIPTS_TABLE, schema_statements
-from ..settings import DEFAULTS, check_identifier, local_stack_hint
+from ..schema import RECEIPT_DAYS, schema_statements
+from ..settings import DEFAULTS, RECEIPTS_TABLE, check_identifier, local_stack_hint
 from .cql_encoding import Encoded, bound, encode_rows
 from .secrets import reveal
 
@@ -228,11 +228,9 @@ class CassandraIOManager(ConfigurableIOManager):
             raise CassandraWriteFailed(
                 f"Could not connect to {self.where()}: {exc}. Check CASSANDRA_HOSTS, "
                 f"CASSANDRA_PORT{tls} and the credentials (CASSANDRA_USERNAME, CASSANDRA_PASSWORD) "
-                f"if the cluster requires a login{local_stack_hint(self._first_address())}."
+                f"if the cluster requires a login{local_stack_hint(self.hosts)}."
             ) from exc
 
-    def _first_address(self) -> str:
-        return f"{self.hosts.split(',')[0].strip()}:{self.port}"
 
     def insert_cql(self) -> str:
         cols = ", ".join(COLUMNS)
@@ -402,19 +400,22 @@ class CassandraIOManager(ConfigurableIOManager):
     def load_input(self, context: InputContext) -> RangeReport:
         """The report the upstream step's handle_output stored: what it read and wrote."""
         upstream = context.upstream_output
-        if upstream is None:
-            raise Failure(description="The Cassandra IO manager loads only what a step of the "
-                          "same job wrote: connect the input to flatten_events' output.")
+        if upstream is None or upstream.run_id is None:
+            raise Failure(description=(
+                "No run produced flatten_events' rows for this run to commit (the Cassandra IO "
+                "manager loads only what a step of this job wrote): launch a new run of the "
+                "partition instead; it starts from the committed offset."
+            ))
         key = (upstream.run_id, upstream.step_key, upstream.name)
         try:
-            with self._ours():
-                row = self.session().execute(
-                    f"SELECT report FROM {self.keyspace}.{RECEIPTS_TABLE} "
-                    "WHERE run_id = %s AND step_key = %s AND output = %s", key
-                ).one()
-        except CassandraWriteFailed as exc:
-            raise Failure(description=f"{exc} The record of what run {key[0]} wrote could "
-                          "not be read: re-execute this step once Cassandra answers.") from exc
+            row = self.session().execute(self._receipt_statement(
+                f"SELECT report FROM {self.keyspace}.{RECEIPTS_TABLE} "
+                "WHERE run_id = %s AND step_key = %s AND output = %s"), key).one()
+        except Exception as exc:
+            raise Failure(description=(
+                f"{self.where()} did not return the record of what run {key[0]} wrote "
+                f"({type(exc).__name__}: {exc}): re-execute this step once Cassandra answers."
+            )) from exc
         if row is None:
             raise Failure(description=(
                 f"No record of what run {key[0]} wrote ({self.keyspace}.{RECEIPTS_TABLE}, kept "
@@ -425,11 +426,17 @@ class CassandraIOManager(ConfigurableIOManager):
 
     def _store_receipt(self, context: OutputContext, report: RangeReport) -> None:
         with self._ours():
-            self.session().execute(
+            self.session().execute(self._receipt_statement(
                 f"INSERT INTO {self.keyspace}.{RECEIPTS_TABLE} (run_id, step_key, output, report) "
-                "VALUES (%s, %s, %s, %s)",
+                f"VALUES (%s, %s, %s, %s) USING TTL {RECEIPT_DAYS * 24 * 3600}"),
                 (context.run_id, context.step_key, context.name, report.to_bytes()),
             )
+
+    @staticmethod
+    def _receipt_statement(cql: str) -> SimpleStatement:
+        # Written and read at LOCAL_QUORUM whatever the rows' consistency: the commit step must
+        # read what the write step stored (ANY cannot read; ONE may miss it on RF 3).
+        return SimpleStatement(cql, consistency_level=ConsistencyLevel.LOCAL_QUORUM)
 
 
 @dataclass

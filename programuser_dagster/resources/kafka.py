@@ -347,7 +347,10 @@ class KafkaResource(ConfigurableResource):
                             f"{position} (range ends at {end}). Is the broker up?"
                         )
         finally:
-            consumer.unassign()
+            # A reader left suspended by a failed write ends when it is collected, maybe after
+            # the resource closed its consumer at the run's end: only a live one is unassigned.
+            if self._consumer is consumer:
+                consumer.unassign()
 
     # -- writing -------------------------------------------------------------------------------
 

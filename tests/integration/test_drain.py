@@ -95,7 +95,7 @@ def test_drain_in_two_processes_gives_each_partition_to_one_of_them(
 ) -> None:
     from dagster import DagsterInstance
 
-    from programuser_dagster.backlog import DRAIN_PROCESS_TAG
+    from programuser_dagster.run_tags import DRAIN_PROCESS_TAG
 
     s = kafka_topics
     for p in range(4):

@@ -20,6 +20,7 @@ from programuser_dagster.jobs import commit_offsets
 from programuser_dagster.resources import build_resources, kafka_resource
 from programuser_dagster.run_tags import PARTITION_TAG
 from programuser_dagster.settings import Settings
+from tests.support.faults import job_env
 from tests.support.jobs import reconstructable_job_from_env
 from tests.support.pipeline import (
     SEED_EVENT,
@@ -309,3 +310,24 @@ def test_a_range_not_read_to_its_end_commits_nothing(instance, kafka_topics: Set
     assert not result.success
     assert "was not read to its end; nothing was committed" in failure_text(result)
     assert offsets(s).committed is None
+
+
+def test_a_commit_step_whose_receipt_is_gone_says_to_launch_a_new_run(
+    instance, kafka_topics: Settings, cassandra_session
+) -> None:
+    s = kafka_topics
+    produce(s, [event("p", "u")])
+    instance.add_dynamic_partitions("kafka_partitions", ["0"])
+    with job_env(s), execute_job(reconstructable_job_from_env(), instance,
+                                 tags={PARTITION_TAG: "0"}) as first:
+        assert first.success
+    cassandra_session.execute(f"TRUNCATE {s.cassandra_keyspace}.write_receipts")
+    options = ReexecutionOptions(parent_run_id=first.run_id, step_selection=["commit_offsets"])
+    with job_env(s), execute_job(reconstructable_job_from_env(), instance,
+                                 reexecution_options=options, tags={PARTITION_TAG: "0"},
+                                 raise_on_error=False) as rerun:
+        assert not rerun.success
+        message = failure_text(rerun)
+    assert f"No record of what run {first.run_id} wrote" in message
+    assert "Launch a new run of the partition instead" in message
+    assert offsets(s).committed == 1  # the first run's commit, untouched

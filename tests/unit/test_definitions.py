@@ -16,7 +16,7 @@ from programuser_dagster.jobs import build_job
 from programuser_dagster.resources import cassandra_io_manager, kafka_resource
 from programuser_dagster.resources.cassandra import CassandraIOManager, CassandraWriteFailed
 from programuser_dagster.resources.kafka import KafkaResource, KafkaUnavailable
-from programuser_dagster.settings import DEFAULTS, Settings
+from programuser_dagster.settings import DEFAULTS, Settings, local_stack_hint
 
 REPO = Path(__file__).resolve().parents[2]
 # Nothing listens on port 1 of loopback: any connection attempt would be refused at once.
@@ -63,7 +63,7 @@ def test_the_code_location_loads_with_no_server() -> None:
     [
         ("CASSANDRA_CONSISTENCY", "FOO", "LOCAL_QUORUM"),
         ("KAFKA_INPUT_PARTITIONS", "-1", "at least 1"),
-        ("CASSANDRA_CREATE_SCHEMA", "maybe", "CASSANDRA_CREATE_SCHEMA"),
+        ("CASSANDRA_CREATE_SCHEMA", "maybe", "true or false"),
     ],
 )
 def test_a_bad_setting_stops_the_code_location_loading_naming_the_variable(
@@ -76,23 +76,37 @@ def test_a_bad_setting_stops_the_code_location_loading_naming_the_variable(
     assert words in last
 
 
-def test_an_unreachable_broker_is_named_by_its_setting_without_the_local_stack_hint() -> None:
+def test_an_unreachable_broker_is_named_by_its_setting() -> None:
     kafka = KafkaResource(bootstrap_servers="127.0.0.1:1", request_timeout_s=1)
     try:
         with pytest.raises(KafkaUnavailable) as caught:
             kafka.partitions()
     finally:
         kafka.close()
-    assert "KAFKA_BOOTSTRAP_SERVERS" in str(caught.value)
-    assert "stack status" not in str(caught.value)
+    assert "Check KAFKA_BOOTSTRAP_SERVERS and KAFKA_INPUT_TOPIC" in str(caught.value)
+    # A loopback address: the hint to the local stack is added.
+    assert "(the local stack: `programuser-dagster stack status`)" in str(caught.value)
 
 
-def test_an_unreachable_cassandra_is_named_by_its_settings_without_the_local_stack_hint() -> None:
+def test_an_unreachable_cassandra_is_named_by_its_settings() -> None:
     io = CassandraIOManager(hosts="127.0.0.1", port=1)
     with pytest.raises(CassandraWriteFailed) as caught:
         io.session()
     assert "Check CASSANDRA_HOSTS, CASSANDRA_PORT and the credentials" in str(caught.value)
-    assert "stack status" not in str(caught.value)
+    assert "(the local stack: `programuser-dagster stack status`)" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("hosts", "local"),
+    [
+        ("127.0.0.1:9092", True), ("127.0.0.1:9192,localhost:9193", True), ("127.0.0.1", True),
+        ("::1", True), ("[::1]:9042", True),
+        ("kafka-1.prod:9092,kafka-2.prod:9092", False), ("cassandra.prod", False),
+        ("127.0.0.1:9092,kafka.prod:9092", False), ("", False),
+    ],
+)
+def test_the_local_stack_hint_only_for_servers_on_loopback(hosts: str, local: bool) -> None:
+    assert bool(local_stack_hint(hosts)) is local
 
 
 def test_the_resources_defaults_are_the_settings_defaults() -> None:

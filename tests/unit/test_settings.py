@@ -48,6 +48,7 @@ REFUSED = [
     ("KAFKA_SECURITY_PROTOCOL", "TLS", "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
     ("KAFKA_SASL_MECHANISM", "SCRAM", "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER, GSSAPI"),
     ("CASSANDRA_CREATE_SCHEMA", "maybe", "true or false"),
+    ("CASSANDRA_TABLE", "write_receipts", "the pipeline's own receipts table"),
     ("CASSANDRA_CREATE_SCHEMA", "off", "1/0, yes/no"),
     ("KAFKA_BOOTSTRAP_SERVERS", "localhost", "host:port"),
     ("KAFKA_BOOTSTRAP_SERVERS", "a:9092,b:70000", "each port 1 to 65535"),

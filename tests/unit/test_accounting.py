@@ -1,0 +1,48 @@
+"""A range's report: its stored form and its cut (pure)."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import asdict
+
+from programuser_dagster.accounting import RangeReport, balances
+
+
+def _report() -> RangeReport:
+    return RangeReport(partition=2, start=10, end=20, high_watermark=25, committed_before=10,
+                       token_before=3, read=10, written=7, rows_upserted=6,
+                       skipped={"missing_ids": 1}, dead_letters=[(12, "not_json"), (15, "x")],
+                       read_to_end=True)
+
+
+def test_the_stored_form_gives_back_every_field() -> None:
+    report = _report()
+    assert RangeReport.from_bytes(report.to_bytes()) == report
+    empty = RangeReport(partition=0, start=0, end=0, high_watermark=0)
+    assert RangeReport.from_bytes(empty.to_bytes()) == empty
+
+
+def test_a_field_this_version_does_not_know_is_left_out() -> None:
+    stored = {**asdict(_report()), "from_a_newer_version": 1}
+    loaded = RangeReport.from_bytes(zlib.compress(json.dumps(stored).encode()))
+    assert loaded == _report()
+
+
+def test_a_cut_shortens_the_range_and_keeps_the_planned_end() -> None:
+    report = _report()
+    report.cut_at(20)  # at the end: no cut
+    report.cut_at(25)
+    assert (report.end, report.requested_end) == (20, None)
+    report.cut_at(16)
+    assert (report.end, report.requested_end) == (16, 20)
+
+
+def test_the_balance_rule() -> None:
+    assert balances(10, 7, 1, 2)
+    assert not balances(10, 7, 1, 1)
+    report = _report()
+    report.dead_lettered = {"not_json": 1, "x": 1}
+    assert report.balanced
+    report.written = 6
+    assert not report.balanced
