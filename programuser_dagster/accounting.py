@@ -41,7 +41,8 @@ class RangeReport:
     # Why this run has nothing to commit: its range was committed by another run first.
     superseded: str | None = None
     # Bytes of the values to dead-letter: a range whose letters reach the run's
-    # dead_letter_bytes is cut short (the end its run was planned for stays in requested_end).
+    # dead_letter_bytes (or has settings.DEAD_LETTERS_PER_RUN letters) is cut short (the end its
+    # run was planned for stays in requested_end).
     letter_bytes: int = 0
     requested_end: int | None = None
     # Every chunk of [start, end) was read and handed to the writer (the range's iterator ran

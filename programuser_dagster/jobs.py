@@ -152,8 +152,9 @@ def commit_offsets(
         context.instance.add_run_tags(context.run_id, {END_TAG: str(report.end)})
         context.log.warning(
             f"Partition {report.partition}: the range ends at {report.end}, not "
-            f"{report.requested_end}: its dead letters reached {report.letter_bytes} bytes, as "
-            "many as one commit sends; the next run goes on from there."
+            f"{report.requested_end}: its dead letters reached {len(report.dead_letters)} "
+            f"letters, {report.letter_bytes} bytes, as many as one run sends; the next run goes "
+            "on from there."
         )
     if report.superseded:
         _superseded(context, report.superseded)

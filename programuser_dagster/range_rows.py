@@ -20,13 +20,15 @@ from dagster import Failure
 from .accounting import RangeReport
 from .events import flatten
 from .resources.kafka import KafkaResource, KafkaUnavailable, Message
+from .settings import DEAD_LETTERS_PER_RUN
 
 
 @dataclass(frozen=True)
 class Chunking:
     messages: int  # per chunk
     bytes: int  # of message values per chunk, about
-    dead_letter_bytes: int  # the range is cut where its letters reach this many bytes
+    dead_letter_bytes: int  # the range is cut where its letters reach this many bytes,
+    dead_letters: int = DEAD_LETTERS_PER_RUN  # or this many letters
 
 
 class RangeRows:
@@ -81,7 +83,8 @@ class RangeRows:
                 pending_bytes += len(m.value() or b"")
                 if len(pending) >= size or pending_bytes >= limit:
                     yield self._flatten(pending)
-                    if r.letter_bytes >= c.dead_letter_bytes:
+                    if (r.letter_bytes >= c.dead_letter_bytes
+                            or len(r.dead_letters) >= c.dead_letters):
                         # Ends here: the chunk's last offset, not the rest of this fetch.
                         r.cut_at(pending[-1].offset() + 1)
                         return

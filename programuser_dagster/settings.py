@@ -33,6 +33,9 @@ DEAD_LETTER_MAX_MESSAGE_BYTES = INPUT_MAX_MESSAGE_BYTES + DEAD_LETTER_HEADROOM_B
 
 # The Cassandra IO manager's record of what each run wrote, beside the table (schema.cql).
 RECEIPTS_TABLE = "write_receipts"
+# A run also ends its range once it has this many dead letters: its receipt, which lists each
+# one's offset and reason, stays ~3 MB compressed, far below Cassandra's largest mutation.
+DEAD_LETTERS_PER_RUN = 1_000_000
 
 
 def check_identifier(name: str, what: str) -> str:

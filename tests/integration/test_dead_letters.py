@@ -222,6 +222,26 @@ def test_a_chunk_is_cut_by_bytes_as_well_as_by_messages(kafka_topics: Settings) 
 
 
 @pytest.mark.stack
+def test_a_range_is_cut_at_the_chunk_where_its_letters_reach_their_count(
+    kafka_topics: Settings,
+) -> None:
+    s = kafka_topics
+    produce(s, [b"not json"] * 30)
+    kafka = kafka_resource(s)
+    try:
+        report = RangeReport(partition=0, start=0, end=30, high_watermark=30)
+        chunking = Chunking(messages=10, bytes=1 << 30, dead_letter_bytes=1 << 30, dead_letters=3)
+        frames = list(RangeRows(kafka, report, chunking, on_failure=""))
+    finally:
+        kafka.close()
+    # Chunks of 2 (a fifth) then 10: the second takes the letters past 3, and the range ends
+    # with it, at offset 12; the rest is the next run's.
+    assert len(frames) == 2
+    assert (report.end, report.requested_end, report.read) == (12, 30, 12)
+    assert len(report.dead_letters) == 12 and report.read_to_end
+
+
+@pytest.mark.stack
 def test_a_dead_letter_topic_that_cannot_be_described_is_warned_about(
     kafka_topics: Settings,
 ) -> None:
