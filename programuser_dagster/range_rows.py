@@ -45,7 +45,7 @@ class RangeRows:
 
     @classmethod
     def nothing(cls, report: RangeReport, on_failure: str) -> RangeRows:
-        """A range with nothing to read (superseded, or empty)."""
+        """A range with nothing to read (superseded): no reader, so no chunk."""
         return cls(None, report, Chunking(1, 1, 1), on_failure)
 
     def failed(self, what: str) -> str:
@@ -55,7 +55,7 @@ class RangeRows:
                 f"committed. {self.on_failure}")
 
     def __iter__(self) -> Iterator[pd.DataFrame]:
-        if self.kafka is not None and not self.report.superseded:
+        if self.kafka is not None:
             try:
                 yield from self._frames(self.kafka)
             except KafkaUnavailable as exc:

@@ -6,10 +6,6 @@ from importlib.resources import files
 
 from .settings import RECEIPTS_TABLE, check_identifier
 
-# How long a receipt of what a run wrote is kept: a run's commit step can be re-executed from
-# the UI for as long.
-RECEIPT_DAYS = 30
-
 
 def schema_statements(keyspace: str, table: str, replication: str) -> list[str]:
     """CREATE ... IF NOT EXISTS statements for the keyspace and its tables, in order."""
@@ -18,7 +14,6 @@ def schema_statements(keyspace: str, table: str, replication: str) -> list[str]:
     text = files("programuser_dagster").joinpath("schema.cql").read_text()
     lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
     cql = "\n".join(lines).format(
-        keyspace=keyspace, table=table, replication=replication, receipts=RECEIPTS_TABLE,
-        receipt_ttl_s=RECEIPT_DAYS * 24 * 3600,
+        keyspace=keyspace, table=table, replication=replication, receipts=RECEIPTS_TABLE
     )
     return [stmt.strip() for stmt in cql.split(";") if stmt.strip()]

@@ -31,8 +31,10 @@ DEAD_LETTER_HEADROOM_BYTES = 64 * 1024
 DEAD_LETTER_MAX_MESSAGE_BYTES = INPUT_MAX_MESSAGE_BYTES + DEAD_LETTER_HEADROOM_BYTES
 
 
-# The Cassandra IO manager's record of what each run wrote, beside the table (schema.cql).
+# The Cassandra IO manager's record of what each run wrote, beside the table (schema.cql),
+# kept this long: a run's commit step can be re-executed from the UI for as long.
 RECEIPTS_TABLE = "write_receipts"
+RECEIPT_DAYS = 30
 # A run also ends its range once it has this many dead letters: its receipt, which lists each
 # one's offset and reason, stays ~3 MB compressed, far below Cassandra's largest mutation.
 DEAD_LETTERS_PER_RUN = 1_000_000

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import ssl
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol
@@ -38,8 +38,14 @@ from pydantic import Field, PrivateAttr
 from ..accounting import RangeReport
 from ..events import COLUMNS
 from ..memory import collect_between_chunks, gc_paused
-from ..schema import RECEIPT_DAYS, schema_statements
-from ..settings import DEFAULTS, RECEIPTS_TABLE, check_identifier, local_stack_hint
+from ..schema import schema_statements
+from ..settings import (
+    DEFAULTS,
+    RECEIPT_DAYS,
+    RECEIPTS_TABLE,
+    check_identifier,
+    local_stack_hint,
+)
 from .cql_encoding import Encoded, bound, encode_rows
 from .secrets import reveal
 
@@ -267,7 +273,9 @@ class CassandraIOManager(ConfigurableIOManager):
     # -- writing -------------------------------------------------------------------------------
 
     def upsert(
-        self, rows: pd.DataFrame | Iterable[pd.DataFrame], between_chunks: Any = None
+        self,
+        rows: pd.DataFrame | Iterable[pd.DataFrame],
+        between_chunks: Callable[[], None] | None = None,
     ) -> WriteReceipt:
         """Write every row of a DataFrame, or of each DataFrame of a run's chunks in offset
         order; rows Cassandra refuses as invalid are reported, not raised. Any other failure
