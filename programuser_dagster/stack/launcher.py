@@ -52,9 +52,14 @@ _MAIN_CLASS = {"kafka": KAFKA_MAIN, "cassandra": CASSANDRA_MAIN}
 
 # The input topic takes what our producer does; the dead-letter topic that plus the letters'
 # headers, so that the letter of the largest input record fits (settings.py).
-INPUT_TOPIC_CONFIG: Mapping[str, str] = {"max.message.bytes": str(INPUT_MAX_MESSAGE_BYTES)}
+# The pipeline measures event age from record timestamps; LogAppendTime makes them the broker's.
+INPUT_TOPIC_CONFIG: Mapping[str, str] = {
+    "max.message.bytes": str(INPUT_MAX_MESSAGE_BYTES),
+    "message.timestamp.type": "LogAppendTime",
+}
 DEAD_LETTER_TOPIC_CONFIG: Mapping[str, str] = {
-    "max.message.bytes": str(DEAD_LETTER_MAX_MESSAGE_BYTES)
+    "max.message.bytes": str(DEAD_LETTER_MAX_MESSAGE_BYTES),
+    "message.timestamp.type": "LogAppendTime",
 }
 
 DEFAULT_TIMEOUT = 180.0  # a cold Cassandra start takes 30-90 s on a 2-core machine
@@ -749,9 +754,9 @@ def ensure_topics(
     """Create the missing topics (name -> partitions, replication factor 1); return those created.
 
     Topics named in `dead_letter` get DEAD_LETTER_TOPIC_CONFIG, the others INPUT_TOPIC_CONFIG.
-    With `correct`, an existing topic whose max.message.bytes is below its config's is raised
-    to it (a machine whose topics an older version created). Returns once every partition has
-    a leader, so a producer can write immediately.
+    With `correct`, an existing topic is brought to its config (a machine whose topics an older
+    version created): max.message.bytes raised where lower, message.timestamp.type set where
+    different. Returns once every partition has a leader, so a producer can write immediately.
     """
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import NewTopic
@@ -768,7 +773,7 @@ def ensure_topics(
         if name not in existing
     ]
     if correct:
-        _raise_message_limits(
+        _correct_topic_configs(
             admin, {name: config(name) for name in topics if name in existing}, timeout
         )
     created: list[str] = []
@@ -785,10 +790,14 @@ def ensure_topics(
     return created
 
 
-def _raise_message_limits(
+def _correct_topic_configs(
     admin: Any, configs: Mapping[str, Mapping[str, str]], timeout: float
 ) -> None:
-    """Raise each topic's max.message.bytes to its config's where it is lower."""
+    """Bring existing topics to their configs, touching only the entries that differ.
+
+    max.message.bytes is only raised, never lowered (a topic raised by hand keeps its limit);
+    every other entry (message.timestamp.type) is set where its value differs.
+    """
     from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
     if not configs:
@@ -796,22 +805,41 @@ def _raise_message_limits(
     described = admin.describe_configs(
         [ConfigResource("TOPIC", name) for name in configs], request_timeout=timeout
     )
-    low = []
+    changes: dict[str, list[str]] = {}
     for resource, future in described.items():
-        wanted = configs[resource.name]["max.message.bytes"]
-        if int(future.result()["max.message.bytes"].value) < int(wanted):
-            entry = ConfigEntry("max.message.bytes", wanted,
-                                incremental_operation=AlterConfigOpType.SET)
-            low.append(ConfigResource("TOPIC", resource.name, incremental_configs=[entry]))
-    if not low:
+        current = future.result()
+        keys = [
+            key
+            for key, wanted in configs[resource.name].items()
+            if _needs_change(key, current[key].value if key in current else None, wanted)
+        ]
+        if keys:
+            changes[resource.name] = keys
+    if not changes:
         return
-    for resource, future in admin.incremental_alter_configs(low).items():
+    resources = [
+        ConfigResource("TOPIC", name, incremental_configs=[
+            ConfigEntry(key, configs[name][key], incremental_operation=AlterConfigOpType.SET)
+            for key in keys
+        ])
+        for name, keys in changes.items()
+    ]
+    for resource, future in admin.incremental_alter_configs(resources).items():
         try:
             future.result()
         except Exception as exc:
             raise StackError(
-                f"could not raise max.message.bytes of Kafka topic {resource.name!r}: {exc}"
+                f"could not set {', '.join(changes[resource.name])} of Kafka topic "
+                f"{resource.name!r}: {exc}"
             ) from exc
+
+
+def _needs_change(key: str, current: str | None, wanted: str) -> bool:
+    if current is None:
+        return True
+    if key == "max.message.bytes":
+        return int(current) < int(wanted)
+    return current != wanted
 
 
 def _wait_for_leaders(admin: Any, topics: Mapping[str, int], timeout: float) -> None:

@@ -12,14 +12,17 @@ from typing import Any
 
 import pytest
 from cassandra import InvalidRequest
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, KafkaError, Producer
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from programuser_dagster.settings import INPUT_MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
 from programuser_dagster.settings import Settings
 from programuser_dagster.stack import (
     ServerStatus,
     StackError,
+    delete_topics,
     down,
+    ensure_topics,
     main_stack,
     stack_dir,
     status,
@@ -95,6 +98,74 @@ def test_kafka_does_not_auto_create_topics(stack: Settings) -> None:
     assert errors and errors[0] is not None
     assert missing not in producer.list_topics(timeout=10).topics
 
+
+
+def _topic_configs(bootstrap: str, names: list[str]) -> dict[str, dict[str, str]]:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    described = admin.describe_configs([ConfigResource("TOPIC", name) for name in names])
+    return {
+        resource.name: {key: entry.value for key, entry in future.result(30).items()}
+        for resource, future in described.items()
+    }
+
+
+def test_topics_are_created_with_log_append_time(kafka_topics: Settings) -> None:
+    s = kafka_topics
+    configs = _topic_configs(s.kafka_bootstrap_servers, [s.kafka_input_topic, s.kafka_dlq_topic])
+    for topic in (s.kafka_input_topic, s.kafka_dlq_topic):
+        assert configs[topic]["message.timestamp.type"] == "LogAppendTime", topic
+
+
+def test_an_existing_topic_without_log_append_time_is_corrected(stack: Settings) -> None:
+    bootstrap = stack.kafka_bootstrap_servers
+    name = f"test-{uuid.uuid4().hex[:8]}.old-topic"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    # As an older version made it: CreateTime (the broker's default) and a lower message limit.
+    old = NewTopic(name, 1, 1, config={"max.message.bytes": "1000000"})
+    for future in admin.create_topics([old]).values():
+        future.result(30)
+    try:
+        before = _topic_configs(bootstrap, [name])[name]
+        assert before["message.timestamp.type"] == "CreateTime"
+        assert before["max.message.bytes"] == "1000000"
+
+        assert ensure_topics(bootstrap, {name: 1}, correct=True) == []
+        after = _topic_configs(bootstrap, [name])[name]
+        assert after["message.timestamp.type"] == "LogAppendTime"
+        assert int(after["max.message.bytes"]) == MAX_MESSAGE_BYTES
+        # Idempotent: a second pass finds nothing to change and changes nothing.
+        assert ensure_topics(bootstrap, {name: 1}, correct=True) == []
+        assert _topic_configs(bootstrap, [name])[name] == after
+
+        # The broker now stamps records itself, whatever timestamp the producer asked for.
+        producer = Producer({"bootstrap.servers": bootstrap})
+        asked = 1_700_000_000_000
+        sent_at = int(time.time() * 1000)
+        producer.produce(name, b"v", timestamp=asked)
+        assert producer.flush(30) == 0
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"{name}-group",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        try:
+            consumer.subscribe([name])
+            deadline = time.monotonic() + 60
+            msg = None
+            while msg is None and time.monotonic() < deadline:
+                msg = consumer.poll(1.0)
+        finally:
+            consumer.close()
+        assert msg is not None and msg.error() is None
+        ts_type, ts = msg.timestamp()
+        assert ts_type == TIMESTAMP_LOG_APPEND_TIME
+        assert ts != asked
+        assert sent_at - 5_000 <= ts <= int(time.time() * 1000) + 5_000
+    finally:
+        delete_topics(bootstrap, [name])
 
 def test_cassandra_round_trip_in_a_fresh_keyspace(
     kafka_topics: Settings, cassandra_session: Any
