@@ -13,6 +13,8 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .ages import Ages
+
 
 def balances(read: int, written: int, skipped: int, dead_lettered: int) -> bool:
     """The accounting rule: every message read was written, skipped or dead-lettered."""
@@ -30,6 +32,10 @@ class RangeReport:
     # lands only if it is still this (resources/kafka.py: fenced_commit).
     committed_before: int | None = None
     token_before: int = 0
+    # The write clock committed then, and this range's: the event at offset o is written at
+    # write_base + (o - start) us (clock.py).
+    clock_before: int = 0
+    write_base: int = 0
     read: int = 0
     written: int = 0
     rows_upserted: int = 0
@@ -48,6 +54,8 @@ class RangeReport:
     # Every chunk of [start, end) was read and handed to the writer (the range's iterator ran
     # to its end): the commit step commits nothing otherwise.
     read_to_end: bool = False
+    # The ages of the events written, at Cassandra's acknowledgement (ages.Ages.to_dict()).
+    ages: dict[str, Any] | None = None
 
     def cut_at(self, end: int) -> None:
         """End the range early at `end` (the rest is the next run's); no cut at or past its end."""
@@ -116,4 +124,6 @@ class RangeReport:
             meta["skipped_by_reason"] = dict(sorted(self.skipped.items()))
         if self.dead_lettered:
             meta["dead_lettered_by_reason"] = dict(sorted(self.dead_lettered.items()))
+        if self.ages:
+            meta.update(Ages.from_dict(self.ages).metadata())
         return meta

@@ -29,6 +29,7 @@ from dagster import (
     RunsFilter,
 )
 
+from .ages import lag_seconds
 from .assets import JOB_NAME, PROGRAM_ENROLLMENT
 from .ingest_config import run_config
 from .jobs import kafka_partitions
@@ -69,11 +70,27 @@ class BacklogPlan:
     def waiting(self) -> dict[int, str]:
         return self.decision.waiting
 
-    def lag_observation(self) -> AssetObservation:
-        lag = {f"lag_partition_{o.partition}": o.lag for o in self.offsets}
-        return AssetObservation(
-            PROGRAM_ENROLLMENT, metadata={"lag_total": sum(lag.values()), **lag}
-        )
+    def lag_observation(
+        self, oldest_ms: dict[int, int | None] | None = None, now_ms: int = 0
+    ) -> AssetObservation:
+        """Lag per partition in records and, given the record time of each lagging partition's
+        oldest uncommitted record (`oldest_ms`), in seconds."""
+        lag: dict[str, int | float] = {f"lag_partition_{o.partition}": o.lag
+                                       for o in self.offsets}
+        meta: dict[str, int | float] = {"lag_total": sum(o.lag for o in self.offsets), **lag}
+        if oldest_ms is not None:
+            seconds = {o.partition: lag_seconds(oldest_ms.get(o.partition), now_ms)
+                       for o in self.offsets}
+            meta["lag_s_max"] = max((s for s, _ in seconds.values()), default=0.0)
+            meta.update({f"lag_s_partition_{p}": round(s, 3) for p, (s, _) in seconds.items()})
+            clamped = sum(c for _, c in seconds.values())
+            if clamped:
+                meta["lag_s_clamped"] = clamped
+        return AssetObservation(PROGRAM_ENROLLMENT, metadata=meta)
+
+    def oldest_positions(self) -> dict[int, int]:
+        """Where each lagging partition's oldest uncommitted record is."""
+        return {o.partition: o.next_offset for o in self.offsets if o.lag > 0}
 
     def summary(self) -> str:
         return self.decision.summary()

@@ -52,6 +52,7 @@ import orjson
 import pandas as pd
 from cassandra.query import UNSET_VALUE, BatchStatement, BatchType
 
+from .clock import now_us
 from .events import COLUMNS, MAYBE_NOT_WRITTEN, NOT_WRITTEN, flatten
 from .resources import cassandra_io_manager as _cassandra_io_manager
 from .resources import kafka_resource
@@ -331,13 +332,16 @@ def write_ceiling_processes(
 
 
 def bind_parameters(rows: pd.DataFrame) -> list[tuple[Any, ...]]:
-    """Rows -> the driver's bind parameters in COLUMNS order, NOT_WRITTEN -> UNSET_VALUE."""
+    """Rows -> the driver's bind parameters in COLUMNS order, NOT_WRITTEN -> UNSET_VALUE, then
+    the write time (of the row's last event: one write per row, as most rows are)."""
     columns = []
     for name in COLUMNS:
         values = rows[name].tolist()
         if name in MAYBE_NOT_WRITTEN:
             values = [UNSET_VALUE if v is NOT_WRITTEN else v for v in values]
         columns.append(values)
+    base = now_us()
+    columns.append([base + writers[0] for writers in rows["writers"].tolist()])
     return list(zip(*columns, strict=True))
 
 

@@ -1,4 +1,4 @@
-"""programuser-dagster: stack | produce | drain | lag."""
+"""programuser-dagster: stack | produce | drain | lag | replay | redrive | verify."""
 
 from __future__ import annotations
 
@@ -134,17 +134,30 @@ def _produce(args: argparse.Namespace, settings: Settings, stack: contextlib.Exi
 
 
 def _cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from .ages import lag_seconds
+
     kafka = kafka_resource(settings)
     try:
         offsets = kafka.offsets()
+        # The age of each lagging partition's oldest uncommitted record: its lag in seconds.
+        oldest = kafka.record_times({o.partition: o.next_offset for o in offsets if o.lag})
     finally:
         kafka.close()
+    now_ms = time.time_ns() // 1_000_000
     print(f"topic {settings.kafka_input_topic}, group {settings.kafka_group_id}")
-    print(f"{'partition':>9} {'low':>10} {'committed':>10} {'high':>10} {'lag':>10}")
+    print(f"{'partition':>9} {'low':>10} {'committed':>10} {'high':>10} {'lag':>10} "
+          f"{'lag s':>10}")
+    worst = 0.0
     for o in offsets:
         committed = "-" if o.committed is None else str(o.committed)
-        print(f"{o.partition:>9} {o.low:>10} {committed:>10} {o.high:>10} {o.lag:>10}")
-    print(f"{'total':>9} {'':>10} {'':>10} {'':>10} {sum(o.lag for o in offsets):>10}")
+        seconds, _ = lag_seconds(oldest.get(o.partition), now_ms)
+        worst = max(worst, seconds)
+        print(f"{o.partition:>9} {o.low:>10} {committed:>10} {o.high:>10} {o.lag:>10} "
+              f"{seconds:>10.1f}")
+    print(f"{'total':>9} {'':>10} {'':>10} {'':>10} {sum(o.lag for o in offsets):>10} "
+          f"{worst:>10.1f}")
     return 0
 
 
@@ -168,15 +181,19 @@ def default_dagster_home(cwd: Path | None = None) -> Path:
     return home
 
 
+def _dagster_home(command: str) -> str:
+    if not os.environ.get("DAGSTER_HOME"):
+        default_dagster_home()
+        print(f"{command}: DAGSTER_HOME is not set; using ./{MAKE_RUN_HOME}, the instance of "
+              "make run", file=sys.stderr)
+    return os.environ["DAGSTER_HOME"]
+
+
 def _cmd_drain(args: argparse.Namespace, settings: Settings) -> int:
     from .drain import drain
     from .instance import open_instance
 
-    if not os.environ.get("DAGSTER_HOME"):
-        default_dagster_home()
-        print(f"drain: DAGSTER_HOME is not set; using ./{MAKE_RUN_HOME}, the instance of "
-              "make run", file=sys.stderr)
-    with open_instance(os.environ["DAGSTER_HOME"]) as instance:
+    with open_instance(_dagster_home("drain")) as instance:
         result = drain(instance, settings, max_messages=args.max_messages,
                        processes=args.processes)
     if result.signal:
@@ -184,6 +201,72 @@ def _cmd_drain(args: argparse.Namespace, settings: Settings) -> int:
     if not result.runs and not result.skipped:
         print("nothing to drain: every partition is caught up")
     return 1 if result.failed else 0
+
+
+def operator() -> str:
+    """Who ran a command, as the asset's events say it: "CLI by user@host"."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"CLI by {user}@{socket.gethostname()}"
+
+
+def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from . import replay
+    from .incident_jobs import replay_observation, run_replay
+    from .instance import open_instance
+
+    target = replay.Target(
+        offset=args.to_offset,
+        time_ms=None if args.to_time is None else replay.parse_time(args.to_time),
+        earliest=args.to_earliest,
+    )
+    kafka = kafka_resource(settings)
+    try:
+        if not args.apply:
+            run_replay(kafka, args.partition, target, False, print)
+            return 0
+        # The instance first: an applied rewind is always recorded where the UI shows it.
+        with open_instance(_dagster_home("replay")) as instance:
+            by = operator()
+            done = run_replay(kafka, args.partition, target, True, print)
+            for rewind in done:
+                instance.report_runless_asset_event(replay_observation(rewind, by))
+        print(f"rewound {len(done)} partitions; the sensor (or `programuser-dagster drain`) "
+              "re-ingests from there")
+        return 0
+    finally:
+        kafka.close()
+
+
+def _cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:
+    from . import redrive
+    from .incident_jobs import redrive_filters, redrive_observation
+    from .instance import open_instance
+    from .resources import cassandra_io_manager
+
+    filters = redrive_filters(args.reason, args.partition, args.since, args.until)
+    kafka, io = kafka_resource(settings), cassandra_io_manager(settings)
+    try:
+        if not args.apply:
+            redrive.redrive(kafka, io, filters, False, print)
+            return 0
+        with open_instance(_dagster_home("redrive")) as instance:
+            counts = redrive.redrive(kafka, io, filters, True, print)
+            if counts:
+                instance.report_runless_asset_event(redrive_observation(counts, operator()))
+        return 0
+    finally:
+        kafka.close()
+        io.close()
+
+
+# Exit statuses of replay, redrive and verify (README: Incidents).
+DONE, DIFFERENCES, BAD_ARGUMENTS, NOT_COMPLETED = 0, 1, 2, 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -210,17 +293,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     drain_p.add_argument("--processes", type=positive_int, default=1,
                          help="drain partitions in this many parallel processes (default 1)")
     sub.add_parser("lag", help="low watermark, committed offset, high-water mark, lag")
+    replay_p = sub.add_parser(
+        "replay", help="rewind partitions so that the sensor re-ingests them (dry run unless "
+        "--apply)")
+    replay_p.add_argument("--partition", type=int, action="append", default=[],
+                          help="a partition to rewind (repeat it; default: all)")
+    to = replay_p.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to-offset", type=int, help="rewind to this offset")
+    to.add_argument("--to-time", help="rewind to the first record at or after this ISO-8601 "
+                    "time, with its offset or Z")
+    to.add_argument("--to-earliest", action="store_true",
+                    help="rewind to the oldest retained record")
+    replay_p.add_argument("--apply", action="store_true", help="rewind (default: dry run)")
+    redrive_p = sub.add_parser(
+        "redrive", help="write the dead letters today's rules accept, at their events' write "
+        "times (dry run unless --apply)")
+    redrive_p.add_argument("--reason", action="append", default=[],
+                           help="only letters of this reason (repeat it; default: all)")
+    redrive_p.add_argument("--partition", type=int, action="append", default=[],
+                           help="only letters of this source partition (repeat it)")
+    redrive_p.add_argument("--since", help="only letters whose source_timestamp is at or "
+                           "after this ISO-8601 time, with its offset or Z")
+    redrive_p.add_argument("--until", help="... and before this one")
+    redrive_p.add_argument("--apply", action="store_true", help="write (default: dry run)")
     args = parser.parse_args(argv)
+    incident = args.command in ("replay", "redrive", "verify")
     try:
         settings = Settings.from_env()
         handler: Callable[[argparse.Namespace, Settings], int] = {
-            "produce": _cmd_produce, "drain": _cmd_drain, "lag": _cmd_lag
+            "produce": _cmd_produce, "drain": _cmd_drain, "lag": _cmd_lag,
+            "replay": _cmd_replay, "redrive": _cmd_redrive,
         }[args.command]
         return handler(args, settings)
-    except (ValueError, RuntimeError, OSError) as exc:
-        print(f"programuser-dagster {args.command}: {' '.join(str(exc).split())}",
-              file=sys.stderr)
-        return 1
+    except ValueError as exc:  # bad arguments or settings (Refused is one): nothing was done
+        _say_error(args.command, exc)
+        return BAD_ARGUMENTS if incident else 1
+    except (RuntimeError, OSError) as exc:  # a server unreachable, a run in the way
+        _say_error(args.command, exc)
+        return NOT_COMPLETED if incident else 1
+
+
+def _say_error(command: str, exc: BaseException) -> None:
+    print(f"programuser-dagster {command}: {' '.join(str(exc).split())}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from dagster import BetaWarning, Definitions
 
 from . import client_logs
 from .assets import build_asset_checks, build_program_enrollment
+from .incident_jobs import redrive_job, replay_job
 from .jobs import build_job
 from .resources import build_resources
 from .schedules import build_backlog_schedule
@@ -28,7 +29,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
     return Definitions(
         assets=[build_program_enrollment(settings)],
         asset_checks=build_asset_checks(settings),
-        jobs=[job],
+        jobs=[job, replay_job, redrive_job],
         sensors=[build_backlog_sensor(job, settings), build_health_sensor(settings)],
         schedules=[build_backlog_schedule(job, settings)],
         resources=build_resources(settings),

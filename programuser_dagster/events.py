@@ -63,7 +63,22 @@ COLUMNS: tuple[str, ...] = (
 )
 # The columns an event may leave alone (absent group, blank date); the others it always writes.
 MAYBE_NOT_WRITTEN: tuple[str, ...] = COLUMNS[5:]
-_ROW_COLUMNS = (*COLUMNS, "message_count", "offsets")
+# What one event writes or leaves alone as a whole: the columns every event writes (with the
+# keys), then each group's columns and each date. A merged row records, per group, the offset
+# of the event that last wrote it, and each group is written at that event's write time.
+COLUMN_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("program_externalid", "program_name", "pii_consent_required"),
+    ("user_locations",),
+    ("organisation_id", "organisation_name"),
+    ("user_type", "user_sub_type"),
+    ("created_at",),
+    ("updated_at",),
+)
+# Per row, `writers`: for each of COLUMN_GROUPS, the offset of the last event that wrote it, or
+# None when no event of the batch did (all its columns are then NOT_WRITTEN).
+_ROW_COLUMNS = (*COLUMNS, "message_count", "offsets", "writers")
+# The first column of each group: an event writes all of a group's columns or none of them.
+_GROUP_FIRST = tuple(COLUMNS.index(group[0]) for group in COLUMN_GROUPS)
 
 
 class _NotWritten(enum.Enum):
@@ -92,7 +107,7 @@ class Reject:
 
 @dataclass
 class Batch:
-    rows: pd.DataFrame  # COLUMNS + message_count + offsets, one row per key, first-seen order
+    rows: pd.DataFrame  # COLUMNS, message_count, offsets, writers; a row per key, first seen first
     rejects: list[Reject]  # in offset order
     read: int  # messages given to flatten(); read == rows.message_count.sum() + len(rejects)
 
@@ -476,9 +491,11 @@ def flatten(records: Iterable[tuple[int, bytes | None]]) -> Batch:
     """Messages of one partition, in offset order -> one merged row per key, plus the rejects.
 
     Merging replays the upserts in offset order: a later event's written columns override,
-    its NOT_WRITTEN columns keep the earlier value. Rows keep the order of first appearance.
+    its NOT_WRITTEN columns keep the earlier value, and each group remembers the offset of the
+    event that wrote it last (`writers`), so that it can be written at that event's write time.
+    Rows keep the order of first appearance.
     """
-    merged: dict[tuple[str, str], list] = {}  # key -> row + [message_count, [offsets]]
+    merged: dict[tuple[str, str], list] = {}  # key -> row + [message_count, [offsets], writers]
     rejects: list[Reject] = []
     read = 0
     for offset, value in records:
@@ -493,13 +510,18 @@ def flatten(records: Iterable[tuple[int, bytes | None]]) -> Batch:
         if earlier is None:
             row.append(1)
             row.append([offset])
+            row.append([None if row[i] is NOT_WRITTEN else offset for i in _GROUP_FIRST])
             merged[key] = row
             continue
         for i in _MERGED_COLUMNS:
             if row[i] is not NOT_WRITTEN:
                 earlier[i] = row[i]
-        earlier[-2] += 1
-        earlier[-1].append(offset)
+        earlier[-3] += 1
+        earlier[-2].append(offset)
+        writers = earlier[-1]
+        for g, i in enumerate(_GROUP_FIRST):
+            if row[i] is not NOT_WRITTEN:
+                writers[g] = offset
     return Batch(rows=_frame(list(merged.values())), rejects=rejects, read=read)
 
 
@@ -511,6 +533,7 @@ def _frame(rows: list[list]) -> pd.DataFrame:
         name: pd.Series(values, dtype=object)
         for name, values in zip(COLUMNS, columns[: len(COLUMNS)], strict=True)
     }
-    data["message_count"] = pd.Series(columns[-2], dtype="int64")
-    data["offsets"] = pd.Series([tuple(offsets) for offsets in columns[-1]], dtype=object)
+    data["message_count"] = pd.Series(columns[-3], dtype="int64")
+    data["offsets"] = pd.Series([tuple(offsets) for offsets in columns[-2]], dtype=object)
+    data["writers"] = pd.Series([tuple(writers) for writers in columns[-1]], dtype=object)
     return pd.DataFrame(data, columns=list(_ROW_COLUMNS))

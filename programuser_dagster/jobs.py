@@ -34,7 +34,9 @@ from dagster import (
 )
 
 from .accounting import RangeReport
+from .ages import lag_seconds
 from .assets import ACCOUNTING_CHECK, JOB_NAME, PROGRAM_ENROLLMENT
+from .clock import WriteClock, now_us
 from .ingest_config import IngestConfig, run_config
 from .interrupts import DeferredSignals, interrupts_deferred
 from .range_rows import Chunking, RangeRows
@@ -56,10 +58,12 @@ from .settings import DEFAULTS, Settings
 kafka_partitions = DynamicPartitionsDefinition(name="kafka_partitions")
 
 # Test-only fault hooks, unset in production: seconds to sleep after the writes and dead
-# letters, before the commit (a test kills the run's process at exactly that point), and
-# before the fence (between the start read and the commit: two committers interleave there).
+# letters, before the commit (a test kills the run's process at exactly that point), before
+# the fence (between the start read and the commit: two committers interleave there), and
+# between planning and writing (a zombie: its writes reach Cassandra after a newer run's).
 PAUSE_BEFORE_COMMIT_ENV = "PROGRAMUSER_TEST_PAUSE_BEFORE_COMMIT_S"
 PAUSE_BEFORE_FENCE_ENV = "PROGRAMUSER_TEST_PAUSE_BEFORE_FENCE_S"
+PAUSE_BEFORE_WRITE_ENV = "PROGRAMUSER_TEST_PAUSE_BEFORE_WRITE_S"
 
 
 def _not_committed(context: OpExecutionContext) -> str:
@@ -105,6 +109,9 @@ def flatten_events(
         lost_to_retention=offsets.lost_to_retention,
         committed_before=offsets.committed,
         token_before=offsets.token,
+        clock_before=offsets.clock,
+        # From the same read that fixed the start: see clock.py.
+        write_base=WriteClock.starting(start, offsets.clock, now_us()).base,
     )
     # Tag the run with the range it really reads, however it was launched, for the UI and for
     # the sensor's count of failed attempts at a start offset.
@@ -130,6 +137,7 @@ def flatten_events(
         )
     context.log.info(f"Reading partition {partition} offsets [{start}, {end}).")
     chunking = Chunking(config.chunk_messages, config.chunk_bytes, config.dead_letter_bytes)
+    _pause(context, PAUSE_BEFORE_WRITE_ENV, "before the writes")
     return RangeRows(kafka, report, chunking, on_failure)
 
 
@@ -183,10 +191,11 @@ def commit_offsets(
         # the run commits (or is refused) rather than leaving the transaction half done.
         # Nothing is yielded inside: Dagster re-installs its raising handler on every resume.
         with interrupts_deferred(held), kafka.fenced_commit(report.partition, expected) as txn:
-            report.dead_lettered = txn.deliver(report.dead_letters)
+            clock = WriteClock(report.start, report.write_base)
+            report.dead_lettered = txn.deliver(report.dead_letters, write_time=clock.at)
             if report.balanced:
                 _pause(context, PAUSE_BEFORE_COMMIT_ENV, "before the commit")
-                committed = txn.commit(report.end)
+                committed = txn.commit(report.end, clock=clock.after(report.end))
             # Unbalanced: the block is left without commit(), so the transaction aborts.
     except Superseded as exc:
         _superseded(context, str(exc))
@@ -221,21 +230,33 @@ def commit_offsets(
         )
     # Best effort: the range is committed whatever the broker answers now.
     try:
-        lag: dict[str, int] = {
-            "lag_left": max(0, kafka.partition_offsets(report.partition).high - report.end)
-        }
+        lag = lag_left(kafka, report.partition, report.end)
     except KafkaUnavailable as exc:
         lag = {}
         context.log.warning(f"Committed, but the lag left is unknown: {exc}")
     context.log.info(
         f"Committed {report.end}: {report.describe()}; lag left "
-        f"{lag.get('lag_left', 'unknown')}; fence token {committed.token}."
+        f"{lag.get('lag_left', 'unknown')} records, {lag.get('lag_left_s', 'unknown')} s; "
+        f"fence token {committed.token}."
     )
     yield AssetMaterialization(
         PROGRAM_ENROLLMENT,
         description=report.describe(),
         metadata={**report.metadata(), "committed_offset": report.end, **lag},
     )
+
+
+def lag_left(kafka: KafkaResource, partition: int, committed: int) -> dict[str, int | float]:
+    """The partition's lag past `committed`: records, and the age of the oldest of them (s)."""
+    high = kafka.partition_offsets(partition).high
+    oldest = kafka.record_times({partition: committed}).get(partition) if high > committed \
+        else None
+    seconds, clamped = lag_seconds(oldest, time.time_ns() // 1_000_000)
+    lag: dict[str, int | float] = {"lag_left": max(0, high - committed),
+                                   "lag_left_s": round(seconds, 3)}
+    if clamped:
+        lag["lag_left_s_clamped"] = 1
+    return lag
 
 
 def _uncommitted(context: OpExecutionContext, report: RangeReport) -> str:

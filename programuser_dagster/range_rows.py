@@ -18,8 +18,10 @@ import pandas as pd
 from dagster import Failure
 
 from .accounting import RangeReport
+from .clock import WriteClock
 from .events import flatten
-from .resources.kafka import KafkaResource, KafkaUnavailable, Message
+from .resources.cassandra import RECORD_TIMES, WRITE_TIMES
+from .resources.kafka import KafkaResource, KafkaUnavailable, Message, record_time_ms
 from .settings import DEAD_LETTERS_PER_RUN
 
 
@@ -39,6 +41,7 @@ class RangeRows:
         on_failure: str,
     ) -> None:
         self.kafka, self.report, self.chunking = kafka, report, chunking
+        self.clock = WriteClock(report.start, report.write_base)
         # What the operator is told to do if the range is not committed (said by whichever
         # step fails: reading here, writing in the IO manager).
         self.on_failure = on_failure
@@ -105,4 +108,12 @@ class RangeRows:
             letters = [(x.offset, x.reason) for x in batch.rejects if x.outcome == "dead_lettered"]
             r.dead_letters += letters
             r.letter_bytes += sum(sizes[o] for o, _ in letters)
-        return batch.rows
+        rows = batch.rows
+        # The record times of the events written, for their ages when Cassandra acknowledges
+        # them (the IO manager measures those): the broker's append times on the stack's topics.
+        rejected = {x.offset for x in batch.rejects}
+        rows.attrs[RECORD_TIMES] = [t for m in messages if m.offset() not in rejected
+                                    and (t := record_time_ms(m)) is not None]
+        rows[WRITE_TIMES] = pd.Series(self.clock.stamp(rows["writers"].tolist()),
+                                        index=rows.index, dtype=object)
+        return rows

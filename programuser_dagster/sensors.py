@@ -18,7 +18,7 @@ from . import health
 from .assets import JOB_NAME, PROGRAM_ENROLLMENT, RECENT_RUNS
 from .backlog import plan_backlog
 from .jobs import kafka_partitions
-from .resources.kafka import KafkaResource
+from .resources.kafka import KafkaResource, KafkaUnavailable
 from .settings import Settings
 
 
@@ -42,6 +42,11 @@ def build_backlog_sensor(job: JobDefinition, settings: Settings) -> SensorDefini
         consumer lag per partition as an observation of program_enrollment.
         """
         plan = plan_backlog(context.instance, kafka, settings)
+        try:  # the lag in seconds: one record per lagging partition, read together, <= ~1 s
+            oldest: dict[int, int | None] | None = kafka.record_times(plan.oldest_positions())
+        except KafkaUnavailable as exc:
+            context.log.warning(f"Lag in seconds unknown this tick: {exc}")
+            oldest = None
         return SensorResult(
             run_requests=plan.run_requests,
             dynamic_partitions_requests=[
@@ -49,7 +54,7 @@ def build_backlog_sensor(job: JobDefinition, settings: Settings) -> SensorDefini
             ]
             if plan.new_partitions
             else None,
-            asset_events=[plan.lag_observation()],
+            asset_events=[plan.lag_observation(oldest, time.time_ns() // 1_000_000)],
             skip_reason=None if plan.run_requests else SkipReason(plan.summary()),
         )
 

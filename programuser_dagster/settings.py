@@ -35,6 +35,9 @@ DEAD_LETTER_MAX_MESSAGE_BYTES = INPUT_MAX_MESSAGE_BYTES + DEAD_LETTER_HEADROOM_B
 # kept this long: a run's commit step can be re-executed from the UI for as long.
 RECEIPTS_TABLE = "write_receipts"
 RECEIPT_DAYS = 30
+# What `redrive` wrote, by (source partition, source offset, write time): a letter is written
+# once however often redrive runs, with whatever filters (schema.cql).
+REDRIVEN_TABLE = "redriven_letters"
 # A run also ends its range once it has this many dead letters: its receipt, which lists each
 # one's offset and reason, stays ~3 MB compressed, far below Cassandra's largest mutation.
 DEAD_LETTERS_PER_RUN = 1_000_000
@@ -203,8 +206,8 @@ def _identifier(what: str) -> Check:
 
 
 def _table(value: Any) -> str:
-    if value == RECEIPTS_TABLE:
-        raise _use(f"another name: {RECEIPTS_TABLE} is the pipeline's own receipts table")
+    if value in (RECEIPTS_TABLE, REDRIVEN_TABLE):
+        raise _use(f"another name: {value} is one of the pipeline's own tables")
     return _identifier("CASSANDRA_TABLE")(value)
 
 

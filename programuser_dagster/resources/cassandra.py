@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,22 +37,31 @@ from dagster import ConfigurableIOManager, Failure, InputContext, OutputContext
 from pydantic import Field, PrivateAttr
 
 from ..accounting import RangeReport
-from ..events import COLUMNS
+from ..ages import Ages
+from ..events import COLUMN_GROUPS, COLUMNS, NOT_WRITTEN
 from ..memory import collect_between_chunks, gc_paused
 from ..schema import schema_statements
 from ..settings import (
     DEFAULTS,
     RECEIPT_DAYS,
     RECEIPTS_TABLE,
+    REDRIVEN_TABLE,
     check_identifier,
     local_stack_hint,
 )
-from .cql_encoding import Encoded, bound, encode_rows
+from .cql_encoding import Encoded, bound, encode_columns
 from .secrets import reveal
 
 
 class CassandraWriteFailed(RuntimeError):
     """A write failed for a reason a retry may fix (node down, timeout): the step must fail."""
+
+
+# The rows the IO manager writes are events.flatten's, plus, per row, the write time of each
+# column group's writer (clock.py: a tuple, None where no event wrote the group); a frame may
+# carry in attrs the record times (ms) of its events, whose ages at acknowledgement it measures.
+WRITE_TIMES = "write_times"
+RECORD_TIMES = "record_times_ms"
 
 
 class RowSource(Protocol):
@@ -107,6 +117,7 @@ class WriteReceipt:
     messages_written: int = 0
     rejected_offsets: list[int] = field(default_factory=list)
     rows_sent: int = 0  # rows handed to Cassandra so far (for the failure message)
+    ages: Ages = field(default_factory=Ages)  # of the events written, at acknowledgement
 
 
 class CassandraIOManager(ConfigurableIOManager):
@@ -239,9 +250,11 @@ class CassandraIOManager(ConfigurableIOManager):
 
 
     def insert_cql(self) -> str:
+        """The upsert of one event's column groups at that event's write time (clock.py)."""
         cols = ", ".join(COLUMNS)
         marks = ", ".join("?" for _ in COLUMNS)
-        return f"INSERT INTO {self.keyspace}.{self.table} ({cols}) VALUES ({marks})"
+        return (f"INSERT INTO {self.keyspace}.{self.table} ({cols}) VALUES ({marks}) "
+                "USING TIMESTAMP ?")
 
     def insert_statement(self) -> PreparedStatement:
         if self._insert is None:
@@ -335,16 +348,18 @@ class CassandraIOManager(ConfigurableIOManager):
     def _send(self, rows: pd.DataFrame, execution: BoundedExecution) -> _Chunk:
         """Send a chunk's rows as requests grouped by partition key; results arrive later."""
         insert = self.insert_statement()
-        values = encode_rows(rows, insert)
-        groups = group_rows(values, self.batch_rows, self.batch_bytes)
-        results = execution.submit(group_statement(insert, values, g) for g in groups)
-        return _Chunk(values, rows["message_count"].tolist(), rows["offsets"].tolist(), groups,
-                      results)
+        columns, extra = row_writes(rows)
+        values = encode_columns(columns, insert)
+        groups = group_rows(values[:len(rows)], self.batch_rows, self.batch_bytes)
+        results = execution.submit(group_statement(insert, values, g, extra) for g in groups)
+        return _Chunk(values, extra, rows["message_count"].tolist(), rows["offsets"].tolist(),
+                      groups, results, rows.attrs.get(RECORD_TIMES, []))
 
     def _settle(self, chunk: _Chunk, execution: BoundedExecution, receipt: WriteReceipt) -> None:
         """Wait for a chunk's writes and count them; replay the rows of refused batches one by
         one; raise on the first failure a retry may fix (nothing more is sent then)."""
         execution.wait()
+        acked_ms = time.time_ns() // 1_000_000
         invalid: list[int] = []
         for group, (ok, outcome) in zip(chunk.groups, chunk.results, strict=True):
             if ok:
@@ -354,10 +369,13 @@ class CassandraIOManager(ConfigurableIOManager):
                 invalid.extend(group)
             else:
                 self._fail(receipt, outcome)
+        receipt.ages.add_written(chunk.record_times, acked_ms)
         if not invalid:
             return
         insert = self.insert_statement()
-        results = execution.submit(bound(insert, chunk.values[i]) for i in invalid)
+        # Each row alone, all of its writes in one batch: a row is refused whole or written whole.
+        results = execution.submit(
+            group_statement(insert, chunk.values, [i], chunk.extra) for i in invalid)
         execution.wait()
         for i, (ok, outcome) in zip(invalid, results, strict=True):
             if ok:
@@ -395,6 +413,7 @@ class CassandraIOManager(ConfigurableIOManager):
                 receipt = self.upsert(obj, between_chunks=collect_between_chunks)
             report.written = receipt.messages_written
             report.rows_upserted = receipt.rows_upserted
+            report.ages = receipt.ages.to_dict()
             report.dead_letters += [(o, "rejected_by_cassandra") for o in receipt.rejected_offsets]
             self._store_receipt(context, report)
         except CassandraWriteFailed as exc:
@@ -440,6 +459,32 @@ class CassandraIOManager(ConfigurableIOManager):
                 (context.run_id, context.step_key, context.name, report.to_bytes()),
             )
 
+    # -- what redrive wrote --------------------------------------------------------------------
+
+    def redriven(self, topic: str, partition: int) -> set[tuple[int, int]]:
+        """(source offset, write time) of every letter of this source partition re-driven."""
+        with self._ours():
+            rows = self.session().execute(self._receipt_statement(
+                f"SELECT source_offset, write_time FROM {self.keyspace}.{REDRIVEN_TABLE} "
+                "WHERE source_topic = %s AND source_partition = %s"), (topic, partition))
+            return {(r.source_offset, r.write_time) for r in rows}
+
+    def record_redriven(self, topic: str, letters: Iterable[tuple[int, int, int]]) -> None:
+        """Record (source partition, source offset, write time) of letters re-driven."""
+        with self._ours():
+            insert = self.session().prepare(
+                f"INSERT INTO {self.keyspace}.{REDRIVEN_TABLE} (source_topic, source_partition, "
+                "source_offset, write_time, redriven_at) VALUES (?, ?, ?, ?, toTimestamp(now()))")
+            insert.consistency_level = ConsistencyLevel.LOCAL_QUORUM
+            execution = self.execution()
+            results = execution.submit(insert.bind((topic, p, o, t)) for p, o, t in letters)
+            execution.wait()
+            failed = [outcome for ok, outcome in results if not ok]
+            if failed:
+                raise CassandraWriteFailed(
+                    f"{self.where()} did not record {len(failed)} re-driven letters "
+                    f"({type(failed[0]).__name__}: {failed[0]}).")
+
     @staticmethod
     def _receipt_statement(cql: str) -> SimpleStatement:
         # Written and read at LOCAL_QUORUM whatever the rows' consistency: the commit step must
@@ -451,12 +496,13 @@ class CassandraIOManager(ConfigurableIOManager):
 class _Chunk:
     """One chunk's encoded rows, their message counts and offsets, and its requests' results."""
 
-    values: list[tuple[Encoded, ...]]
+    values: list[tuple[Encoded, ...]]  # a write per row, then the rows' further writes
+    extra: dict[int, list[int]]  # row -> its further writes (rows written by several events)
     counts: list[int]
     offsets: list[tuple[int, ...]]
     groups: list[list[int]]
     results: list[tuple[bool, Any]]
-
+    record_times: list[int]  # ms, of the chunk's events
 
 class BoundedExecution:
     """Statements executed asynchronously, at most `concurrency` in flight at once.
@@ -510,16 +556,60 @@ class BoundedExecution:
             self._slots.release()
 
 
+def row_writes(rows: pd.DataFrame) -> tuple[list[list[Any]], dict[int, list[int]]]:
+    """The statement's bind columns (COLUMNS, then the write time) of a chunk's writes: one per
+    row, at the time of the event that wrote its always-written columns, and one more for each
+    other event that wrote some of its groups last (rows merged from several events), with
+    only that event's groups set. Returns the columns and, per such row, its further writes.
+
+    Each (key, group) is so written at its own writer's time: a later event of the key that
+    reaches Cassandra first, a re-driven dead letter or a zombie run's writes change exactly
+    the groups they are the latest writer of.
+    """
+    columns = [rows[name].tolist() for name in COLUMNS]
+    times: list[Any] = []
+    further: list[tuple[int, int, list[tuple[int, Any]]]] = []  # (row, time, its cells)
+    for i, row_times in enumerate(rows[WRITE_TIMES].tolist()):
+        first = row_times[0]  # the always-written group's: every row has it
+        times.append(first)
+        if all(t is None or t == first for t in row_times):
+            continue
+        by_time: dict[int, list[int]] = {}
+        for g, t in enumerate(row_times):
+            if t is not None and t != first:
+                by_time.setdefault(t, []).append(g)
+        for t, groups in by_time.items():
+            cells = [(c, columns[c][i]) for g in groups for c in _GROUP_COLUMNS[g]]
+            further.append((i, t, cells))
+            for c, _ in cells:  # left alone by the row's first write
+                columns[c][i] = NOT_WRITTEN
+    extra: dict[int, list[int]] = {}
+    for i, t, cells in further:
+        extra.setdefault(i, []).append(len(times))
+        times.append(t)
+        for c, column in enumerate(columns):
+            column.append(column[i] if c < 2 else NOT_WRITTEN)  # the key, nothing else
+        for c, value in cells:
+            columns[c][-1] = value
+    return [*columns, times], extra
+
+
+# The column indices (in COLUMNS) of each of the core's column groups.
+_GROUP_COLUMNS = tuple(tuple(COLUMNS.index(c) for c in group) for group in COLUMN_GROUPS)
+
+
 def group_statement(
-    insert: PreparedStatement, values: list[tuple[Encoded, ...]], group: list[int]
+    insert: PreparedStatement, values: list[tuple[Encoded, ...]], group: list[int],
+    extra: dict[int, list[int]] | None = None,
 ) -> Any:
-    """The request for one group of encoded rows: the bound INSERT for one row, else an
-    UNLOGGED batch."""
-    if len(group) == 1:
-        return bound(insert, values[group[0]])
+    """The request for one group of rows' encoded writes (`extra`: a row's further writes):
+    the bound INSERT for a single write, else an UNLOGGED batch (of one partition)."""
+    writes = [j for i in group for j in ([i, *extra[i]] if extra and i in extra else (i,))]
+    if len(writes) == 1:
+        return bound(insert, values[writes[0]])
     batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-    for i in group:
-        batch.add(bound(insert, values[i]))
+    for j in writes:
+        batch.add(bound(insert, values[j]))
     return batch
 
 

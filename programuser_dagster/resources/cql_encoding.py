@@ -19,23 +19,18 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import pandas as pd
 from cassandra import cqltypes
 from cassandra.query import UNSET_VALUE, BoundStatement, PreparedStatement
 
 from ..events import NOT_WRITTEN
 
 _int32 = struct.Struct(">i").pack
+_int64 = struct.Struct(">q").pack
 _uint32 = struct.Struct(">I").pack
 # CQL `date`: days since 1970-01-01 as an unsigned int centred on 2**31.
 _DATE_OFFSET = datetime.date(1970, 1, 1).toordinal() - 2**31
 
 Encoded = Any  # bytes, None (null) or UNSET_VALUE (the column is left alone)
-
-
-def encode_rows(rows: pd.DataFrame, statement: PreparedStatement) -> list[tuple[Encoded, ...]]:
-    """Each row's values, in the statement's bind order, ready for bound()."""
-    return encode_columns([rows[c.name].tolist() for c in statement.column_metadata], statement)
 
 
 def encode_columns(
@@ -59,7 +54,7 @@ def encode_columns(
 
 
 def bound(statement: PreparedStatement, values: tuple[Encoded, ...]) -> BoundStatement:
-    """The statement bound to values encode_rows() made (the driver's bind() would redo it)."""
+    """The statement bound to values encode_columns() made (the driver's bind() would redo it)."""
     result = BoundStatement(statement)
     result.values = values
     result.raw_values = values  # what the driver shows of a bound statement in its messages
@@ -96,6 +91,8 @@ def _direct_encoder(cql_type: type) -> Direct | None:
         return _texts
     if issubclass(cql_type, cqltypes.BooleanType):
         return _booleans
+    if issubclass(cql_type, cqltypes.LongType):  # bigint, and the USING TIMESTAMP variable
+        return _longs
     if issubclass(cql_type, cqltypes.SimpleDateType):
         return _dates
     if issubclass(cql_type, cqltypes.MapType) and all(
@@ -111,6 +108,10 @@ def _texts(values: list[Any], other: Callable[[Any], Encoded]) -> list[Encoded]:
 
 def _booleans(values: list[Any], other: Callable[[Any], Encoded]) -> list[Encoded]:
     return [b"\x01" if v is True else b"\x00" if v is False else other(v) for v in values]
+
+
+def _longs(values: list[Any], other: Callable[[Any], Encoded]) -> list[Encoded]:
+    return [_int64(v) if type(v) is int and -2**63 <= v < 2**63 else other(v) for v in values]
 
 
 def _dates(values: list[Any], other: Callable[[Any], Encoded]) -> list[Encoded]:

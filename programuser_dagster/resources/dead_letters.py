@@ -35,6 +35,7 @@ class Source:
     value: bytes | None
     headers: Sequence[tuple[str, bytes | None]]
     timestamp_ms: int | None  # None: the record has none
+    write_time_us: int | None = None  # when its cells were (or are to be) written: clock.py
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ def _ours(source: Source, reason: str) -> Headers:
     ]
     if source.timestamp_ms is not None:
         headers.append(("source_timestamp", str(source.timestamp_ms).encode()))
+    if source.write_time_us is not None:  # what a re-drive writes it at (clock.py)
+        headers.append(("write_time", str(source.write_time_us).encode()))
     return headers
 
 
@@ -102,3 +105,49 @@ def room_warning(
         f"--alter --entity-type topics --entity-name {dead_letter_topic} --add-config "
         f"max.message.bytes={needed})."
     )
+
+
+@dataclass(frozen=True)
+class Origin:
+    """What a dead letter's own headers say about it."""
+
+    reason: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    source_timestamp_ms: int | None
+    write_time_us: int | None  # None: a letter from before write times, or another tool's
+    original_reason: str | None  # a too_large letter's reason for being refused
+
+    @property
+    def value_kept(self) -> bool:
+        return self.reason != TOO_LARGE
+
+
+def origin(headers: Sequence[tuple[str, bytes | None]] | None) -> Origin | None:
+    """The origin of a letter from its headers; None when they are not a dead letter's.
+
+    Ours start at the last `reason` header (the original record's own come before it, and may
+    use the same names)."""
+    listed = list(headers or ())
+    starts = [i for i, (name, _) in enumerate(listed) if name == "reason"]
+    found: dict[str, str] = {}
+    for name, value in listed[starts[-1]:] if starts else ():
+        if value is not None:
+            found[name] = value.decode("utf-8", "replace")
+    try:
+        return Origin(
+            reason=found["reason"],
+            source_topic=found["source_topic"],
+            source_partition=int(found["source_partition"]),
+            source_offset=int(found["source_offset"]),
+            source_timestamp_ms=_number(found.get("source_timestamp")),
+            write_time_us=_number(found.get("write_time")),
+            original_reason=found.get("original_reason"),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+def _number(text: str | None) -> int | None:
+    return None if text is None else int(text)

@@ -56,8 +56,10 @@ _COORDINATOR_ERRORS = frozenset(
 _FENCED_ERRORS = frozenset(
     {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 )
-# The commit metadata string carries the fence's token: "programuser-dagster token=N".
+# The commit metadata string carries the fence's token and the partition's write clock:
+# "programuser-dagster token=N clock=C".
 _TOKEN = re.compile(r"\btoken=(\d+)\b")
+_CLOCK = re.compile(r"\bclock=(\d+)\b")
 # Dead-letter offsets at most this far apart are re-read in one pass rather than two.
 _READ_GAP = 1_000
 # A produce request is one batch plus its request framing: the producer's request limit.
@@ -111,6 +113,7 @@ class KafkaResource(ConfigurableResource):
 
     _consumer: Consumer | None = PrivateAttr(default=None)
     _observer: Consumer | None = PrivateAttr(default=None)
+    _peeker: Consumer | None = PrivateAttr(default=None)
     _room: tuple[int, list[str]] | None = PrivateAttr(default=None)  # see dead_letter_room
     # The client's latest errors (librdkafka error_cb): they say *why* a broker did not answer.
     _client_errors: deque[str] = PrivateAttr(default_factory=lambda: deque(maxlen=3))
@@ -175,14 +178,24 @@ class KafkaResource(ConfigurableResource):
             )
         return self._observer
 
+    @property
+    def peeker(self) -> Consumer:
+        """Reads one record per partition (record_times): small fetches, no read-ahead."""
+        if self._peeker is None:
+            self._peeker = Consumer({
+                **self._consumer_config(), "isolation.level": "read_uncommitted",
+                "fetch.max.bytes": 1024 * 1024, "max.partition.fetch.bytes": 64 * 1024,
+                "queued.max.messages.kbytes": 1024})
+        return self._peeker
+
     def teardown_after_execution(self, context: Any) -> None:
         self.close()
 
     def close(self) -> None:
-        for consumer in (self._consumer, self._observer):
+        for consumer in (self._consumer, self._observer, self._peeker):
             if consumer is not None:
                 consumer.close()
-        self._consumer = self._observer = None
+        self._consumer = self._observer = self._peeker = None
 
     def _where(self) -> str:
         return f"Kafka at {self.bootstrap_servers}"
@@ -267,6 +280,7 @@ class KafkaResource(ConfigurableResource):
                         committed=None if tp.offset == OFFSET_INVALID or tp.offset < 0
                         else tp.offset,
                         token=_token(tp.metadata),
+                        clock=_clock(tp.metadata),
                     )
                 )
         except KafkaException as exc:
@@ -278,6 +292,54 @@ class KafkaResource(ConfigurableResource):
 
     def partition_offsets(self, partition: int) -> PartitionOffsets:
         return self.offsets([partition])[0]
+
+    def record_times(
+        self, positions: dict[int, int], wait_s: float = 1.0
+    ) -> dict[int, int | None]:
+        """Per partition, the timestamp (ms) of the record at (or first after) its offset, all
+        read together within about `wait_s`; None where none arrived (or it has none)."""
+        if not positions:
+            return {}
+        consumer = self.peeker
+        found: dict[int, int | None] = {}
+        try:
+            consumer.assign([TopicPartition(self.input_topic, p, o)
+                             for p, o in positions.items()])
+            deadline = time.monotonic() + wait_s
+            while len(found) < len(positions) and time.monotonic() < deadline:
+                for m in consumer.consume(num_messages=100, timeout=0.05):
+                    if m.error() is None and m.partition() not in found:
+                        found[m.partition()] = record_time_ms(m)
+            consumer.unassign()
+        except KafkaException as exc:
+            raise KafkaUnavailable(
+                f"{self._where()} did not return the records at {positions} of "
+                f"{self.input_topic!r}: {exc}." + self._login_hint()) from exc
+        return {p: found.get(p) for p in positions}
+
+    def offsets_for_time(self, partitions: Sequence[int], time_ms: int) -> dict[int, int]:
+        """Per partition, the first offset whose record timestamp is at or after `time_ms`
+        (Kafka's offsets-for-times); the high-water mark when every record is older."""
+        tps = [TopicPartition(self.input_topic, p, time_ms) for p in partitions]
+        try:
+            found = self._retrying(
+                lambda: self.observer.offsets_for_times(tps, timeout=self.request_timeout_s))
+            result = {}
+            for tp in found:
+                if tp.error is not None:
+                    raise KafkaException(tp.error)
+                result[tp.partition] = tp.offset
+            for p, offset in result.items():
+                if offset < 0:  # no record that recent
+                    result[p] = self.observer.get_watermark_offsets(
+                        TopicPartition(self.input_topic, p), timeout=self.request_timeout_s,
+                        cached=False)[1]
+        except KafkaException as exc:
+            raise KafkaUnavailable(
+                f"{self._where()} did not return the offsets at time {time_ms} of "
+                f"{self.input_topic!r} partitions {list(partitions)}: {exc}." + self._login_hint()
+            ) from exc
+        return result
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -295,15 +357,20 @@ class KafkaResource(ConfigurableResource):
         end: int,
         idle_timeout_s: float = 30.0,
         batch_size: int = 10_000,
+        topic: str | None = None,
+        until_end_of_partition: bool = False,
     ) -> Iterator[list[Message]]:
-        """Chunks of the records of [start, end), in offset order.
+        """Chunks of the records of [start, end) of the input topic (or `topic`), in offset
+        order; `until_end_of_partition`: or up to where the partition ends for this reader
+        (a read_committed reader stops before a transaction still open).
 
         Offsets may have holes (compaction, transaction markers), so completion is judged by
         the consumer's position, not by counting records.
         """
+        topic = topic or self.input_topic
         if end <= start:
             return
-        tp = TopicPartition(self.input_topic, partition, start)
+        tp = TopicPartition(topic, partition, start)
         consumer = self.consumer
         consumer.assign([tp])
         try:
@@ -322,6 +389,8 @@ class KafkaResource(ConfigurableResource):
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
                             position = max(position, m.offset())
+                            if until_end_of_partition:
+                                position = end
                             continue
                         raise KafkaUnavailable(
                             f"{self._where()} failed while reading partition {partition} at "
@@ -337,13 +406,13 @@ class KafkaResource(ConfigurableResource):
                     last_progress = time.monotonic()
                     yield chunk
                 elif position < end:
-                    pos = consumer.position([TopicPartition(self.input_topic, partition)])[0]
+                    pos = consumer.position([TopicPartition(topic, partition)])[0]
                     if pos.offset >= end:
                         break
                     if time.monotonic() - last_progress > idle_timeout_s:
                         raise KafkaUnavailable(
                             f"{self._where()} returned nothing for {idle_timeout_s:.0f}s while "
-                            f"reading {self.input_topic!r} partition {partition} at offset "
+                            f"reading {topic!r} partition {partition} at offset "
                             f"{position} (range ends at {end}). Is the broker up?"
                         )
         finally:
@@ -512,14 +581,15 @@ class KafkaResource(ConfigurableResource):
         try:
             txn.call("begin the commit", lambda: producer.init_transactions(
                 self.request_timeout_s))
-            state = self.offsets([partition], settled=True)[0].state
+            current = self.offsets([partition], settled=True)[0]
+            state = current.state
             if state != expected:
                 raise Superseded(
                     f"Partition {partition} was committed by another run since this run "
                     f"started (then: {expected.describe()}; now: {state.describe()}). This "
                     "run's commit was refused; nothing of it was committed."
                 )
-            txn.state = state
+            txn.state, txn.clock = state, current.clock
             producer.begin_transaction()
             yield txn
         finally:
@@ -528,14 +598,46 @@ class KafkaResource(ConfigurableResource):
 
     # -- re-reading dead letters ---------------------------------------------------------------
 
+    def _watermarks(self, topic: str, partition: int) -> tuple[int, int]:
+        try:
+            return self.consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=self.request_timeout_s, cached=False)
+        except KafkaException as exc:
+            raise KafkaUnavailable(
+                f"{self._where()} did not return the watermarks of {topic!r} partition "
+                f"{partition}: {exc}." + self._login_hint()) from exc
+
+    def dead_letter_partitions(self) -> list[int]:
+        """The dead-letter topic's partition ids."""
+        try:
+            md = self.consumer.list_topics(self.dlq_topic, timeout=self.request_timeout_s)
+        except KafkaException as exc:
+            raise KafkaUnavailable(
+                f"{self._where()} did not return metadata for topic {self.dlq_topic!r}: {exc}."
+                + self._login_hint()) from exc
+        topic = md.topics.get(self.dlq_topic)
+        if topic is None or topic.error is not None:
+            raise KafkaUnavailable(f"Dead-letter topic {self.dlq_topic!r} does not exist on "
+                                   f"{self.bootstrap_servers}: check KAFKA_DLQ_TOPIC.")
+        return sorted(topic.partitions)
+
+    def iter_dead_letters(self, partition: int) -> Iterator[list[Message]]:
+        """The committed letters of one partition of the dead-letter topic, oldest first, up to
+        its end when called (read_committed: letters of aborted commits are never seen)."""
+        low, high = self._watermarks(self.dlq_topic, partition)
+        yield from self.iter_range(partition, low, high, topic=self.dlq_topic,
+                                   until_end_of_partition=True, batch_size=1000)
+
     def iter_offsets(
-        self, partition: int, offsets: Sequence[int]
+        self, partition: int, offsets: Sequence[int], topic: str | None = None
     ) -> Iterator[tuple[int, Message | None]]:
-        """The records at these offsets (sorted), one by one; None for an offset that no longer
-        holds a record (deleted by retention or compaction since it was read)."""
+        """The records at these offsets (sorted) of the input topic (or `topic`), one by one;
+        None for an offset that no longer holds a record (deleted by retention or compaction
+        since it was read)."""
+        topic = topic or self.input_topic
         wanted = sorted(set(offsets))
         # Once: the low watermark only rises, and a record deleted later is simply not found.
-        low = self.partition_offsets(partition).low if wanted else 0
+        low = self._watermarks(topic, partition)[0] if wanted else 0
         i = 0
         while i < len(wanted):
             j = i
@@ -545,7 +647,8 @@ class KafkaResource(ConfigurableResource):
             found: set[int] = set()
             start = max(wanted[i], low)
             if start <= wanted[j]:
-                for chunk in self.iter_range(partition, start, wanted[j] + 1, batch_size=256):
+                for chunk in self.iter_range(partition, start, wanted[j] + 1, batch_size=256,
+                                             topic=topic):
                     for m in chunk:
                         if m.offset() in segment:
                             found.add(m.offset())
@@ -564,6 +667,7 @@ class FencedCommit:
         self.kafka, self.producer, self.partition = kafka, producer, partition
         self.expected, self.limit, self.timeout_s = expected, limit, timeout_s
         self.state: CommitState | None = None
+        self.clock = 0  # the write clock of the committed state
         self.committed = False
 
     def call(self, what: str, fn: Callable[[], T], patience_s: float | None = None) -> T:
@@ -613,9 +717,12 @@ class FencedCommit:
                 )
             time.sleep(0.5)
 
-    def deliver(self, letters: Sequence[tuple[int, str]]) -> dict[str, int]:
+    def deliver(
+        self, letters: Sequence[tuple[int, str]], write_time: Callable[[int], int] | None = None
+    ) -> dict[str, int]:
         """Send the dead letter of each (offset, reason), re-read from the input topic, and wait
-        for the broker's acknowledgements; returns the letters acknowledged, by reason."""
+        for the broker's acknowledgements; returns the letters acknowledged, by reason.
+        `write_time`: each offset's write time (clock.py), carried by its letter."""
         if not letters:
             return {}
         reasons = dict(letters)
@@ -629,8 +736,9 @@ class FencedCommit:
                 errors.append(err)
 
         for offset, message in self.kafka.iter_offsets(self.partition, list(reasons)):
-            one = letter(_source(self.kafka.input_topic, self.partition, offset, message),
-                         reasons[offset], self.limit)
+            source = _source(self.kafka.input_topic, self.partition, offset, message,
+                             None if write_time is None else write_time(offset))
+            one = letter(source, reasons[offset], self.limit)
             while True:
                 try:
                     self.call("deliver dead letters", lambda one=one: self.producer.produce(
@@ -657,12 +765,15 @@ class FencedCommit:
             )
         return delivered
 
-    def commit(self, end: int) -> CommitState:
-        """Commit `end` with the next token, together with the letters delivered."""
+    def commit(self, end: int, clock: int = 0) -> CommitState:
+        """Commit `end` with the next token, together with the letters delivered; the write
+        clock recorded is `clock`, never below the one committed (it only moves forward)."""
         assert self.state is not None
         new = CommitState(end, self.state.token + 1)
-        offsets = [TopicPartition(self.kafka.input_topic, self.partition, end,
-                                  metadata=f"programuser-dagster token={new.token}")]
+        recorded = max(clock, self.clock)
+        offsets = [TopicPartition(
+            self.kafka.input_topic, self.partition, end,
+            metadata=f"programuser-dagster token={new.token} clock={recorded}")]
         group = self.kafka.consumer.consumer_group_metadata()
         timeout = self.kafka.request_timeout_s
         self.call("commit the offset", lambda: self.producer.send_offsets_to_transaction(
@@ -689,14 +800,20 @@ class FencedCommit:
             self.producer.abort_transaction(self.kafka.request_timeout_s)
 
 
-def _source(topic: str, partition: int, offset: int, message: Message | None) -> Source:
+def _source(topic: str, partition: int, offset: int, message: Message | None,
+            write_time_us: int | None = None) -> Source:
     if message is None:  # gone since it was read: the letter says where it was
         return Source(topic, partition, offset, None, None,
-                      [("original_deleted", b"true")], None)
+                      [("original_deleted", b"true")], None, write_time_us)
+    return Source(topic, partition, offset, message.key(), message.value(),
+                  list(message.headers() or []), record_time_ms(message), write_time_us)
+
+
+def record_time_ms(message: Message) -> int | None:
+    """The record's timestamp (ms), or None when it has none."""
     ts_type, ts = message.timestamp()
     has_ts = ts_type != 0 and ts is not None and ts >= 0  # 0 = TIMESTAMP_NOT_AVAILABLE
-    return Source(topic, partition, offset, message.key(), message.value(),
-                  list(message.headers() or []), ts if has_ts else None)
+    return ts if has_ts else None
 
 
 def _kafka_exception(raised: BaseException) -> KafkaException:
@@ -713,4 +830,9 @@ def _kafka_exception(raised: BaseException) -> KafkaException:
 
 def _token(metadata: str | None) -> int:
     match = _TOKEN.search(metadata or "")
+    return int(match.group(1)) if match else 0
+
+
+def _clock(metadata: str | None) -> int:
+    match = _CLOCK.search(metadata or "")
     return int(match.group(1)) if match else 0

@@ -15,11 +15,11 @@ from cassandra.query import UNSET_VALUE, PreparedStatement
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from programuser_dagster.bench import bind_parameters
+from programuser_dagster.clock import WriteClock
 from programuser_dagster.events import COLUMNS, NOT_WRITTEN, flatten
 from programuser_dagster.resources import cassandra_io_manager
-from programuser_dagster.resources.cassandra import group_statement
-from programuser_dagster.resources.cql_encoding import bound, encode_columns, encode_rows
+from programuser_dagster.resources.cassandra import group_statement, row_writes
+from programuser_dagster.resources.cql_encoding import bound, encode_columns
 from programuser_dagster.samples import sample_events
 from programuser_dagster.settings import Settings
 
@@ -48,12 +48,22 @@ def _assert_same_outcome(insert: PreparedStatement, columns: list[list[Any]]) ->
     assert encode_columns(columns, insert) == expected
 
 
-def test_core_rows_encode_as_the_driver_binds_them(insert: PreparedStatement) -> None:
-    values = [orjson.dumps(e) for e in sample_events(300, seed=5)]
+def _stamped(values: list[bytes]) -> Any:
     rows = flatten(enumerate(values)).rows
-    encoded = encode_rows(rows, insert)
-    assert encoded == [tuple(insert.bind(p).values) for p in bind_parameters(rows)]
-    assert len(encoded) == 300
+    rows["write_times"] = WriteClock(0, 1_700_000_000_000_000).stamp(rows["writers"].tolist())
+    return rows
+
+
+def test_core_rows_encode_as_the_driver_binds_them(insert: PreparedStatement) -> None:
+    # Repeated keys, so that some rows are written by several events (several writes a row).
+    events = list(sample_events(300, seed=5))
+    again = [{"programId": e["programId"], "userId": e["userId"], "programName": "again"}
+             for e in events[:40]]
+    values = [orjson.dumps(e) for e in events + again]
+    columns, extra = row_writes(_stamped(values))
+    assert extra, "some rows have further writes"
+    assert encode_columns(columns, insert) == _driver(insert, columns)
+    assert len(columns[0]) == 300 + sum(len(v) for v in extra.values())
 
 
 text = st.text(max_size=40) | st.sampled_from(["", "é€𝄞", "x" * 70_000])
@@ -67,7 +77,8 @@ kinds = {
     "created_at": "date",
     "updated_at": "date",
 }
-row = st.tuples(*(absent | by_type[kinds.get(name, "text")] for name in COLUMNS))
+write_time = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+row = st.tuples(*(absent | by_type[kinds.get(name, "text")] for name in COLUMNS), write_time)
 
 
 @settings(max_examples=300, deadline=None,
@@ -96,26 +107,31 @@ odd_values = st.one_of(
 
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(column=st.sampled_from(COLUMNS), value=odd_values)
+@given(column=st.sampled_from((*COLUMNS, "[timestamp]")), value=odd_values)
 def test_odd_values_encode_or_fail_as_with_the_driver(
     insert: PreparedStatement, column: str, value: Any
 ) -> None:
-    columns: list[list[Any]] = [["p1"], ["u1"]] + [[NOT_WRITTEN] for _ in COLUMNS[2:]]
-    columns[COLUMNS.index(column)] = [value]
+    columns: list[list[Any]] = [["p1"], ["u1"]] + [[NOT_WRITTEN] for _ in COLUMNS[2:]] + [[7]]
+    columns[[c.name for c in insert.column_metadata].index(column)] = [value]
     _assert_same_outcome(insert, columns)
 
 
 def test_statements_route_and_carry_what_the_driver_binds(
     insert: PreparedStatement, stack: Settings
 ) -> None:
-    rows = flatten(enumerate(orjson.dumps(e) for e in sample_events(3, seed=9))).rows
-    params = bind_parameters(rows)
-    encoded = encode_rows(rows, insert)
+    columns, extra = row_writes(_stamped([orjson.dumps(e) for e in sample_events(3, seed=9)]))
+    params = [[UNSET_VALUE if v is NOT_WRITTEN else v for v in row]
+              for row in zip(*columns, strict=True)]
+    encoded = encode_columns(columns, insert)
     single, by_driver = bound(insert, encoded[0]), insert.bind(params[0])
     assert single.routing_key == by_driver.routing_key
     assert single.keyspace == by_driver.keyspace == stack.cassandra_keyspace
-    batch = group_statement(insert, encoded, [0, 1, 2])
+    batch = group_statement(insert, encoded, [0, 1, 2], extra)
     assert [p for _, _, p in batch._statements_and_parameters] == [
         tuple(insert.bind(p).values) for p in params
     ]
     assert batch.routing_key == single.routing_key
+
+
+def test_the_write_time_variable_is_the_statements_last(insert: PreparedStatement) -> None:
+    assert [c.name for c in insert.column_metadata] == [*COLUMNS, "[timestamp]"]

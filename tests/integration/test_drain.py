@@ -79,12 +79,12 @@ def test_cli_produce_sample_drain_and_lag(kafka_topics: Settings, tmp_path) -> N
     assert produced.returncode == 0, produced.stderr
     assert f"produced 40 messages to {s.kafka_input_topic}" in produced.stdout
     before = _cli(["lag"], s, home)
-    assert before.returncode == 0 and before.stdout.splitlines()[-1].split()[-1] == "40"
+    assert before.returncode == 0 and before.stdout.splitlines()[-1].split()[-2] == "40"
     drained = _cli(["drain"], s, home)
     assert drained.returncode == 0, drained.stderr
     assert "ok: partition" in drained.stdout
     after = _cli(["lag"], s, home)
-    assert after.stdout.splitlines()[-1].split()[-1] == "0"
+    assert after.stdout.splitlines()[-1].split()[-2] == "0"
     assert _cli(["drain"], s, home).stdout.strip() == (
         "nothing to drain: every partition is caught up"
     )

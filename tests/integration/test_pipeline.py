@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import orjson
 import pytest
 from confluent_kafka import TopicPartition
@@ -107,6 +109,7 @@ def test_every_outcome_is_counted_and_dead_letters_keep_the_original_message(
         event("p", "u-ok", programName="fine"),  # written
     ]
     headers = [("trace", b"abc"), ("origin", b"\x00\xff")]
+    before_ms = time.time_ns() // 1_000_000
     produced = produce(s, values, headers=headers, timestamp=1_700_000_000_000)
     result = run_partition(instance, s, chunk_messages=chunk_messages)
     assert result.success
@@ -120,8 +123,11 @@ def test_every_outcome_is_counted_and_dead_letters_keep_the_original_message(
         "wrong_type:programId": 1,
         "bad_date:createdAt": 1,
     }
-    assert offsets(s).committed == produced[-1] + 1
+    committed = offsets(s)
+    assert committed.committed == produced[-1] + 1
     assert row(cassandra_session, s, "p", "u-ok")["program_name"] == "fine"
+    # The run started at offset 0 and recorded its clock as base + 8 (clock.py).
+    base = committed.clock - committed.committed
 
     letters = sorted(
         dead_letters(s, expected=4), key=lambda m: int(dict(m.headers())["source_offset"])
@@ -132,14 +138,18 @@ def test_every_outcome_is_counted_and_dead_letters_keep_the_original_message(
         raw = values[2 + produced[2:6].index(source)]
         assert letter.value() == (raw if isinstance(raw, bytes) else orjson.dumps(raw))
         assert letter.key() == b"k"
-        assert letter.headers() == [
+        *copied, (name, stamp), write_time = letter.headers()
+        assert copied == [
             *headers,
             ("reason", reason.encode()),
             ("source_topic", s.kafka_input_topic.encode()),
             ("source_partition", b"0"),
             ("source_offset", str(source).encode()),
-            ("source_timestamp", b"1700000000000"),
         ]
+        # The topic keeps the broker's append time, not the producer's 1_700_000_000_000.
+        assert name == "source_timestamp"
+        assert before_ms - 1000 <= int(stamp) <= time.time_ns() // 1_000_000
+        assert write_time == ("write_time", str(base + source).encode())
 
 
 def test_a_row_cassandra_refuses_is_dead_lettered(

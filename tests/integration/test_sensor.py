@@ -36,8 +36,11 @@ def test_a_tick_with_lag_requests_one_run_per_partition_up_to_the_high_watermark
 ) -> None:
     s = kafka_topics
     produce(s, [event("p", f"u{i}") for i in range(3)], partition=0)
+    time.sleep(1.2)  # partition 0's oldest record is now over a second old
     produce(s, [event("p", "x")], partition=2)
+    started = time.monotonic()
     result = tick(instance, s)
+    tick_s = time.monotonic() - started
     requests = sorted(result.run_requests, key=lambda r: r.partition_key)
     assert [(r.partition_key, r.run_key) for r in requests] == [
         ("0", "partition-0:0-3:token-0:attempt-1"),
@@ -45,8 +48,15 @@ def test_a_tick_with_lag_requests_one_run_per_partition_up_to_the_high_watermark
     ]
     assert requests[0].run_config["ops"]["flatten_events"]["config"]["end_offset"] == 3
     lag = {k: v.value for k, v in result.asset_events[0].metadata.items()}
+    seconds = {k: lag.pop(k) for k in list(lag) if k.startswith("lag_s_")}
     assert lag == {"lag_total": 4, "lag_partition_0": 3, "lag_partition_1": 0,
                    "lag_partition_2": 1, "lag_partition_3": 0}
+    # In seconds too: the age of each partition's oldest uncommitted record.
+    assert seconds["lag_s_partition_1"] == seconds["lag_s_partition_3"] == 0
+    assert 1.2 <= seconds["lag_s_partition_0"] < 30
+    assert 0 <= seconds["lag_s_partition_2"] < seconds["lag_s_partition_0"]
+    assert seconds["lag_s_max"] == seconds["lag_s_partition_0"]
+    assert tick_s < 5, tick_s
 
 
 def test_a_partition_with_a_run_in_flight_gets_no_second_run(

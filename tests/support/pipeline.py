@@ -252,9 +252,14 @@ def cli_env(s: Settings, home: Any = None, **extra: str) -> dict[str, str]:
     """The environment of a subprocess (the CLI, a daemon) on the test's topics and keyspace,
     and on Dagster home `home` (None: no DAGSTER_HOME at all). The test fault hooks of this
     process are not passed on unless given in `extra`."""
-    from programuser_dagster.jobs import PAUSE_BEFORE_COMMIT_ENV, PAUSE_BEFORE_FENCE_ENV
+    from programuser_dagster.jobs import (
+        PAUSE_BEFORE_COMMIT_ENV,
+        PAUSE_BEFORE_FENCE_ENV,
+        PAUSE_BEFORE_WRITE_ENV,
+    )
 
-    hooks = (PAUSE_BEFORE_COMMIT_ENV, PAUSE_BEFORE_FENCE_ENV, "DAGSTER_HOME")
+    hooks = (PAUSE_BEFORE_COMMIT_ENV, PAUSE_BEFORE_FENCE_ENV, PAUSE_BEFORE_WRITE_ENV,
+             "DAGSTER_HOME")
     env = {k: v for k, v in os.environ.items() if k not in hooks}
     if home is not None:
         env["DAGSTER_HOME"] = str(home)

@@ -372,7 +372,17 @@ def outcome_of(value: bytes | None) -> tuple[str, object]:
 
 
 def reference_flatten(records: list) -> tuple[list[dict], list[tuple[int, str, str]], int]:
-    """(merged rows with message_count and offsets, rejects as (offset, outcome, reason), read)"""
+    """(merged rows with message_count, offsets and writers, rejects as (offset, outcome,
+    reason), read). A row's writers: per group of columns an event writes as a whole, the
+    offset of the last event that wrote any of them."""
+    groups = (("program_externalid", "program_name", "pii_consent_required"),
+              ("user_locations",), ("organisation_id", "organisation_name"),
+              ("user_type", "user_sub_type"), ("created_at",), ("updated_at",))
+
+    def writers(result: dict, offset: int, before: tuple) -> tuple:
+        return tuple(offset if any(result[c] is not NOT_WRITTEN for c in group) else old
+                     for group, old in zip(groups, before, strict=True))
+
     table: dict = {}
     rejects = []
     for offset, value in records:
@@ -382,7 +392,8 @@ def reference_flatten(records: list) -> tuple[list[dict], list[tuple[int, str, s
             continue
         key = (result["program_id"], result["user_id"])
         if key not in table:
-            table[key] = dict(result, message_count=1, offsets=(offset,))
+            table[key] = dict(result, message_count=1, offsets=(offset,),
+                              writers=writers(result, offset, (None,) * len(groups)))
             continue
         merged = table[key]
         for column in COLUMNS:
@@ -390,4 +401,5 @@ def reference_flatten(records: list) -> tuple[list[dict], list[tuple[int, str, s
                 merged[column] = result[column]
         merged["message_count"] += 1
         merged["offsets"] = (*merged["offsets"], offset)
+        merged["writers"] = writers(result, offset, merged["writers"])
     return list(table.values()), rejects, len(records)

@@ -78,7 +78,9 @@ def test_two_event_example_of_the_contract():
     batch = run(encode(EVENT_1), encode(EVENT_2))
     assert batch.rejects == []
     [row] = batch.rows.to_dict("records")
-    assert row == {**EXPECTED_AFTER_BOTH, "message_count": 2, "offsets": (0, 1)}
+    # Event 2 wrote the always-written columns, rootOrg and updatedAt last; event 1 the rest.
+    assert row == {**EXPECTED_AFTER_BOTH, "message_count": 2, "offsets": (0, 1),
+                   "writers": (1, 0, 1, 0, 0, 1)}
 
 
 # ---- outcomes and their order ----
@@ -797,7 +799,7 @@ def test_empty_batch_has_the_columns():
     batch = flatten([])
     assert batch.read == 0
     assert batch.rejects == []
-    assert list(batch.rows.columns) == [*COLUMNS, "message_count", "offsets"]
+    assert list(batch.rows.columns) == [*COLUMNS, "message_count", "offsets", "writers"]
     assert len(batch.rows) == 0
     assert batch.rows["message_count"].dtype == "int64"
 

@@ -1,0 +1,155 @@
+"""The incident tools as Dagster jobs, launchable from the Launchpad with typed config: the same
+code as the CLI's `replay` (and `redrive`), with a dry run unless `apply` is set. What they did
+is recorded on the asset (an observation per partition), as the CLI records it."""
+
+from collections.abc import Iterator
+from typing import Any
+
+from dagster import (
+    AssetObservation,
+    Config,
+    Failure,
+    OpExecutionContext,
+    ResourceParam,
+    in_process_executor,
+    job,
+    op,
+)
+from pydantic import Field
+
+from . import redrive, replay
+from .assets import PROGRAM_ENROLLMENT
+from .refusals import CouldNotComplete, Refused
+from .resources.cassandra import CassandraIOManager, CassandraWriteFailed
+from .resources.kafka import KafkaResource, KafkaUnavailable
+
+REPLAY_JOB = "replay"
+REDRIVE_JOB = "redrive"
+
+
+class ReplayConfig(Config):
+    partitions: list[int] = Field(
+        default_factory=list, description="Kafka partitions to rewind; empty: all of them.")
+    to_offset: int | None = Field(default=None, description="Rewind to this offset.")
+    to_time: str | None = Field(
+        default=None, description="Rewind to the first record at or after this ISO-8601 time, "
+        "with its offset or Z (e.g. 2026-11-30T14:00:00Z).")
+    to_earliest: bool = Field(default=False, description="Rewind to the oldest retained record.")
+    apply: bool = Field(default=False, description="Rewind; unset: a dry run that only says "
+                        "what it would do.")
+
+
+def replay_observation(rewind: replay.Rewind, by: str) -> AssetObservation:
+    """What a replay did to one partition, on the asset's page."""
+    return AssetObservation(
+        PROGRAM_ENROLLMENT,
+        description=f"Replay by {by}: {rewind.line(applied=True)}",
+        metadata={"replay_partition": rewind.partition, "replay_from": rewind.start,
+                  "replay_to": rewind.target, "records_again": rewind.records_again,
+                  "replay_by": by},
+    )
+
+
+def run_replay(
+    kafka: KafkaResource, partitions: list[int], target: replay.Target, do_apply: bool,
+    say: Any,
+) -> list[replay.Rewind]:
+    """Plan, say each partition's line, and apply if asked: the CLI's and the job's replay."""
+    rewinds = replay.plan(kafka, partitions, target)
+    done = replay.apply(kafka, rewinds) if do_apply else []
+    applied = {r.partition for r in done}
+    for rewind in rewinds:
+        say(rewind.line(applied=rewind.partition in applied))
+    if not do_apply:
+        say("dry run: nothing was changed; add --apply (the job: apply) to rewind.")
+    return done
+
+
+@op(out={})
+def replay_partitions(
+    context: OpExecutionContext, config: ReplayConfig, kafka: KafkaResource
+) -> Iterator[AssetObservation]:
+    """Rewind the consumer group of the chosen partitions; the sensor re-ingests from there."""
+    try:
+        target = replay.Target(
+            offset=config.to_offset,
+            time_ms=None if config.to_time is None else replay.parse_time(config.to_time),
+            earliest=config.to_earliest,
+        )
+        done = run_replay(kafka, config.partitions, target, config.apply, context.log.info)
+    except (Refused, CouldNotComplete, KafkaUnavailable) as exc:
+        raise Failure(description=str(exc)) from exc
+    by = f"launched from the UI (run {context.run_id})"
+    for rewind in done:
+        yield replay_observation(rewind, by)
+
+
+@job(name=REPLAY_JOB, executor_def=in_process_executor,
+     description="Rewind partitions' committed offsets (dry run unless `apply`), so that the "
+     "sensor re-ingests from there; every rewritten cell is written after all earlier ones.")
+def replay_job() -> None:
+    replay_partitions()
+
+
+class RedriveConfig(Config):
+    reasons: list[str] = Field(default_factory=list, description="Only letters of these "
+                               "reasons (a too_large letter's original reason counts); empty: all.")
+    partitions: list[int] = Field(default_factory=list,
+                                  description="Only letters of these source partitions.")
+    since: str | None = Field(default=None, description="Only letters whose source_timestamp "
+                              "is at or after this ISO-8601 time (with its offset or Z).")
+    until: str | None = Field(default=None, description="... and before this one.")
+    apply: bool = Field(default=False, description="Write; unset: a dry run that only counts.")
+
+
+def redrive_filters(reasons: list[str], partitions: list[int], since: str | None,
+                    until: str | None) -> redrive.Filters:
+    return redrive.Filters(
+        reasons=frozenset(reasons), partitions=frozenset(partitions),
+        since_ms=None if since is None else replay.parse_time(since, "--since"),
+        until_ms=None if until is None else replay.parse_time(until, "--until"),
+    )
+
+
+def redrive_observation(counts: list[redrive.Counts], by: str) -> AssetObservation:
+    """What a re-drive wrote, on the asset's page: totals, and per source partition."""
+    totals: dict[str, int] = {}
+    for c in counts:
+        for name, n in c.metadata().items():
+            totals[name] = totals.get(name, 0) + n
+    still: dict[str, int] = {}
+    for c in counts:
+        for reason, n in c.still_failing.items():
+            still[reason] = still.get(reason, 0) + n
+    return AssetObservation(
+        PROGRAM_ENROLLMENT,
+        description=f"Re-drive by {by}: " + "; ".join(c.line(applied=True) for c in counts),
+        metadata={**totals, "still_failing_by_reason": still, "redrive_by": by,
+                  "source_partitions": [c.partition for c in counts]},
+    )
+
+
+@op(out={})
+def redrive_letters(
+    context: OpExecutionContext, config: RedriveConfig, kafka: KafkaResource,
+    # The IO manager as a resource: it writes the letters' rows as it writes a run's.
+    cassandra_io_manager: ResourceParam[CassandraIOManager],
+) -> Iterator[AssetObservation]:
+    """Write the dead letters today's rules accept, at their events' write times."""
+    io = cassandra_io_manager
+    try:
+        filters = redrive_filters(config.reasons, config.partitions, config.since, config.until)
+        counts = redrive.redrive(kafka, io, filters, config.apply, context.log.info)
+    except (Refused, KafkaUnavailable, CassandraWriteFailed) as exc:
+        raise Failure(description=str(exc)) from exc
+    finally:
+        io.close()
+    if config.apply and counts:
+        yield redrive_observation(counts, f"launched from the UI (run {context.run_id})")
+
+
+@job(name=REDRIVE_JOB, executor_def=in_process_executor,
+     description="Re-drive dead letters that today's rules accept (dry run unless `apply`), "
+     "each at its event's write time, so that no later event's values are overwritten.")
+def redrive_job() -> None:
+    redrive_letters()
