@@ -18,7 +18,7 @@ export CASSANDRA_PASSWORD ?= programuser
 # arenas keep its peak flat, at no cost in speed (README: Performance). Set it where runs start.
 export MALLOC_ARENA_MAX ?= 2
 
-.PHONY: deps venv stack run test test-unit soak lint down produce lag drain bench bench-scale bench-parallel
+.PHONY: deps venv stack run test test-unit soak lint down produce lag drain bench bench-scale bench-parallel bench-incidents
 
 # Acts only when something is missing (we run as root on CI and dev boxes).
 deps:
@@ -93,6 +93,10 @@ bench-scale: stack
 	$(BIN)/python -m programuser_dagster.bench --events $(EVENTS) --scale
 
 # Throughput of 1..4 partitions drained by parallel runs (EVENTS/4 events per partition).
+# What verify and redrive cost (README: Incidents): bench-incidents-results.json.
+bench-incidents: stack
+	$(BIN)/python -m programuser_dagster.incident_bench --events $(EVENTS)
+
 bench-parallel: stack
 	$(BIN)/python -m programuser_dagster.bench --events $(EVENTS) --parallel \
 	  --out bench-parallel-results.json

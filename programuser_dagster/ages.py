@@ -131,7 +131,8 @@ class Ages:
 
 def lag_seconds(oldest_uncommitted_record_ms: int | None, now_ms: int) -> tuple[float, bool]:
     """Age of the oldest record not yet committed, in s, and whether it was clamped to
-    [0, 30 days] as ages are. (0.0, False) when nothing is uncommitted."""
+    [0, 30 days] as ages are. (0.0, False) when nothing is uncommitted (the caller tells that
+    from a lag whose record time is unknown, which is not 0 s)."""
     if oldest_uncommitted_record_ms is None:
         return 0.0, False
     lag, clamped = _clamp(now_ms - oldest_uncommitted_record_ms)

@@ -66,4 +66,15 @@ def build_asset_checks(settings: Settings) -> list[AssetChecksDefinition]:
             context.instance, JOB_NAME, kafka.offsets(), time.time(), settings.stall_warn_s
         ).result()
 
-    return [accounting_balanced, dead_letter_share, lag_without_progress]
+    @asset_check(asset=PROGRAM_ENROLLMENT, name=health.MATCHES_SOURCE_CHECK, blocking=False)
+    def table_matches_source(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        """The keys and columns the last run's events wrote hold what Kafka's records say (a
+        sample of at most 1,000 keys, re-checked once). The health sensor evaluates it after
+        each new run; `programuser-dagster verify` checks every retained record."""
+        runs = health.recent_runs_counts(context.instance, PROGRAM_ENROLLMENT, 1)
+        last = health.last_range(runs)
+        if last is None:
+            return AssetCheckResult(passed=True, description="No run has written a range yet.")
+        return health.matches_source(settings, *last).result()
+
+    return [accounting_balanced, dead_letter_share, lag_without_progress, table_matches_source]

@@ -79,10 +79,16 @@ class BacklogPlan:
                                        for o in self.offsets}
         meta: dict[str, int | float] = {"lag_total": sum(o.lag for o in self.offsets), **lag}
         if oldest_ms is not None:
+            # A lagging partition whose oldest record's time did not arrive is left out: its
+            # lag in seconds is unknown, not 0.
             seconds = {o.partition: lag_seconds(oldest_ms.get(o.partition), now_ms)
-                       for o in self.offsets}
-            meta["lag_s_max"] = max((s for s, _ in seconds.values()), default=0.0)
+                       for o in self.offsets
+                       if o.lag == 0 or oldest_ms.get(o.partition) is not None}
+            meta["lag_s_max"] = round(max((s for s, _ in seconds.values()), default=0.0), 3)
             meta.update({f"lag_s_partition_{p}": round(s, 3) for p, (s, _) in seconds.items()})
+            unknown = len(self.offsets) - len(seconds)
+            if unknown:
+                meta["lag_s_unknown_partitions"] = unknown
             clamped = sum(c for _, c in seconds.values())
             if clamped:
                 meta["lag_s_clamped"] = clamped

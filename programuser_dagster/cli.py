@@ -152,10 +152,13 @@ def _cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
     worst = 0.0
     for o in offsets:
         committed = "-" if o.committed is None else str(o.committed)
-        seconds, _ = lag_seconds(oldest.get(o.partition), now_ms)
-        worst = max(worst, seconds)
+        if o.lag and oldest.get(o.partition) is None:
+            shown = "?"  # the record's time did not arrive in time: unknown, not 0
+        else:
+            seconds, _ = lag_seconds(oldest.get(o.partition), now_ms)
+            worst, shown = max(worst, seconds), f"{seconds:.1f}"
         print(f"{o.partition:>9} {o.low:>10} {committed:>10} {o.high:>10} {o.lag:>10} "
-              f"{seconds:>10.1f}")
+              f"{shown:>10}")
     print(f"{'total':>9} {'':>10} {'':>10} {'':>10} {sum(o.lag for o in offsets):>10} "
           f"{worst:>10.1f}")
     return 0
@@ -228,14 +231,15 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     kafka = kafka_resource(settings)
     try:
         if not args.apply:
-            run_replay(kafka, args.partition, target, False, print)
+            run_replay(kafka, args.partition, target, False, print, lambda _: None)
             return 0
-        # The instance first: an applied rewind is always recorded where the UI shows it.
+        # The instance first: each rewind is recorded where the UI shows it as it is applied.
         with open_instance(_dagster_home("replay")) as instance:
             by = operator()
-            done = run_replay(kafka, args.partition, target, True, print)
-            for rewind in done:
-                instance.report_runless_asset_event(replay_observation(rewind, by))
+            done = run_replay(
+                kafka, args.partition, target, True, print,
+                lambda rewind: instance.report_runless_asset_event(
+                    replay_observation(rewind, by)))
         print(f"rewound {len(done)} partitions; the sensor (or `programuser-dagster drain`) "
               "re-ingests from there")
         return 0
@@ -263,6 +267,17 @@ def _cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         kafka.close()
         io.close()
+
+
+def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+
+    from .verify import verify
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # its progress lines
+    report = verify(settings, args.partition or None)
+    print(report.describe())
+    return DONE if report.ok else DIFFERENCES
 
 
 # Exit statuses of replay, redrive and verify (README: Incidents).
@@ -316,13 +331,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "after this ISO-8601 time, with its offset or Z")
     redrive_p.add_argument("--until", help="... and before this one")
     redrive_p.add_argument("--apply", action="store_true", help="write (default: dry run)")
+    verify_p = sub.add_parser(
+        "verify", help="is every retained record below the committed offsets in Cassandra?")
+    verify_p.add_argument("--partition", type=int, action="append", default=[],
+                          help="a partition to verify (repeat it; default: all)")
     args = parser.parse_args(argv)
     incident = args.command in ("replay", "redrive", "verify")
     try:
         settings = Settings.from_env()
         handler: Callable[[argparse.Namespace, Settings], int] = {
             "produce": _cmd_produce, "drain": _cmd_drain, "lag": _cmd_lag,
-            "replay": _cmd_replay, "redrive": _cmd_redrive,
+            "replay": _cmd_replay, "redrive": _cmd_redrive, "verify": _cmd_verify,
         }[args.command]
         return handler(args, settings)
     except ValueError as exc:  # bad arguments or settings (Refused is one): nothing was done

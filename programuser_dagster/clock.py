@@ -5,9 +5,10 @@ client-side timestamps the last write *sent* wins, so a run paused and resumed a
 run committed (a zombie) would put older values back. Instead each partition has a hybrid
 clock, kept with its committed offset (in the commit's metadata): a run that starts at offset S
 with the committed clock C takes base = max(now, C + 1) and writes the event at offset o at
-base + (o - S) microseconds; its commit of E records base + (E - S), so the next run's writes
-are later than every write of this one, whatever order they reach Cassandra in, while staying
-close to the wall clock (a row edited by hand is still updated by the next event).
+base + (o - S) microseconds; its commit of E records base + (E - S) (at least now + (E - S):
+jobs.py), so the next run's writes are later than every write of this one, whatever order
+they reach Cassandra in, while staying close to the wall clock (a row edited by hand is still
+updated by the next event).
 
 Offsets are 1 us apart on purpose: an INSERT of a map deletes the old map at its timestamp - 1,
 so the next event's map (one microsecond later) replaces exactly the previous one's cells.

@@ -22,10 +22,15 @@ from dagster import (
 from .accounting import balances
 from .offsets import PartitionOffsets
 from .run_tags import PARTITION_TAG
+from .settings import Settings
+from .verify import VerifyReport, verify
 
 ACCOUNTING_CHECK = "accounting_balanced"
 DEAD_LETTER_SHARE_CHECK = "dead_letter_share"
 STALLED_CHECK = "lag_without_progress"
+MATCHES_SOURCE_CHECK = "table_matches_source"
+# Keys compared per evaluation of table_matches_source: keeps a sensor tick well inside 60 s.
+MATCHES_SOURCE_KEYS = 1_000
 
 
 @dataclass
@@ -147,3 +152,46 @@ def stalled_partitions(
         ),
         metadata={"stalled_partitions": stalled, "max_age_s": max_age_s},
     )
+
+
+def last_range(runs: Sequence[dict[str, Any]]) -> tuple[int, int, int] | None:
+    """(partition, start, end) of the newest materialization's range, if it read anything."""
+    if not runs or "partition" not in runs[0]:
+        return None
+    last = runs[0]
+    start, end = int(last["start_offset"]), int(last["end_offset"])
+    return (int(last["partition"]), start, end) if end > start else None
+
+
+def table_matches(report: VerifyReport, partition: int, start: int, end: int) -> Verdict:
+    """The keys and columns the last run's events wrote hold what those events say (a
+    verify.VerifyReport of that range, on a sample of at most MATCHES_SOURCE_KEYS keys)."""
+    cells = sum(report.cells_differing.values())
+    where = f"partition {partition} offsets [{start}, {end})"
+    if report.ok:
+        description = (f"The {report.keys_checked} keys checked of the last run's range "
+                       f"({where}) hold what its events wrote.")
+    else:
+        columns = ", ".join(f"{c} {n}" for c, n in sorted(report.cells_differing.items()) if n)
+        description = (
+            f"Of the {report.keys_checked} keys checked of the last run's range ({where}), "
+            f"{report.rows_missing} rows are missing and {cells} cells differ"
+            + (f" ({columns})" if columns else "")
+            + ": run `programuser-dagster verify --partition "
+            f"{partition}` for the offsets concerned (a hand edit also shows here).")
+    return Verdict(
+        MATCHES_SOURCE_CHECK,
+        passed=report.ok,
+        severity=AssetCheckSeverity.WARN,
+        description=description,
+        metadata={"partition": partition, "start_offset": start, "end_offset": end,
+                  "keys_checked": report.keys_checked, "rows_missing": report.rows_missing,
+                  "cells_differing": cells, "cells_superseded": report.cells_superseded},
+    )
+
+
+def matches_source(settings: Settings, partition: int, start: int, end: int) -> Verdict:
+    """Evaluate table_matches_source on the range [start, end) of a partition."""
+    report = verify(settings, ranges={partition: (start, end)}, max_keys=MATCHES_SOURCE_KEYS,
+                    recheck_delay_s=1.0)
+    return table_matches(report, partition, start, end)

@@ -2,8 +2,7 @@
 code as the CLI's `replay` (and `redrive`), with a dry run unless `apply` is set. What they did
 is recorded on the asset (an observation per partition), as the CLI records it."""
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 from dagster import (
     AssetObservation,
@@ -19,7 +18,7 @@ from pydantic import Field
 
 from . import redrive, replay
 from .assets import PROGRAM_ENROLLMENT
-from .refusals import CouldNotComplete, Refused
+from .refusals import CouldNotComplete
 from .resources.cassandra import CassandraIOManager, CassandraWriteFailed
 from .resources.kafka import KafkaResource, KafkaUnavailable
 
@@ -52,16 +51,25 @@ def replay_observation(rewind: replay.Rewind, by: str) -> AssetObservation:
 
 def run_replay(
     kafka: KafkaResource, partitions: list[int], target: replay.Target, do_apply: bool,
-    say: Any,
+    say: Callable[[str], None], record: Callable[[replay.Rewind], None],
 ) -> list[replay.Rewind]:
-    """Plan, say each partition's line, and apply if asked: the CLI's and the job's replay."""
+    """Plan, apply if asked, say each partition's line: the CLI's and the job's replay.
+    `record` is given each rewind as soon as it is applied."""
     rewinds = replay.plan(kafka, partitions, target)
-    done = replay.apply(kafka, rewinds) if do_apply else []
-    applied = {r.partition for r in done}
-    for rewind in rewinds:
-        say(rewind.line(applied=rewind.partition in applied))
     if not do_apply:
+        for rewind in rewinds:
+            say(rewind.line(applied=False))
         say("dry run: nothing was changed; add --apply (the job: apply) to rewind.")
+        return []
+
+    def applied(rewind: replay.Rewind) -> None:
+        say(rewind.line(applied=True))
+        record(rewind)
+
+    done = replay.apply(kafka, rewinds, applied)
+    for rewind in rewinds:
+        if rewind.records_again == 0:
+            say(rewind.line(applied=True))
     return done
 
 
@@ -70,18 +78,24 @@ def replay_partitions(
     context: OpExecutionContext, config: ReplayConfig, kafka: KafkaResource
 ) -> Iterator[AssetObservation]:
     """Rewind the consumer group of the chosen partitions; the sensor re-ingests from there."""
+    by = f"launched from the UI (run {context.run_id})"
+    done: list[replay.Rewind] = []
+    failure: Exception | None = None
     try:
         target = replay.Target(
             offset=config.to_offset,
             time_ms=None if config.to_time is None else replay.parse_time(config.to_time),
             earliest=config.to_earliest,
         )
-        done = run_replay(kafka, config.partitions, target, config.apply, context.log.info)
-    except (Refused, CouldNotComplete, KafkaUnavailable) as exc:
-        raise Failure(description=str(exc)) from exc
-    by = f"launched from the UI (run {context.run_id})"
+        run_replay(kafka, config.partitions, target, config.apply, context.log.info,
+                   done.append)
+    except (ValueError, CouldNotComplete, KafkaUnavailable) as exc:
+        failure = exc
+    # Every rewind applied is recorded, also when a later partition's failed.
     for rewind in done:
         yield replay_observation(rewind, by)
+    if failure is not None:
+        raise Failure(description=str(failure)) from failure
 
 
 @job(name=REPLAY_JOB, executor_def=in_process_executor,
@@ -140,7 +154,7 @@ def redrive_letters(
     try:
         filters = redrive_filters(config.reasons, config.partitions, config.since, config.until)
         counts = redrive.redrive(kafka, io, filters, config.apply, context.log.info)
-    except (Refused, KafkaUnavailable, CassandraWriteFailed) as exc:
+    except (ValueError, KafkaUnavailable, CassandraWriteFailed) as exc:
         raise Failure(description=str(exc)) from exc
     finally:
         io.close()

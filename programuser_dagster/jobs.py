@@ -192,10 +192,13 @@ def commit_offsets(
         # Nothing is yielded inside: Dagster re-installs its raising handler on every resume.
         with interrupts_deferred(held), kafka.fenced_commit(report.partition, expected) as txn:
             clock = WriteClock(report.start, report.write_base)
-            report.dead_lettered = txn.deliver(report.dead_letters, write_time=clock.at)
+            # A report from before write times (no base) gives its letters none: a re-drive
+            # then writes them at their source_timestamp.
+            report.dead_lettered = txn.deliver(
+                report.dead_letters, write_time=clock.at if report.write_base else None)
             if report.balanced:
                 _pause(context, PAUSE_BEFORE_COMMIT_ENV, "before the commit")
-                committed = txn.commit(report.end, clock=clock.after(report.end))
+                committed = txn.commit(report.end, clock=_committed_clock(clock, report))
             # Unbalanced: the block is left without commit(), so the transaction aborts.
     except Superseded as exc:
         _superseded(context, str(exc))
@@ -246,14 +249,24 @@ def commit_offsets(
     )
 
 
+def _committed_clock(clock: WriteClock, report: RangeReport) -> int:
+    """The clock to commit with `end`: after every write of the range, and at least the
+    range's length (in us) past now, so that a run which read the same state before this
+    commit landed (it is superseded, but its writes go in at up to its start + its length)
+    never outruns the next run's writes (docs/contract.md: Write times)."""
+    return max(clock.after(report.end), now_us() + (report.end - report.start))
+
+
 def lag_left(kafka: KafkaResource, partition: int, committed: int) -> dict[str, int | float]:
     """The partition's lag past `committed`: records, and the age of the oldest of them (s)."""
     high = kafka.partition_offsets(partition).high
+    lag: dict[str, int | float] = {"lag_left": max(0, high - committed)}
     oldest = kafka.record_times({partition: committed}).get(partition) if high > committed \
         else None
+    if high > committed and oldest is None:
+        return lag  # its record's time did not arrive: unknown, not 0 s
     seconds, clamped = lag_seconds(oldest, time.time_ns() // 1_000_000)
-    lag: dict[str, int | float] = {"lag_left": max(0, high - committed),
-                                   "lag_left_s": round(seconds, 3)}
+    lag["lag_left_s"] = round(seconds, 3)
     if clamped:
         lag["lag_left_s_clamped"] = 1
     return lag

@@ -112,8 +112,9 @@ class RangeRows:
         # The record times of the events written, for their ages when Cassandra acknowledges
         # them (the IO manager measures those): the broker's append times on the stack's topics.
         rejected = {x.offset for x in batch.rejects}
+        rows[WRITE_TIMES] = pd.Series(self.clock.stamp(rows["writers"].tolist()),
+                                      index=rows.index, dtype=object)
+        # Set last: pandas copies a frame's attrs on every column access.
         rows.attrs[RECORD_TIMES] = [t for m in messages if m.offset() not in rejected
                                     and (t := record_time_ms(m)) is not None]
-        rows[WRITE_TIMES] = pd.Series(self.clock.stamp(rows["writers"].tolist()),
-                                        index=rows.index, dtype=object)
         return rows

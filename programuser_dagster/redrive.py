@@ -3,9 +3,9 @@
 A letter is re-driven at its `write_time` header (clock.py), so it changes exactly the columns
 that no later event of its key wrote; a letter without one (older, or another tool's) at its
 `source_timestamp`. In two passes, so that memory holds offsets and times, never the letters:
-1. scan the dead-letter topic (read_committed), keep the letters the filters match, and among
-   copies of one source offset the one with the highest write time (re-runs and replays
-   deliver later copies);
+1. scan the dead-letter topic (read_committed); among copies of one source offset keep the one
+   with the highest write time (re-runs and replays deliver later copies), then the filters
+   decide on that copy (so a filter never re-drives an older copy than another run would);
 2. per source partition, drop what an earlier redrive recorded (by source offset and write
    time, in the keyspace), re-read the chosen letters in batches (a `too_large` letter's value
    from the input topic while it is retained), flatten them with today's rules, and with
@@ -30,6 +30,8 @@ from .resources.kafka import KafkaResource
 BATCH = 2_000
 STILL_RETAINED = "too_large: the original is no longer retained in the input topic"
 NO_TIME = "no write_time or source_timestamp header: no time to write it at"
+LETTER_GONE = "the letter is no longer retained in the dead-letter topic"
+ORIGINAL_GONE = "the original was deleted before its letter was sent"
 
 
 @dataclass(frozen=True)
@@ -67,11 +69,15 @@ def write_time(letter: Origin) -> int | None:
 
 @dataclass
 class _Chosen:
+    letter: Origin
     write_time: int | None
     letter_partition: int  # where the letter itself is, in the dead-letter topic
     letter_offset: int
-    value_kept: bool
     copies: int = 1
+
+    @property
+    def value_kept(self) -> bool:
+        return self.letter.value_kept
 
 
 @dataclass
@@ -107,8 +113,9 @@ class Counts:
 
 
 def scan(kafka: KafkaResource, filters: Filters) -> tuple[dict[int, dict[int, _Chosen]], int]:
-    """Pass 1: per source partition, per source offset, the copy to re-drive; and how many
-    letters of the topic were not the input topic's (another tool's, or unreadable)."""
+    """Pass 1: per source partition, per source offset, the copy to re-drive if the filters
+    match it; and how many records of the topic were not the input topic's letters (another
+    tool's, or unreadable)."""
     chosen: dict[int, dict[int, _Chosen]] = {}
     foreign = 0
     for letter_partition in kafka.dead_letter_partitions():
@@ -118,11 +125,8 @@ def scan(kafka: KafkaResource, filters: Filters) -> tuple[dict[int, dict[int, _C
                 if letter is None or letter.source_topic != kafka.input_topic:
                     foreign += 1
                     continue
-                if not filters.match(letter):
-                    continue
                 mine = chosen.setdefault(letter.source_partition, {})
-                candidate = _Chosen(write_time(letter), letter_partition, m.offset(),
-                                    letter.value_kept)
+                candidate = _Chosen(letter, write_time(letter), letter_partition, m.offset())
                 best = mine.get(letter.source_offset)
                 if best is None:
                     mine[letter.source_offset] = candidate
@@ -132,7 +136,11 @@ def scan(kafka: KafkaResource, filters: Filters) -> tuple[dict[int, dict[int, _C
                     mine[letter.source_offset] = candidate
                 else:
                     best.copies = candidate.copies
-    return chosen, foreign
+    matching = {
+        partition: {o: c for o, c in letters.items() if filters.match(c.letter)}
+        for partition, letters in chosen.items()
+    }
+    return {p: letters for p, letters in matching.items() if letters}, foreign
 
 
 def redrive(
@@ -163,10 +171,12 @@ def _partition(
 ) -> Counts:
     counts = Counts(partition, letters=sum(c.copies for c in letters.values()))
     counts.duplicates = counts.letters - len(letters)
-    done = io.redriven(kafka.input_topic, partition)
+    done = io.redriven(kafka.input_topic, partition, create_schema=apply)
     todo: list[tuple[int, _Chosen]] = []
     for source_offset, c in sorted(letters.items(), key=lambda kv: (kv[1].write_time or 0, kv[0])):
-        if c.write_time is None:
+        if c.letter.original_deleted:
+            counts.unrecoverable[ORIGINAL_GONE] += 1
+        elif c.write_time is None:
             counts.unrecoverable[NO_TIME] += 1
         elif (source_offset, c.write_time) in done:
             counts.already += 1
@@ -193,7 +203,9 @@ def _values(kafka: KafkaResource, partition: int, batch: Sequence[tuple[int, _Ch
             originals.append(source_offset)
     for letter_partition, wanted in by_letter_partition.items():
         for offset, m in kafka.iter_offsets(letter_partition, list(wanted), topic=kafka.dlq_topic):
-            if m is not None:
+            if m is None:  # deleted by retention between the two passes
+                counts.unrecoverable[LETTER_GONE] += 1
+            else:
                 values[wanted[offset]] = m.value()
     for source_offset, m in kafka.iter_offsets(partition, originals):
         if m is None:

@@ -11,14 +11,14 @@ what it replays, hand edits included.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from .clock import now_us
 from .offsets import PartitionOffsets
 from .refusals import CouldNotComplete, Refused
-from .resources.kafka import KafkaResource, Superseded
+from .resources.kafka import KafkaResource, KafkaUnavailable, Superseded
 
 
 @dataclass(frozen=True)
@@ -93,10 +93,18 @@ class Rewind:
                 f"again{self.note}")
 
 
-def plan_rewind(offsets: PartitionOffsets, target: int, asked: str) -> Rewind:
-    """The rewind of one partition to `target` (an offset, already resolved), or Refused."""
+def plan_rewind(
+    offsets: PartitionOffsets, target: int, asked: str, by_time: bool = False
+) -> Rewind:
+    """The rewind of one partition to `target` (an offset, already resolved), or Refused.
+    `by_time`: the target is the partition's first record at or after a time; on a partition
+    whose records from before that time are not all processed yet, there is nothing to
+    rewind (rather than a refusal that would stop every other partition's rewind)."""
     start = offsets.next_offset
     note = ""
+    if by_time and target > start:
+        return Rewind(offsets, start, f" (its records before {asked} are not all processed "
+                      "yet: nothing to rewind)")
     if target < offsets.low:
         note = (f" ({asked} is below the oldest retained record, {offsets.low}: "
                 "replay starts there)")
@@ -113,12 +121,7 @@ def plan_rewind(offsets: PartitionOffsets, target: int, asked: str) -> Rewind:
 def plan(kafka: KafkaResource, partitions: Sequence[int] | None, target: Target) -> list[Rewind]:
     """Every chosen partition's rewind, or Refused for the first that cannot be (then none is
     applied)."""
-    known = kafka.partitions()
-    chosen = list(known if not partitions else dict.fromkeys(partitions))
-    unknown = sorted(set(chosen) - set(known))
-    if unknown:
-        raise Refused(f"Topic {kafka.input_topic!r} has no partition {unknown} "
-                      f"(it has {known[0]}-{known[-1]}).")
+    chosen = kafka.chosen_partitions(partitions)
     offsets = kafka.offsets(chosen)
     resolved: dict[int, int] = {}
     if target.time_ms is not None:
@@ -131,15 +134,19 @@ def plan(kafka: KafkaResource, partitions: Sequence[int] | None, target: Target)
             to = resolved[o.partition]
         else:
             to = o.low
-        rewinds.append(plan_rewind(o, to, target.describe()))
+        rewinds.append(plan_rewind(o, to, target.describe(), by_time=target.time_ms is not None))
     return rewinds
 
 
-def apply(kafka: KafkaResource, rewinds: Sequence[Rewind]) -> list[Rewind]:
+def apply(
+    kafka: KafkaResource, rewinds: Sequence[Rewind], applied: Callable[[Rewind], None]
+) -> list[Rewind]:
     """Commit each rewind through the fenced commit, against the state it was planned on; the
-    clock is carried forward. Returns the rewinds applied; raises CouldNotComplete at the first
-    partition another committer changed since (the ones before it stay applied)."""
-    done = []
+    clock is carried forward. `applied` is told of each rewind as soon as it is committed (so
+    that it is recorded even if a later one fails). Returns the rewinds applied; raises
+    CouldNotComplete at the first partition that could not be rewound (another committer
+    changed it since, or the broker failed); the ones before it stay applied."""
+    done: list[Rewind] = []
     for rewind in rewinds:
         if rewind.records_again == 0:
             continue
@@ -147,11 +154,15 @@ def apply(kafka: KafkaResource, rewinds: Sequence[Rewind]) -> list[Rewind]:
         try:
             with kafka.fenced_commit(rewind.partition, state.state) as txn:
                 txn.commit(rewind.target, clock=max(state.clock, now_us()))
-        except Superseded as exc:
+        except (Superseded, KafkaUnavailable) as exc:
+            before = ", ".join(str(r.partition) for r in done) or "none"
+            why = ("a run committed it while replay ran" if isinstance(exc, Superseded)
+                   else "the broker failed")
             raise CouldNotComplete(
-                f"partition {rewind.partition}: a run committed it while replay ran ({exc}); "
-                f"it was not rewound. Applied before it: {len(done)} partitions. Run replay "
-                "again (its dry run shows the new state)."
+                f"partition {rewind.partition}: {why} ({exc}); it was not rewound. Rewound "
+                f"before it: partitions {before}. Run replay again (its dry run shows the new "
+                "state)."
             ) from exc
         done.append(rewind)
+        applied(rewind)
     return done

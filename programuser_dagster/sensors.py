@@ -82,6 +82,15 @@ def build_health_sensor(settings: Settings) -> SensorDefinition:
             health.dead_letter_share(runs[:1], settings.dead_letter_share_warn),
             health.accounting(runs),
         ]
+        # table_matches_source: once per new run's range (the cursor), here rather than in the
+        # run, so that runs do not pay for it; a sample of keys keeps the tick short.
+        last = health.last_range(runs[:1])
+        if last is not None and context.cursor != repr(last):
+            try:
+                verdicts.append(health.matches_source(settings, *last))
+                context.update_cursor(repr(last))
+            except (ValueError, RuntimeError) as exc:
+                context.log.warning(f"table_matches_source not evaluated this tick: {exc}")
         return SensorResult(asset_events=[v.evaluation(PROGRAM_ENROLLMENT) for v in verdicts])
 
     return ingestion_health_sensor

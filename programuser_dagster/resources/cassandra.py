@@ -182,7 +182,9 @@ class CassandraIOManager(ConfigurableIOManager):
     def where(self) -> str:
         return f"Cassandra at {self.hosts}:{self.port}"
 
-    def session(self) -> Session:
+    def session(self, create_schema: bool = True) -> Session:
+        """The session; the keyspace and tables are created first when missing, if
+        CASSANDRA_CREATE_SCHEMA and `create_schema` (a dry run creates nothing)."""
         if self._connection is None:
             check_identifier(self.keyspace, "CASSANDRA_KEYSPACE")
             check_identifier(self.table, "CASSANDRA_TABLE")
@@ -202,11 +204,13 @@ class CassandraIOManager(ConfigurableIOManager):
                 else:
                     self._owned = True
             self._connection = connection
-            if self.create_schema and (self.keyspace, self.table) not in connection.schemas:
-                for stmt in schema_statements(self.keyspace, self.table, self.replication):
-                    connection.session.execute(stmt)
-                connection.schemas.add((self.keyspace, self.table))
-        return self._connection.session
+        connection = self._connection
+        if (create_schema and self.create_schema
+                and (self.keyspace, self.table) not in connection.schemas):
+            for stmt in schema_statements(self.keyspace, self.table, self.replication):
+                connection.session.execute(stmt)
+            connection.schemas.add((self.keyspace, self.table))
+        return connection.session
 
     def _connection_key(self, level: int) -> str:
         settings = (self.hosts, self.port, self.username, reveal(self.password), self.ssl_ca,
@@ -295,11 +299,11 @@ class CassandraIOManager(ConfigurableIOManager):
         of ours is raised as CassandraWriteFailed; the iterable's own errors pass through.
 
         Chunks are written one after another: all of a chunk's writes are acknowledged (and the
-        rows of a batch refused as invalid replayed) before the next chunk's are sent, so a key
-        that two chunks write ends with the later chunk's values (the driver stamps each write
-        with its client-side, monotonic timestamp, and the later chunk's are sent later). The
-        next chunk is taken from the iterable while this chunk's last writes are in flight, so
-        producing it (range_rows.py flattens it then) overlaps Cassandra's work on them.
+        rows of a batch refused as invalid replayed) before the next chunk's are sent. Which
+        value a cell ends with is decided by the write times the rows carry (clock.py), not by
+        this order. The next chunk is taken from the iterable while this chunk's last writes
+        are in flight, so producing it (range_rows.py flattens it then) overlaps Cassandra's
+        work on them.
         """
         frames = iter([rows] if isinstance(rows, pd.DataFrame) else rows)
         receipt = WriteReceipt()
@@ -347,13 +351,15 @@ class CassandraIOManager(ConfigurableIOManager):
 
     def _send(self, rows: pd.DataFrame, execution: BoundedExecution) -> _Chunk:
         """Send a chunk's rows as requests grouped by partition key; results arrive later."""
+        # Taken off first: pandas copies a frame's attrs on every column access.
+        record_times = rows.attrs.pop(RECORD_TIMES, [])
         insert = self.insert_statement()
         columns, extra = row_writes(rows)
         values = encode_columns(columns, insert)
         groups = group_rows(values[:len(rows)], self.batch_rows, self.batch_bytes)
         results = execution.submit(group_statement(insert, values, g, extra) for g in groups)
         return _Chunk(values, extra, rows["message_count"].tolist(), rows["offsets"].tolist(),
-                      groups, results, rows.attrs.get(RECORD_TIMES, []))
+                      groups, results, record_times)
 
     def _settle(self, chunk: _Chunk, execution: BoundedExecution, receipt: WriteReceipt) -> None:
         """Wait for a chunk's writes and count them; replay the rows of refused batches one by
@@ -461,12 +467,20 @@ class CassandraIOManager(ConfigurableIOManager):
 
     # -- what redrive wrote --------------------------------------------------------------------
 
-    def redriven(self, topic: str, partition: int) -> set[tuple[int, int]]:
-        """(source offset, write time) of every letter of this source partition re-driven."""
+    def redriven(
+        self, topic: str, partition: int, create_schema: bool = True
+    ) -> set[tuple[int, int]]:
+        """(source offset, write time) of every letter of this source partition re-driven;
+        none when the table does not exist (yet) and may not be created."""
         with self._ours():
-            rows = self.session().execute(self._receipt_statement(
-                f"SELECT source_offset, write_time FROM {self.keyspace}.{REDRIVEN_TABLE} "
-                "WHERE source_topic = %s AND source_partition = %s"), (topic, partition))
+            try:
+                rows = self.session(create_schema).execute(self._receipt_statement(
+                    f"SELECT source_offset, write_time FROM {self.keyspace}.{REDRIVEN_TABLE} "
+                    "WHERE source_topic = %s AND source_partition = %s"), (topic, partition))
+            except InvalidRequest:
+                if create_schema and self.create_schema:
+                    raise
+                return set()  # no such keyspace or table: nothing was ever re-driven here
             return {(r.source_offset, r.write_time) for r in rows}
 
     def record_redriven(self, topic: str, letters: Iterable[tuple[int, int, int]]) -> None:

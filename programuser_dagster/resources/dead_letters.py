@@ -118,6 +118,7 @@ class Origin:
     source_timestamp_ms: int | None
     write_time_us: int | None  # None: a letter from before write times, or another tool's
     original_reason: str | None  # a too_large letter's reason for being refused
+    original_deleted: bool = False  # the record was gone when its letter was sent
 
     @property
     def value_kept(self) -> bool:
@@ -144,6 +145,7 @@ def origin(headers: Sequence[tuple[str, bytes | None]] | None) -> Origin | None:
             source_timestamp_ms=_number(found.get("source_timestamp")),
             write_time_us=_number(found.get("write_time")),
             original_reason=found.get("original_reason"),
+            original_deleted=any(name == "original_deleted" for name, _ in listed[:starts[-1]]),
         )
     except (KeyError, ValueError):
         return None

@@ -248,6 +248,19 @@ class KafkaResource(ConfigurableResource):
             )
         return sorted(topic.partitions)
 
+    def chosen_partitions(self, partitions: Sequence[int] | None) -> list[int]:
+        """The partitions an operator chose (None or empty: all of the topic's), each checked
+        to exist: a ValueError naming those that do not."""
+        known = self.partitions()
+        if not partitions:
+            return known
+        chosen = list(dict.fromkeys(partitions))
+        unknown = sorted(set(chosen) - set(known))
+        if unknown:
+            raise ValueError(f"Topic {self.input_topic!r} has no partition {unknown} "
+                             f"(it has {known[0]}-{known[-1]}).")
+        return chosen
+
     def offsets(
         self, partitions: Sequence[int] | None = None, *, settled: bool = False
     ) -> list[PartitionOffsets]:

@@ -36,6 +36,7 @@ def test_a_healthy_run_passes_every_check(instance, kafka_topics: Settings) -> N
         health.ACCOUNTING_CHECK: True,
         health.DEAD_LETTER_SHARE_CHECK: True,
         health.STALLED_CHECK: True,
+        health.MATCHES_SOURCE_CHECK: True,
     }
 
 

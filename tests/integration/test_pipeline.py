@@ -126,8 +126,11 @@ def test_every_outcome_is_counted_and_dead_letters_keep_the_original_message(
     committed = offsets(s)
     assert committed.committed == produced[-1] + 1
     assert row(cassandra_session, s, "p", "u-ok")["program_name"] == "fine"
-    # The run started at offset 0 and recorded its clock as base + 8 (clock.py).
-    base = committed.clock - committed.committed
+    # The run started at offset 0: the row of offset 7 was written at base + 7 (clock.py).
+    base = cassandra_session.execute(
+        f"SELECT WRITETIME(program_name) AS t FROM {s.cassandra_keyspace}.{s.cassandra_table} "
+        "WHERE program_id='p' AND user_id='u-ok'").one().t - produced[-1]
+    assert committed.clock > base + produced[-1]
 
     letters = sorted(
         dead_letters(s, expected=4), key=lambda m: int(dict(m.headers())["source_offset"])

@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 from dagster import AssetKey, DagsterEventType, DagsterInstance, EventRecordsFilter
 
+from programuser_dagster import replay
 from programuser_dagster.cli import main
 from programuser_dagster.incident_jobs import replay_job
-from programuser_dagster.resources import build_resources
+from programuser_dagster.refusals import CouldNotComplete
+from programuser_dagster.resources import build_resources, kafka_resource
 from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import REPO
 from tests.support.pipeline import (
@@ -86,6 +88,7 @@ def test_apply_rewinds_carries_the_clock_forward_and_records_it_on_the_asset(
     _ingested(instance, s)
     before = offsets(s)
     home = _home(tmp_path)
+    started_us = time.time_ns() // 1000
     code, out, _ = _replay(s, home, "--partition", "0", "--to-offset", "4", "--apply",
                            capsys=capsys)
     assert code == 0, out
@@ -93,7 +96,9 @@ def test_apply_rewinds_carries_the_clock_forward_and_records_it_on_the_asset(
         "partition 0: committed 10, rewound to 4: 6 records will be read again")
     after = offsets(s)
     assert after.committed == 4 and after.token == before.token + 1
-    assert after.clock >= before.clock
+    # Carried forward: at least the wall clock of the replay, so the re-ingested events are
+    # written after everything written so far.
+    assert after.clock >= max(before.clock, started_us)
     [seen] = _observations(home)
     assert seen["replay_partition"] == 0 and seen["replay_from"] == 10
     assert seen["replay_to"] == 4 and seen["replay_by"].startswith("CLI by ")
@@ -200,3 +205,27 @@ def test_the_replay_job_dry_runs_then_applies_from_its_config(
     md = observation.event_specific_data.asset_observation.metadata
     assert md["replay_by"].value == f"launched from the UI (run {applied.run_id})"
     assert md["replay_from"].value == 10 and md["replay_to"].value == 2
+
+
+def test_a_replay_stopped_halfway_records_what_it_rewound_and_says_what_it_did_not(
+    instance, make_test_settings
+) -> None:
+    s = make_test_settings(partitions=2)
+    for p in (0, 1):
+        produce(s, [event("p", f"u{i}") for i in range(5)], partition=p)
+        assert run_partition(instance, s, partition=p).success
+    kafka = kafka_resource(s)
+    try:
+        rewinds = replay.plan(kafka, [0, 1], replay.Target(earliest=True))
+        # Another committer moves partition 1 on after the plan: its rewind must be refused.
+        produce(s, [event("p", "late")], partition=1)
+        assert run_partition(instance, s, partition=1).success
+        recorded: list[int] = []
+        with pytest.raises(CouldNotComplete, match="partition 1: a run committed it while "
+                           "replay ran") as raised:
+            replay.apply(kafka, rewinds, lambda r: recorded.append(r.partition))
+    finally:
+        kafka.close()
+    assert "Rewound before it: partitions 0" in str(raised.value)
+    assert recorded == [0]
+    assert offsets(s, 0).committed == 0 and offsets(s, 1).committed == 6

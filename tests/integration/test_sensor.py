@@ -57,6 +57,19 @@ def test_a_tick_with_lag_requests_one_run_per_partition_up_to_the_high_watermark
     assert 0 <= seconds["lag_s_partition_2"] < seconds["lag_s_partition_0"]
     assert seconds["lag_s_max"] == seconds["lag_s_partition_0"]
     assert tick_s < 5, tick_s
+    # The lag in seconds costs one record per lagging partition, read together: <= ~1 s for
+    # four partitions.
+    kafka = kafka_resource(s)
+    try:
+        kafka.offsets()  # connected, as the sensor's resource is by then
+        started = time.monotonic()
+        times = kafka.record_times({p: 0 for p in range(4)} | {1: 0, 3: 0})
+        extra_s = time.monotonic() - started
+    finally:
+        kafka.close()
+    assert times[0] is not None and times[2] is not None
+    assert times[1] is None and times[3] is None  # empty partitions: nothing arrives
+    assert extra_s < 1.5, extra_s
 
 
 def test_a_partition_with_a_run_in_flight_gets_no_second_run(
