@@ -94,10 +94,6 @@ class BacklogPlan:
                 meta["lag_s_clamped"] = clamped
         return AssetObservation(PROGRAM_ENROLLMENT, metadata=meta)
 
-    def oldest_positions(self) -> dict[int, int]:
-        """Where each lagging partition's oldest uncommitted record is."""
-        return {o.partition: o.next_offset for o in self.offsets if o.lag > 0}
-
     def summary(self) -> str:
         return self.decision.summary()
 

@@ -141,8 +141,7 @@ def _cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
     kafka = kafka_resource(settings)
     try:
         offsets = kafka.offsets()
-        # The age of each lagging partition's oldest uncommitted record: its lag in seconds.
-        oldest = kafka.record_times({o.partition: o.next_offset for o in offsets if o.lag})
+        oldest = kafka.oldest_uncommitted_times(offsets)
     finally:
         kafka.close()
     now_ms = time.time_ns() // 1_000_000

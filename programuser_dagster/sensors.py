@@ -43,7 +43,7 @@ def build_backlog_sensor(job: JobDefinition, settings: Settings) -> SensorDefini
         """
         plan = plan_backlog(context.instance, kafka, settings)
         try:  # the lag in seconds: one record per lagging partition, read together, <= ~1 s
-            oldest: dict[int, int | None] | None = kafka.record_times(plan.oldest_positions())
+            oldest: dict[int, int | None] | None = kafka.oldest_uncommitted_times(plan.offsets)
         except KafkaUnavailable as exc:
             context.log.warning(f"Lag in seconds unknown this tick: {exc}")
             oldest = None

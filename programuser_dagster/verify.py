@@ -25,7 +25,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import replace
 from itertools import groupby, islice
 from pathlib import Path
 from typing import Any
@@ -68,8 +67,7 @@ def verify(
     `ranges`: only these partitions' offset ranges [start, end) instead (the asset check's
     last run); `max_keys`: compare at most this many keys (a sample, in key order)."""
     kafka = kafka_resource(settings)
-    # Reading only: a missing table is an error to report, not one to create.
-    manager = cassandra_io_manager(replace(settings, cassandra_create_schema=False))
+    manager = cassandra_io_manager(settings)
     try:
         snapshot = kafka.offsets(list(ranges) if ranges else kafka.chosen_partitions(partitions))
         bounds = {o.partition: (ranges or {}).get(o.partition) or (o.low, o.committed)
@@ -80,7 +78,8 @@ def verify(
                 _read_retained(kafka, store, o.partition, *bounds[o.partition])
             store.flush()
             read_s = time.monotonic() - started
-            reader = _RowReader(manager.session(), settings, concurrency
+            # Reading only: a missing table is an error to report, not one to create.
+            reader = _RowReader(manager.session(create_schema=False), settings, concurrency
                                 or settings.cassandra_concurrency)
             found = _compare(store, reader, differing=False, max_keys=max_keys)
             if found.differing_keys:

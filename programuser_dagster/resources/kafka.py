@@ -330,6 +330,13 @@ class KafkaResource(ConfigurableResource):
                 f"{self.input_topic!r}: {exc}." + self._login_hint()) from exc
         return {p: found.get(p) for p in positions}
 
+    def oldest_uncommitted_times(
+        self, offsets: Sequence[PartitionOffsets]
+    ) -> dict[int, int | None]:
+        """The record time of each lagging partition's oldest uncommitted record (its lag in
+        seconds is that record's age); None where it did not arrive."""
+        return self.record_times({o.partition: o.next_offset for o in offsets if o.lag > 0})
+
     def offsets_for_time(self, partitions: Sequence[int], time_ms: int) -> dict[int, int]:
         """Per partition, the first offset whose record timestamp is at or after `time_ms`
         (Kafka's offsets-for-times); the high-water mark when every record is older."""

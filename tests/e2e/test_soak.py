@@ -51,7 +51,7 @@ def total_lag(s: Settings) -> tuple[int, float]:
     kafka = kafka_resource(s)
     try:
         offsets = kafka.offsets()
-        oldest = kafka.record_times({o.partition: o.next_offset for o in offsets if o.lag})
+        oldest = kafka.oldest_uncommitted_times(offsets)
     finally:
         kafka.close()
     now_ms = time.time_ns() // 1_000_000
