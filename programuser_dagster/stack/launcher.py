@@ -418,7 +418,8 @@ def _is_ours(pid: int, name: str) -> bool:
         # exec, so right after the spawn only poll() tells the truth.)
         return child.poll() is None
     args = _cmdline(pid)  # empty for a zombie or a vanished pid
-    return _marker(name) in args and _MAIN_CLASS[name] in args
+    # A cluster node's name is its server's, numbered: "cassandra-2".
+    return _marker(name) in args and _MAIN_CLASS[name.split("-")[0]] in args
 
 
 def _running_pid(name: str) -> int | None:
@@ -451,13 +452,13 @@ def _port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool
         return False
 
 
-def _check_ports_free(name: str, wanted: Mapping[str, int]) -> None:
+def check_ports_free(name: str, wanted: Mapping[str, int], host: str = "127.0.0.1") -> None:
     for what, port in wanted.items():
-        if _port_open(port):
+        if _port_open(port, host):
             raise StackError(
-                f"Cannot start {name}: port {port} ({what}) is already taken by a process that "
-                f"is not ours. Find it with: ss -ltnp 'sport = :{port}' and stop it, or change "
-                f"the port.{_foreign_stack(name)}"
+                f"Cannot start {name}: {host}:{port} ({what}) is already taken by a process "
+                f"that is not ours. Find it with: ss -ltnp 'sport = :{port}' and stop it, or "
+                f"change the port.{_foreign_stack(name)}"
             )
 
 
@@ -503,8 +504,6 @@ def _new_cluster_id() -> str:
 
 def _kafka_command(p: Ports, java_home: Path, lib: Path) -> list[str]:
     directory = _server_dir("kafka")
-    data = directory / "data"
-    data.mkdir(parents=True, exist_ok=True)
     props = directory / "server.properties"
     props.write_text(
         _render(
@@ -512,21 +511,31 @@ def _kafka_command(p: Ports, java_home: Path, lib: Path) -> list[str]:
             {
                 "BROKER_PORT": p.kafka,
                 "CONTROLLER_PORT": p.kafka_controller,
-                "LOG_DIRS": data,
+                "LOG_DIRS": directory / "data",
                 "MAX_MESSAGE_BYTES": DEAD_LETTER_MAX_MESSAGE_BYTES,
             },
         )
         + (_kafka_sasl_properties(p, directory) if "SASL" in kafka_security().get(
             "security.protocol", "").upper() else "")
     )
-    props.chmod(0o600)  # may hold the SASL passwords
+    return kafka_java("kafka", props, java_home, lib, KAFKA_HEAP, directory / "cluster.id")
+
+
+def kafka_java(
+    name: str, props: Path, java_home: Path, lib: Path, heap: str, id_file: Path
+) -> list[str]:
+    """The broker's command line; its KRaft storage (log.dirs = <server dir>/data) is
+    formatted first if new, with the cluster id kept in `id_file` (one for a whole cluster)."""
+    directory = _server_dir(name)
+    data = directory / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    props.chmod(0o600)  # may hold SASL passwords and the keystore's
     log4j = directory / "log4j2.xml"
     log4j.write_text(_resource("kafka-log4j2.xml"))
     java = str(java_home / "bin" / "java")
     common = [f"-Dlog4j2.configurationFile={log4j.as_uri()}", "-cp", f"{lib}/*"]
     if not (data / "meta.properties").is_file():
         # KRaft storage is formatted once; the cluster id is kept so a re-format matches.
-        id_file = directory / "cluster.id"
         cluster_id = id_file.read_text().strip() if id_file.is_file() else _new_cluster_id()
         id_file.write_text(cluster_id + "\n")
         result = subprocess.run(
@@ -552,10 +561,10 @@ def _kafka_command(p: Ports, java_home: Path, lib: Path) -> list[str]:
             )
     return [
         java,
-        f"-Xms{KAFKA_HEAP}",
-        f"-Xmx{KAFKA_HEAP}",
+        f"-Xms{heap}",
+        f"-Xmx{heap}",
         *_KAFKA_JVM_FLAGS,
-        _marker("kafka"),
+        _marker(name),
         f"-Dprogramuser.stack.dir={stack_dir()}",
         f"-Dkafka.logs.dir={directory}",
         *common,
@@ -565,7 +574,32 @@ def _kafka_command(p: Ports, java_home: Path, lib: Path) -> list[str]:
 
 
 def _cassandra_command(p: Ports, java_home: Path, lib: Path) -> list[str]:
-    directory = _server_dir("cassandra")
+    values = {
+        "CLUSTER_NAME": "programuser-local",
+        "ADDRESS": "127.0.0.1",
+        "SEEDS": f"127.0.0.1:{p.storage}",
+        # One node: one token (nothing to balance, and it starts faster), the simplest snitch.
+        "SNITCH": "SimpleSnitch",
+        "STORAGE_PORT": p.storage,
+        "CQL_PORT": p.cql,
+        "EXTRA": "",
+    }
+    # One node: nobody to gossip with, so do not wait for gossip to settle.
+    return cassandra_java("cassandra", values, java_home, lib, CASSANDRA_HEAP,
+                          ("-Dcassandra.skip_wait_for_gossip_to_settle=0",))
+
+
+def cassandra_java(
+    name: str,
+    values: Mapping[str, str | int],
+    java_home: Path,
+    lib: Path,
+    heap: str,
+    flags: Sequence[str] = (),
+) -> list[str]:
+    """The node's command line, with its cassandra.yaml rendered from `values` (the template's
+    placeholders but DATA_DIR and AUTHENTICATOR) and its data under <server dir>/data."""
+    directory = _server_dir(name)
     data = directory / "data"
     for sub in ("data", "commitlog", "saved_caches", "hints", "cdc_raw", "triggers"):
         (data / sub).mkdir(parents=True, exist_ok=True)
@@ -574,8 +608,7 @@ def _cassandra_command(p: Ports, java_home: Path, lib: Path) -> list[str]:
         _render(
             "cassandra.yaml",
             {
-                "STORAGE_PORT": p.storage,
-                "CQL_PORT": p.cql,
+                **values,
                 "DATA_DIR": data,
                 "AUTHENTICATOR": "PasswordAuthenticator"
                 if cassandra_auth_enabled()
@@ -583,18 +616,19 @@ def _cassandra_command(p: Ports, java_home: Path, lib: Path) -> list[str]:
             },
         )
     )
+    yaml.chmod(0o600)  # may hold the keystore's password
     logback = directory / "logback.xml"
     logback.write_text(_resource("logback.xml"))
     jamm = sorted(lib.glob("jamm-*.jar"))
     return [
         str(java_home / "bin" / "java"),
-        f"-Xms{CASSANDRA_HEAP}",
-        f"-Xmx{CASSANDRA_HEAP}",
+        f"-Xms{heap}",
+        f"-Xmx{heap}",
         *_CASSANDRA_JVM_FLAGS,
         *_CASSANDRA_JDK17_FLAGS,
         # jamm measures object sizes for memtable accounting, as the stock script does.
         *(f"-javaagent:{j}" for j in jamm[:1]),
-        _marker("cassandra"),
+        _marker(name),
         f"-Dprogramuser.stack.dir={stack_dir()}",
         f"-Dcassandra.config={yaml.as_uri()}",
         f"-Dcassandra.storagedir={data}",
@@ -602,10 +636,9 @@ def _cassandra_command(p: Ports, java_home: Path, lib: Path) -> list[str]:
         f"-Dcassandra.triggers_dir={data / 'triggers'}",
         f"-Dlogback.configurationFile={logback}",
         "-Dcassandra-foreground=yes",
-        # One node: nobody to gossip with, so do not wait for gossip to settle.
-        "-Dcassandra.skip_wait_for_gossip_to_settle=0",
         # Create the default superuser (used once, to create our role) without the 10 s delay.
         "-Dcassandra.superuser_setup_delay_ms=0",
+        *flags,
         "-cp",
         f"{lib}/*",
         CASSANDRA_MAIN,
@@ -645,14 +678,16 @@ def _wait_until_answering(
 # ----------------------------------------------------------------------------- clients
 
 
-def _kafka_admin(bootstrap: str) -> Any:
+def _kafka_admin(bootstrap: str, security: Mapping[str, str] | None = None) -> Any:
+    """An AdminClient; logs in as `security` says, by default as the environment does."""
     from confluent_kafka.admin import AdminClient
 
     # librdkafka logs connection failures to stderr; route them to a silent Python logger.
     quiet = logging.getLogger("programuser_dagster.stack.librdkafka")
     quiet.propagate = False
     quiet.addHandler(logging.NullHandler())
-    return AdminClient({"bootstrap.servers": bootstrap, "logger": quiet, **kafka_security()})
+    login = kafka_security() if security is None else security
+    return AdminClient({"bootstrap.servers": bootstrap, "logger": quiet, **login})
 
 
 # `stack up --secure`: its own ports and data folder, and logins on both servers.
@@ -725,14 +760,16 @@ def _kafka_sasl_properties(p: Ports, directory: Path) -> str:
     )
 
 
-def _kafka_probe(bootstrap: str, timeout: float = 5.0) -> str | None:
+def _kafka_probe(
+    bootstrap: str, timeout: float = 5.0, security: Mapping[str, str] | None = None
+) -> str | None:
     host, port = _split_host_port(bootstrap.split(",")[0], 9092)
     if not _port_open(port, host):
         return f"nothing listening on {host}:{port}"
     from confluent_kafka import KafkaException
 
     try:
-        metadata = _kafka_admin(bootstrap).list_topics(timeout=timeout)
+        metadata = _kafka_admin(bootstrap, security).list_topics(timeout=timeout)
     except KafkaException as exc:
         return f"metadata request failed: {exc}"
     return None if metadata.brokers else "metadata lists no broker yet"
@@ -750,10 +787,15 @@ def ensure_topics(
     dead_letter: Collection[str] = (),
     correct: bool = False,
     timeout: float = 60.0,
+    replicas: int = 1,
+    security: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Create the missing topics (name -> partitions, replication factor 1); return those created.
+    """Create the missing topics (name -> partitions) with `replicas` replicas each; return
+    those created.
 
-    Topics named in `dead_letter` get DEAD_LETTER_TOPIC_CONFIG, the others INPUT_TOPIC_CONFIG.
+    Topics named in `dead_letter` get DEAD_LETTER_TOPIC_CONFIG, the others INPUT_TOPIC_CONFIG;
+    with more than one replica, writes need all but one in sync (min.insync.replicas), so
+    acks=all survives one broker down and never rests on a single copy.
     With `correct`, an existing topic is brought to its config (a machine whose topics an older
     version created): max.message.bytes raised where lower, message.timestamp.type set where
     different. Returns once every partition has a leader, so a producer can write immediately.
@@ -761,14 +803,15 @@ def ensure_topics(
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import NewTopic
 
-    admin = _kafka_admin(bootstrap)
+    admin = _kafka_admin(bootstrap, security)
 
     def config(name: str) -> Mapping[str, str]:
-        return DEAD_LETTER_TOPIC_CONFIG if name in dead_letter else INPUT_TOPIC_CONFIG
+        base = DEAD_LETTER_TOPIC_CONFIG if name in dead_letter else INPUT_TOPIC_CONFIG
+        return {**base, "min.insync.replicas": str(replicas - 1)} if replicas > 1 else base
 
     existing = admin.list_topics(timeout=timeout).topics
     new = [
-        NewTopic(name, num_partitions=n, replication_factor=1, config=dict(config(name)))
+        NewTopic(name, num_partitions=n, replication_factor=replicas, config=dict(config(name)))
         for name, n in topics.items()
         if name not in existing
     ]
@@ -905,27 +948,37 @@ def cassandra_cluster(
     *,
     timeout: float = 10.0,
     credentials: tuple[str, str] | None = _DEFAULT_LOGIN,
+    ssl_ca: str | Path | None = None,
+    only: str | None = None,
 ) -> Any:
-    """A cassandra-driver Cluster for the local node (call .connect(), then .shutdown()).
+    """A cassandra-driver Cluster for the local node(s) (call .connect(), then .shutdown()).
 
-    Logs in with `credentials`, by default `cassandra_credentials()` (the ordinary role).
+    Logs in with `credentials`, by default `cassandra_credentials()` (the ordinary role); with
+    `ssl_ca`, over TLS verified against that CA; with `only`, every request goes to that node.
     """
     from cassandra import ProtocolVersion
     from cassandra.auth import PlainTextAuthProvider
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
-    from cassandra.policies import RoundRobinPolicy
+    from cassandra.policies import RoundRobinPolicy, WhiteListRoundRobinPolicy
 
     login = cassandra_credentials() if credentials is _DEFAULT_LOGIN else credentials
     auth = PlainTextAuthProvider(username=login[0], password=login[1]) if login else None
     # An explicit policy and protocol version keep the driver from warning on every connect.
-    profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy(), request_timeout=timeout)
+    policy = WhiteListRoundRobinPolicy([only]) if only else RoundRobinPolicy()
+    profile = ExecutionProfile(load_balancing_policy=policy, request_timeout=timeout)
+    tls: dict[str, Any] = {}
+    if ssl_ca:
+        import ssl
+
+        tls["ssl_context"] = ssl.create_default_context(cafile=str(ssl_ca))
     return Cluster(
-        contact_points=list(hosts),
+        contact_points=[only] if only else list(hosts),
         port=port,
         protocol_version=ProtocolVersion.V5,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         connect_timeout=timeout,
         auth_provider=auth,
+        **tls,
     )
 
 
@@ -933,10 +986,18 @@ def _superuser() -> tuple[str, str] | None:
     return CASSANDRA_SUPERUSER if cassandra_auth_enabled() else None
 
 
-def _cassandra_probe(hosts: Sequence[str], port: int, timeout: float = 5.0) -> str | None:
-    if not _port_open(port, hosts[0]):
-        return f"nothing listening on {hosts[0]}:{port}"
-    cluster = cassandra_cluster(hosts, port, timeout=timeout, credentials=_superuser())
+def _cassandra_probe(
+    hosts: Sequence[str],
+    port: int,
+    timeout: float = 5.0,
+    ssl_ca: str | Path | None = None,
+    only: str | None = None,
+) -> str | None:
+    host = only or hosts[0]
+    if not _port_open(port, host):
+        return f"nothing listening on {host}:{port}"
+    cluster = cassandra_cluster(hosts, port, timeout=timeout, credentials=_superuser(),
+                                ssl_ca=ssl_ca, only=only)
     try:
         session = cluster.connect()
         row = session.execute("SELECT release_version FROM system.local").one()
@@ -952,13 +1013,15 @@ def cassandra_answers(hosts: Sequence[str], port: int, timeout: float = 5.0) -> 
     return _cassandra_probe(hosts, port, timeout) is None
 
 
-def ensure_cassandra_role(hosts: Sequence[str], port: int = 9042) -> None:
+def ensure_cassandra_role(
+    hosts: Sequence[str], port: int = 9042, *, ssl_ca: str | Path | None = None
+) -> None:
     """Create the ordinary login role clients use (no-op when auth is off)."""
     login = cassandra_credentials()
     if login is None:
         return
     check_identifier(login[0], "CASSANDRA_USERNAME")
-    cluster = cassandra_cluster(hosts, port, credentials=CASSANDRA_SUPERUSER)
+    cluster = cassandra_cluster(hosts, port, credentials=CASSANDRA_SUPERUSER, ssl_ca=ssl_ca)
     try:
         session = cluster.connect()
         # Not a superuser on purpose: guardrails (items_per_collection) only bind ordinary roles.
@@ -1039,7 +1102,7 @@ def up(
                     wanted = {"Kafka broker": p.kafka, "Kafka controller": p.kafka_controller}
                 else:
                     wanted = {"Cassandra CQL": p.cql, "Cassandra storage": p.storage}
-                _check_ports_free(name, wanted)
+                check_ports_free(name, wanted)
                 java_home = find_java17()
                 lib = ensure_libs(name, echo)
                 _server_dir(name).mkdir(parents=True, exist_ok=True)
@@ -1172,6 +1235,12 @@ def main_stack(argv: Sequence[str]) -> int:
             help="the secure stack: own ports (Kafka 9192, CQL 9142) and data (.stack-secure), "
             "Kafka with SASL/PLAIN logins; set the same variables to use it (see README)",
         )
+        p.add_argument(
+            "--cluster",
+            action="store_true",
+            help="the cluster stack: three Cassandra nodes and three Kafka brokers on "
+            "127.0.0.11-13, TLS, data in .stack-cluster (README: Running against a cluster)",
+        )
         if command == "up":
             p.add_argument(
                 "--timeout",
@@ -1186,6 +1255,8 @@ def main_stack(argv: Sequence[str]) -> int:
     def echo(message: str) -> None:
         print(message, flush=True)
 
+    if args.cluster:
+        return _main_cluster(args, echo)
     try:
         which = _check_which(args.servers or SERVERS)
         if args.command == "up":
@@ -1202,6 +1273,31 @@ def main_stack(argv: Sequence[str]) -> int:
             state = "answering" if row.answering else "NOT answering"
             print(f"{row.name:<10} {row.address:<16} {state:<14} {pid:<18} log {row.log}")
         return 0 if all(row.answering for row in rows) else 1
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _main_cluster(args: argparse.Namespace, echo: Echo) -> int:
+    from . import cluster
+
+    if args.servers or args.secure:
+        print("error: --cluster takes no server names and no --secure", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "up":
+            t0 = time.monotonic()
+            cluster.up(timeout=max(args.timeout, cluster.DEFAULT_TIMEOUT), echo=echo)
+            echo(f"cluster: healthy ({time.monotonic() - t0:.1f} s)")
+            return 0
+        if args.command == "down":
+            cluster.down(echo=echo)
+            return 0
+        rows = cluster.status()
+        for row in rows:
+            pid = f"pid {row.pid}" if row.pid else "-"
+            print(f"{row.name:<12} {row.address:<18} {row.state:<18} {pid:<12} log {row.log}")
+        return 0 if all(row.state == "answering" for row in rows) else 1
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
