@@ -155,6 +155,7 @@ class _RowReader:
             self.select = session.prepare(
                 f"SELECT {', '.join(COLUMNS)} FROM {table} "
                 "WHERE program_id = ? AND user_id IN ?")
+            self.select.is_idempotent = True  # a read: another node may be asked
         except Exception as exc:
             raise VerifyFailed(f"{self.where} could not prepare the read of {table}: "
                                f"{exc}") from exc

@@ -31,7 +31,6 @@ import pandas as pd
 from cassandra import ConsistencyLevel, InvalidRequest
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, SimpleStatement
 from dagster import ConfigurableIOManager, Failure, InputContext, OutputContext
 from pydantic import Field, PrivateAttr
@@ -49,6 +48,7 @@ from ..settings import (
     check_identifier,
     local_stack_hint,
 )
+from .cassandra_policies import cluster_options, profile_options
 from .cql_encoding import Encoded, bound, encode_columns
 from .secrets import reveal
 
@@ -208,7 +208,8 @@ class CassandraIOManager(ConfigurableIOManager):
         if (create_schema and self.create_schema
                 and (self.keyspace, self.table) not in connection.schemas):
             for stmt in schema_statements(self.keyspace, self.table, self.replication):
-                connection.session.execute(stmt)
+                # IF NOT EXISTS: idempotent, so retried on another node (cassandra_policies.py)
+                connection.session.execute(SimpleStatement(stmt, is_idempotent=True))
             connection.schemas.add((self.keyspace, self.table))
         return connection.session
 
@@ -218,11 +219,10 @@ class CassandraIOManager(ConfigurableIOManager):
         return hashlib.sha256(repr(settings).encode()).hexdigest()
 
     def _connect(self, level: int) -> tuple[Cluster, Session]:
-        policy = TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=self.local_dc))
         profile = ExecutionProfile(
-            load_balancing_policy=policy,
             consistency_level=level,
             request_timeout=self.request_timeout_s,
+            **profile_options(self.local_dc),
         )
         kwargs: dict[str, Any] = {}
         if self.username:
@@ -239,12 +239,19 @@ class CassandraIOManager(ConfigurableIOManager):
             # v5 is Cassandra 4+'s native protocol; pinning it avoids a downgrade handshake.
             protocol_version=5,
             connect_timeout=10,
+            **cluster_options(),
             **kwargs,
         )
         try:
             return cluster, cluster.connect()
         except Exception as exc:
             cluster.shutdown()
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                raise CassandraWriteFailed(
+                    f"TLS verification of {self.where()} failed: {exc}. Check CASSANDRA_SSL_CA "
+                    f"(now {self.ssl_ca}: the CA that signed the nodes' certificates) and that "
+                    "CASSANDRA_HOSTS are the addresses the certificates are for."
+                ) from exc
             tls = ", CASSANDRA_SSL_CA" if self.ssl_ca else ""
             raise CassandraWriteFailed(
                 f"Could not connect to {self.where()}: {exc}. Check CASSANDRA_HOSTS, "
@@ -263,6 +270,7 @@ class CassandraIOManager(ConfigurableIOManager):
     def insert_statement(self) -> PreparedStatement:
         if self._insert is None:
             self._insert = self.session().prepare(self.insert_cql())
+            self._insert.is_idempotent = True  # it carries its write time (clock.py)
         return self._insert
 
     def teardown_after_execution(self, context: Any) -> None:
@@ -490,6 +498,7 @@ class CassandraIOManager(ConfigurableIOManager):
                 f"INSERT INTO {self.keyspace}.{REDRIVEN_TABLE} (source_topic, source_partition, "
                 "source_offset, write_time, redriven_at) VALUES (?, ?, ?, ?, toTimestamp(now()))")
             insert.consistency_level = ConsistencyLevel.LOCAL_QUORUM
+            insert.is_idempotent = True  # a set of keys: recording one twice changes nothing
             execution = self.execution()
             results = execution.submit(insert.bind((topic, p, o, t)) for p, o, t in letters)
             execution.wait()
@@ -503,7 +512,8 @@ class CassandraIOManager(ConfigurableIOManager):
     def _receipt_statement(cql: str) -> SimpleStatement:
         # Written and read at LOCAL_QUORUM whatever the rows' consistency: the commit step must
         # read what the write step stored (ANY cannot read; ONE may miss it on RF 3).
-        return SimpleStatement(cql, consistency_level=ConsistencyLevel.LOCAL_QUORUM)
+        return SimpleStatement(cql, consistency_level=ConsistencyLevel.LOCAL_QUORUM,
+                               is_idempotent=True)
 
 
 @dataclass
@@ -543,8 +553,16 @@ class BoundedExecution:
         """Send each statement as a slot frees up; returns (success, result or exception) per
         statement, in order, filled in as the answers arrive (complete after wait())."""
         results: list[tuple[bool, Any]] = []
+        ended: set[int] = set()
+        lock = threading.Lock()
 
         def done(i: int, ok: bool, outcome: Any) -> None:
+            # Once per request: with speculative executions (cassandra_policies.py) a late
+            # failure of an attempt already overtaken may call back again.
+            with lock:
+                if i in ended:
+                    return
+                ended.add(i)
             results[i] = (ok, outcome)
             self._slots.release()
 
@@ -622,6 +640,7 @@ def group_statement(
     if len(writes) == 1:
         return bound(insert, values[writes[0]])
     batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+    batch.is_idempotent = True  # as its statements (cassandra_policies.py)
     for j in writes:
         batch.add(bound(insert, values[j]))
     return batch

@@ -41,6 +41,7 @@ from ..offsets import CommitState, PartitionOffsets
 from ..settings import DEFAULTS, INPUT_MAX_MESSAGE_BYTES, local_stack_hint
 from .dead_letters import BATCH_OVERHEAD, Source, letter, room_warning
 from .secrets import reveal
+from .tls_check import verification_failure
 
 T = TypeVar("T")
 # Group-coordinator errors librdkafka does not always flag retriable; each clears in seconds.
@@ -117,10 +118,12 @@ class KafkaResource(ConfigurableResource):
     _room: tuple[int, list[str]] | None = PrivateAttr(default=None)  # see dead_letter_room
     # The client's latest errors (librdkafka error_cb): they say *why* a broker did not answer.
     _client_errors: deque[str] = PrivateAttr(default_factory=lambda: deque(maxlen=3))
+    _tls_checked: bool = PrivateAttr(default=False)
 
     # -- client configuration ------------------------------------------------------------------
 
     def _common_config(self) -> dict[str, Any]:
+        self._check_tls()
         conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
             "error_cb": lambda err: self._client_errors.append(err.str()),
@@ -135,6 +138,27 @@ class KafkaResource(ConfigurableResource):
         }
         conf.update({k: v for k, v in optional.items() if v})
         return conf
+
+    def _check_tls(self) -> None:
+        """Refuse a broker whose certificate does not verify before any client is made:
+        librdkafka would retry the handshake until each request times out, naming no cause."""
+        if self._tls_checked or not (self.security_protocol or "").upper().endswith("SSL"):
+            return
+        for address in self.bootstrap_servers.split(","):
+            host, _, port = address.strip().rpartition(":")
+            try:
+                why = verification_failure(host.strip("[]"), int(port), self.ssl_ca_location)
+            except OSError:
+                continue  # down or stalled: the next one tells, else the client's error
+            if why:
+                ca = self.ssl_ca_location or "unset: the system CAs"
+                raise KafkaUnavailable(
+                    f"TLS verification of the Kafka broker at {address.strip()} failed: {why}. "
+                    f"Check KAFKA_SSL_CA_LOCATION (now {ca}: the CA that signed the brokers' "
+                    "certificates) and that KAFKA_BOOTSTRAP_SERVERS name the brokers as their "
+                    "certificates do.")
+            break  # one broker verified: they share the CA
+        self._tls_checked = True
 
     def _consumer_config(self) -> dict[str, Any]:
         return {
