@@ -18,7 +18,7 @@ export CASSANDRA_PASSWORD ?= programuser
 # arenas keep its peak flat, at no cost in speed (README: Performance). Set it where runs start.
 export MALLOC_ARENA_MAX ?= 2
 
-.PHONY: deps venv stack run test test-unit soak lint down produce lag drain bench bench-scale bench-parallel bench-incidents
+.PHONY: deps venv stack run test test-unit soak lint down produce lag drain bench bench-scale bench-parallel bench-incidents cluster-deps cluster cluster-down test-cluster test-cluster-full
 
 # Acts only when something is missing (we run as root on CI and dev boxes).
 deps:
@@ -100,3 +100,23 @@ bench-incidents: stack
 bench-parallel: stack
 	$(BIN)/python -m programuser_dagster.bench --events $(EVENTS) --parallel \
 	  --out bench-parallel-results.json
+
+# The cluster stack (README: Running against a cluster): three Cassandra nodes and three
+# brokers on 127.0.0.11-13, TLS; data in .stack-cluster/. nftables is for the fault tests.
+cluster-deps: deps
+	@command -v nft >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y nftables)
+
+cluster: cluster-deps venv
+	$(STACK) up --cluster
+
+cluster-down: venv
+	$(STACK) down --cluster
+
+# Faults on the cluster (tests/cluster): the CI set, then everything (stall, partition, the
+# full rolling restart).
+test-cluster: cluster-deps venv
+	$(BIN)/pytest -q -s -m "cluster and not cluster_full" tests/cluster
+
+test-cluster-full: cluster-deps venv
+	$(BIN)/pytest -q -s -m cluster tests/cluster

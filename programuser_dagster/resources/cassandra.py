@@ -28,9 +28,15 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol
 
 import pandas as pd
-from cassandra import ConsistencyLevel, InvalidRequest
+from cassandra import ConsistencyLevel, InvalidRequest, Unavailable, WriteTimeout
 from cassandra.auth import PlainTextAuthProvider
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra.cluster import (
+    EXEC_PROFILE_DEFAULT,
+    Cluster,
+    ExecutionProfile,
+    NoHostAvailable,
+    Session,
+)
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, SimpleStatement
 from dagster import ConfigurableIOManager, Failure, InputContext, OutputContext
 from pydantic import Field, PrivateAttr
@@ -405,8 +411,25 @@ class CassandraIOManager(ConfigurableIOManager):
         unwritten = receipt.rows_sent - receipt.rows_upserted
         raise CassandraWriteFailed(
             f"{self.where()} failed {unwritten} of {receipt.rows_sent} writes sent "
-            f"({type(failure).__name__}: {failure})."
+            f"({type(failure).__name__}: {failure}).{self._quorum_hint(failure)}"
         ) from failure
+
+    def _quorum_hint(self, failure: BaseException) -> str:
+        """What an Unavailable or a write timeout means for the operator."""
+        if isinstance(failure, NoHostAvailable):  # every node tried: say what the last one said
+            causes = [e for e in failure.errors.values()
+                      if isinstance(e, (Unavailable, WriteTimeout))]
+            if not causes:
+                return ""
+            failure = causes[-1]
+        if isinstance(failure, Unavailable):
+            seen = f" ({failure.alive_replicas} of {failure.required_replicas} needed are up)"
+        elif isinstance(failure, WriteTimeout):
+            seen = f" ({failure.received_responses} of {failure.required_responses} answered)"
+        else:
+            return ""
+        return (f" A quorum of replicas is not available for consistency {self.consistency}"
+                f"{seen}: bring the down nodes back (the writes are retried by the next run).")
 
     def _table_refuses_writes(self) -> BaseException | None:
         """Tell a row Cassandra refuses (dead-letter it) from a table that refuses every row

@@ -20,6 +20,7 @@ Running against a cluster).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -149,6 +150,31 @@ def node(name: str) -> Node:
 def pid(n: Node) -> int | None:
     """The node's running java process, or None."""
     return launcher._running_pid(n.name)
+
+
+def cgroup_root() -> Path | None:
+    """Where cgroup v2 is mounted, or None (then nodes run in the caller's group)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == "cgroup2":
+                return Path(fields[1])
+    return None
+
+
+def node_cgroup(n: Node) -> Path | None:
+    """The node's own cgroup v2 group (made if missing), or None where there is none: a fault
+    test drops a node's traffic by the group its sockets belong to (nftables `socket
+    cgroupv2`), since a node's outgoing connections leave from 127.0.0.1, not its address."""
+    root = cgroup_root()
+    if root is None:
+        return None
+    group = root / f"programuser-{n.name}"
+    try:
+        group.mkdir(exist_ok=True)
+    except OSError:
+        return None
+    return group
 
 
 @contextlib.contextmanager
@@ -427,7 +453,7 @@ def up(
                 check_ports_free(n.name, _ports(n), n.address)
                 build = _kafka_command if n.server == "kafka" else _cassandra_command
                 spawned = launcher._spawn(n.name, build(n, tls, java_home, libs[n.server]),
-                                          java_home)
+                                          java_home, node_cgroup(n))
                 started.append(n.name)
                 if temporary:
                     marker.touch()
@@ -436,6 +462,34 @@ def up(
                 marker.unlink(missing_ok=True)
         _ready(settings, tls, deadline, echo, t0)
         return started
+
+
+def start_node(name: str, timeout: float = DEFAULT_TIMEOUT) -> int:
+    """Start one stopped node with its data and wait until it answers (CQL over TLS, or the
+    broker's metadata); the rest of the cluster's health is not waited for. Returns its pid."""
+    n = node(name)
+    with _in_cluster_dir(), stack_lock():
+        running = pid(n)
+        if running is None:
+            tls = Tls(tls_dir())
+            java_home = find_java17()
+            build = _kafka_command if n.server == "kafka" else _cassandra_command
+            check_ports_free(n.name, _ports(n), n.address)
+            running = launcher._spawn(n.name, build(n, tls, java_home, ensure_libs(n.server)),
+                                      java_home, node_cgroup(n))
+        if n.server == "kafka":
+            probe = functools.partial(launcher._kafka_probe, f"{n.address}:{KAFKA_PORT}", 5.0, {})
+        else:
+            probe = functools.partial(launcher._cassandra_probe, [n.address], CQL_PORT, 5.0,
+                                      ssl_ca=tls_dir() / "ca.pem", only=n.address)
+        launcher._wait_until_answering(n.name, running, n.address, probe, timeout)
+        return running
+
+
+def leader(topic: str, partition: int) -> Node:
+    """The broker leading a partition now."""
+    md = launcher._kafka_admin(PLAINTEXT_BOOTSTRAP, {}).list_topics(topic, timeout=10)
+    return node(f"kafka-{md.topics[topic].partitions[partition].leader}")
 
 
 def _ports(n: Node) -> dict[str, int]:

@@ -462,12 +462,19 @@ def check_ports_free(name: str, wanted: Mapping[str, int], host: str = "127.0.0.
             )
 
 
-def _spawn(name: str, cmd: list[str], java_home: Path) -> int:
+def _spawn(name: str, cmd: list[str], java_home: Path, cgroup: Path | None = None) -> int:
+    """Start the server's process in the background; with `cgroup` (a cgroup v2 folder), in
+    that group from its first instruction, so every socket it opens belongs to the group."""
     directory = _server_dir(name)
     log = log_file(name)
     if log.exists():
         log.replace(log.with_name(log.name + ".1"))  # keep the previous run's log
     env = {**os.environ, "JAVA_HOME": str(java_home)}
+
+    def join_cgroup() -> None:
+        if cgroup is not None:
+            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             cmd,
@@ -477,6 +484,7 @@ def _spawn(name: str, cmd: list[str], java_home: Path) -> int:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own session: survives our exit and our Ctrl-C
+            preexec_fn=join_cgroup if cgroup is not None else None,
         )
     _CHILDREN[proc.pid] = proc
     _pid_file(name).write_text(f"{proc.pid}\n")

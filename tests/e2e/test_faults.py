@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +44,7 @@ from programuser_dagster.jobs import (
 )
 from programuser_dagster.resources import kafka_resource
 from programuser_dagster.run_tags import (
-    COMMITTED,
     END_TAG,
-    OUTCOME_TAG,
     PARTITION_TAG,
     START_TAG,
     START_TOKEN_TAG,
@@ -68,9 +64,12 @@ from programuser_dagster.stack import (
 from programuser_dagster.stack.launcher import _running_pid
 from tests.support.dagster_dev import REPO, free_port
 from tests.support.faults import (
-    committed_report,
+    RunInThread,
+    assert_ranges_tile,
+    entry_text,
     env_for,
     job_env,
+    logged,
     runs_of,
     stop_group,
     wait_for,
@@ -125,78 +124,6 @@ def run_reports(instance: DagsterInstance, run_id: str) -> list[dict[str, Any]]:
     """What the IO manager recorded for flatten_events in one run (none if it did not run)."""
     entries = instance.all_logs(run_id, of_type=DagsterEventType.HANDLED_OUTPUT)
     return written_metadata(entry.dagster_event for entry in entries)
-
-
-def successful_ranges(instance: DagsterInstance, partition: int = 0) -> list[dict[str, Any]]:
-    """The reports of every run of a partition that committed its range, in offset order.
-
-    A superseded run committed nothing; an empty range commits nothing: neither is a range.
-    """
-    reports = []
-    for record in instance.get_run_records(
-        RunsFilter(
-            job_name=JOB_NAME,
-            statuses=[DagsterRunStatus.SUCCESS],
-            tags={PARTITION_TAG: str(partition), OUTCOME_TAG: COMMITTED},
-        )
-    ):
-        md = committed_report(instance, record.dagster_run.run_id)
-        assert md is not None, record.dagster_run.run_id
-        reports.append(md)
-    return sorted(reports, key=lambda md: (md["start_offset"], md["end_offset"]))
-
-
-def assert_ranges_tile(
-    instance: DagsterInstance, start: int, end: int, partition: int = 0
-) -> list[dict[str, Any]]:
-    """Successful runs' ranges cover [start, end) exactly once, each one balanced."""
-    reports = successful_ranges(instance, partition)
-    for md in reports:
-        assert md["messages_read"] == (
-            md["messages_written"] + md["messages_skipped"] + md["messages_dead_lettered"]
-        ), md
-    ranges = [(md["start_offset"], md["end_offset"]) for md in reports]
-    non_empty = [r for r in ranges if r[1] > r[0]]
-    assert non_empty, ranges
-    assert non_empty[0][0] == start, ranges
-    assert non_empty[-1][1] == end, ranges
-    for (_, prev_end), (next_start, _) in itertools.pairwise(non_empty):
-        assert next_start == prev_end, f"gap or overlap in {ranges}"
-    return reports
-
-
-def _text(entry: Any) -> str:
-    """What an event-log entry says (a log line's message, or a Dagster event's)."""
-    event = entry.dagster_event
-    return " ".join(t for t in (entry.user_message, event and event.message) if t)
-
-
-def logged(instance: DagsterInstance, run_id: str, text: str) -> bool:
-    return any(text in _text(e) for e in instance.all_logs(run_id))
-
-
-class RunInThread:
-    """Run `target` in a thread (a job's execution) while the test injects a fault."""
-
-    def __init__(self, target: Callable[[], Any]) -> None:
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-        def body() -> None:
-            try:
-                self.result = target()
-            except BaseException as exc:  # reported by join()
-                self.error = exc
-
-        self.thread = threading.Thread(target=body, daemon=True)
-        self.thread.start()
-
-    def join(self, timeout: float = 300.0) -> Any:
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the run did not finish"
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 @pytest.fixture
@@ -723,9 +650,9 @@ def test_a_daemon_launched_run_killed_between_upsert_and_commit_loses_nothing(
 
             # SIGKILL the run worker: the upsert is done, the offset not committed.
             pids = [
-                int(_text(e).split("pid: ")[1].split(")")[0])
+                int(entry_text(e).split("pid: ")[1].split(")")[0])
                 for e in instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT)
-                if "Started process for run (pid: " in _text(e)
+                if "Started process for run (pid: " in entry_text(e)
             ]
             assert len(pids) == 1, pids
             os.kill(pids[0], signal.SIGKILL)
@@ -738,7 +665,7 @@ def test_a_daemon_launched_run_killed_between_upsert_and_commit_loses_nothing(
             detected = time.monotonic() - killed_at
             assert failed.status == DagsterRunStatus.FAILURE
             stop_group(daemon)  # no further sensor ticks from here on
-            messages = " ".join(_text(e) for e in instance.all_logs(run.run_id))
+            messages = " ".join(entry_text(e) for e in instance.all_logs(run.run_id))
             assert "Run execution process for" in messages, messages[-2000:]
             print(f"\ndaemon run worker killed: run marked failed {detected:.1f}s after the kill")
             assert written == clean_table(s, cassandra_session, scratch, stack)

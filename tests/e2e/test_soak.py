@@ -29,12 +29,11 @@ from dagster import (
 )
 
 from programuser_dagster.ages import lag_seconds
-from programuser_dagster.events import COLUMNS, NOT_WRITTEN, flatten
 from programuser_dagster.resources import kafka_resource
 from programuser_dagster.samples import message_key, sample_events
 from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import REPO, dagster_dev, settings_env
-from tests.support.pipeline import all_rows
+from tests.support.pipeline import all_rows, expected_rows
 
 pytestmark = [
     pytest.mark.stack,
@@ -120,15 +119,8 @@ def test_soak_holds_the_rate_and_loses_nothing(
     statuses = [r.dagster_run.status for r in runs]
     assert statuses and all(st == DagsterRunStatus.SUCCESS for st in statuses), statuses
 
-    # The table is exactly what the pure core makes of every event produced (unique keys).
-    batch = flatten(enumerate(values))
-    expected = {
-        (r["program_id"], r["user_id"]): {
-            c: (None if r[c] is NOT_WRITTEN or r[c] == {} else r[c]) for c in COLUMNS
-        }
-        for r in batch.rows.to_dict("records")
-    }
-    assert all_rows(cassandra_session, s) == expected
+    # The table is exactly what the pure core makes of every event produced.
+    assert all_rows(cassandra_session, s) == expected_rows(values)
 
     results = {
         "events": len(values),

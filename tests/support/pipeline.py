@@ -151,6 +151,20 @@ def all_rows(session: Session, settings: Settings) -> dict[tuple[str, str], dict
     return {(r.program_id, r.user_id): _as_dict(r) for r in rows}
 
 
+def expected_rows(values: Sequence[bytes | None]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The table a clean run makes of these messages, in this order (as all_rows gives it):
+    what the pure core flattens them to."""
+    from programuser_dagster.events import COLUMNS, NOT_WRITTEN, flatten
+
+    batch = flatten(enumerate(values))
+    return {
+        (r["program_id"], r["user_id"]): {
+            c: (None if r[c] is NOT_WRITTEN or r[c] == {} else r[c]) for c in COLUMNS
+        }
+        for r in batch.rows.to_dict("records")
+    }
+
+
 def dead_letters(
     settings: Settings, expected: int, timeout_s: float = 20.0, committed_only: bool = True
 ) -> list[Any]:

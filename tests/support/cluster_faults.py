@@ -1,0 +1,60 @@
+"""Faults injected into the cluster stack: a node's traffic dropped on loopback (nftables).
+
+The rules live in one table of their own, FAULT_TABLE, so removing it removes every fault and
+touches nothing else; the cluster tests remove it at the start of the session, after every
+test and in `finally`, so a leftover rule can never break a later run.
+
+A node's traffic is both what is sent to its address (its CQL and storage ports) and what its
+own sockets send, matched by its cgroup (stack/cluster.py: node_cgroup): its outgoing
+connections to the other nodes leave from 127.0.0.1, not from its address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+from programuser_dagster.stack import cluster
+
+FAULT_TABLE = "programuser_fault"
+
+
+def _nft(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    nft = shutil.which("nft")
+    if nft is None:
+        raise RuntimeError("nft not found: `make cluster-deps` installs nftables")
+    return subprocess.run([nft, *args], capture_output=True, text=True, check=check)
+
+
+def heal_network() -> None:
+    """Remove every fault rule (the whole table); nothing to remove is fine."""
+    if shutil.which("nft") is None:
+        return
+    result = _nft("list", "tables", check=False)
+    if f"inet {FAULT_TABLE}" in result.stdout:
+        _nft("delete", "table", "inet", FAULT_TABLE)
+
+
+@contextlib.contextmanager
+def partitioned(name: str) -> Iterator[None]:
+    """Drop every packet to and from Cassandra node `name` for the block."""
+    n = cluster.node(name)
+    group = cluster.node_cgroup(n)
+    if group is None:
+        raise RuntimeError("no cgroup v2 here: a node's own traffic cannot be told apart")
+    relative = group.relative_to("/sys/fs/cgroup")  # where nft looks the group up
+    ports = f"{{ {cluster.CQL_PORT}, {cluster.STORAGE_PORT} }}"
+    heal_network()
+    _nft("add", "table", "inet", FAULT_TABLE)
+    try:
+        _nft("add", "chain", "inet", FAULT_TABLE, "output",
+             "{ type filter hook output priority 0 ; }")
+        _nft("add", "rule", "inet", FAULT_TABLE, "output", "ip", "daddr", n.address, "tcp",
+             "dport", ports, "drop")
+        _nft("add", "rule", "inet", FAULT_TABLE, "output", "socket", "cgroupv2", "level",
+             "1", f'"{relative}"', "drop")
+        yield
+    finally:
+        heal_network()
