@@ -58,3 +58,20 @@ def partitioned(name: str) -> Iterator[None]:
         yield
     finally:
         heal_network()
+
+
+@contextlib.contextmanager
+def redirected(address: str, to: str, ports: tuple[int, ...]) -> Iterator[None]:
+    """Connections to `address` on `ports` reach `to` instead (DNAT): a real node answering
+    at an address its certificate does not name."""
+    heal_network()
+    _nft("add", "table", "inet", FAULT_TABLE)
+    try:
+        _nft("add", "chain", "inet", FAULT_TABLE, "nat_output",
+             "{ type nat hook output priority -100 ; }")
+        for port in ports:
+            _nft("add", "rule", "inet", FAULT_TABLE, "nat_output", "ip", "daddr", address,
+                 "tcp", "dport", str(port), "dnat", "ip", "to", f"{to}:{port}")
+        yield
+    finally:
+        heal_network()
