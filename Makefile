@@ -18,7 +18,7 @@ export CASSANDRA_PASSWORD ?= programuser
 # arenas keep its peak flat, at no cost in speed (README: Performance). Set it where runs start.
 export MALLOC_ARENA_MAX ?= 2
 
-.PHONY: deps venv stack run test test-unit soak lint down produce lag drain bench bench-scale bench-parallel bench-incidents cluster-deps cluster cluster-down test-cluster test-cluster-full
+.PHONY: deps venv stack run test test-unit soak lint down produce lag drain bench bench-scale bench-parallel bench-incidents cluster-deps cluster cluster-down test-cluster test-cluster-full bench-cluster
 
 # Acts only when something is missing (we run as root on CI and dev boxes).
 deps:
@@ -120,3 +120,8 @@ test-cluster: cluster-deps venv
 
 test-cluster-full: cluster-deps venv
 	$(BIN)/pytest -q -s -m cluster tests/cluster
+
+# `make bench` against the cluster stack (README: Running against a cluster).
+bench-cluster: cluster
+	$(BIN)/python -m programuser_dagster.bench --cluster --events $(EVENTS) \
+	  --out bench-cluster-results.json

@@ -84,6 +84,24 @@ def _say(line: str = "") -> None:
 # --- the stack's names for one measurement ------------------------------------------------
 
 
+def cql(settings: Settings) -> Any:
+    """A driver Cluster for the bench's own set-up and reads (TLS when the settings say so)."""
+    from .stack import cassandra_cluster
+
+    return cassandra_cluster(list(settings.cassandra_hosts), settings.cassandra_port,
+                             timeout=60, ssl_ca=settings.cassandra_ssl_ca)
+
+
+def _replicas(settings: Settings) -> int:
+    """Topic replicas: three on the cluster stack, one on a single broker."""
+    kafka = kafka_resource(settings)
+    try:
+        brokers = len(kafka.consumer.list_topics(timeout=30).brokers)
+    finally:
+        kafka.close()
+    return min(3, brokers)
+
+
 @dataclasses.dataclass
 class Area:
     """Topics, group and keyspace of one bench measurement; removed by cleanup()."""
@@ -100,12 +118,14 @@ class Area:
             settings.kafka_bootstrap_servers,
             {settings.kafka_input_topic: settings.kafka_partitions, settings.kafka_dlq_topic: 1},
             dead_letter={settings.kafka_dlq_topic},
+            replicas=_replicas(settings),
         )
-        ensure_schema(
-            list(settings.cassandra_hosts), settings.cassandra_keyspace,
-            settings.cassandra_table, settings.cassandra_replication,
-            port=settings.cassandra_port,
-        )
+        cluster = cql(settings)
+        try:
+            ensure_schema(cluster.connect(), settings.cassandra_keyspace,
+                          settings.cassandra_table, settings.cassandra_replication)
+        finally:
+            cluster.shutdown()
         return cls(settings)
 
     def names(self) -> list[str]:
@@ -120,12 +140,12 @@ class Area:
             kafka.close()
 
     def cleanup(self) -> None:
-        from .stack import cassandra_cluster, delete_topics, drop_keyspace
+        from .stack import delete_topics, drop_keyspace
 
         s = self.settings
         delete_topics(s.kafka_bootstrap_servers, [s.kafka_input_topic, s.kafka_dlq_topic])
         for attempt in range(3):  # a node busy with other sessions' tests may time out once
-            cluster = cassandra_cluster(list(s.cassandra_hosts), s.cassandra_port, timeout=60)
+            cluster = cql(s)
             try:
                 drop_keyspace(cluster.connect(), s.cassandra_keyspace)
                 return
@@ -530,8 +550,16 @@ def machine() -> dict[str, Any]:
             p: version(p)
             for p in ("dagster", "cassandra-driver", "confluent-kafka", "pandas", "orjson")
         },
-        "servers": "local Kafka 4.x (KRaft) and Cassandra 5.0 (1G heap) on the same machine",
+        "servers": _servers(),
     }
+
+
+def _servers() -> str:
+    hosts = os.environ.get("CASSANDRA_HOSTS", "127.0.0.1")
+    if len(hosts.split(",")) > 1:
+        return ("the cluster stack on the same machine: 3 Kafka 4.x brokers (384 MB heaps, "
+                "topics RF 3, min ISR 2) and 3 Cassandra 5.0 nodes (768 MB heaps, RF 3, TLS)")
+    return "local Kafka 4.x (KRaft) and Cassandra 5.0 (1G heap) on the same machine"
 
 
 def run(n: int, scale: bool, out: Path, seed: int = 42, processes: int = 1) -> dict[str, Any]:
@@ -656,10 +684,7 @@ def parallel(per_partition: int, out: Path, max_partitions: int = 4, seed: int =
 
 
 def _truncate(settings: Settings) -> None:
-    from .stack import cassandra_cluster
-
-    cluster = cassandra_cluster(list(settings.cassandra_hosts), settings.cassandra_port,
-                                timeout=60)
+    cluster = cql(settings)
     try:
         cluster.connect().execute(
             f"TRUNCATE {settings.cassandra_keyspace}.{settings.cassandra_table}", timeout=60
@@ -741,7 +766,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", action="store_true",
                         help="instead: throughput of 1..4 partitions drained by parallel runs, "
                         "EVENTS/4 events per partition")
+    parser.add_argument("--cluster", action="store_true",
+                        help="against the cluster stack (`make cluster`): its variables where "
+                        "unset (README: Running against a cluster)")
     args = parser.parse_args(argv)
+    if args.cluster:
+        from .stack.cluster import apply_cluster_defaults
+
+        apply_cluster_defaults()
     if args.parallel:
         parallel(max(1, args.events // 4), args.out)
     else:
