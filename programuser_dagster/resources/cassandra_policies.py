@@ -25,15 +25,17 @@ from cassandra.policies import (
 WRITE_TIMEOUT_RETRIES = 2
 # An idempotent request with no answer after this long is also sent to the next node, and the
 # first answer wins: a coordinator that stalls (a long GC pause, SIGSTOP) costs a request this
-# delay, not its whole timeout. Far above this machine's write latency under load (tens of ms),
-# so it rarely doubles a request that was merely slow.
-SPECULATIVE_DELAY_S = 2.0
+# delay, not its whole timeout. Each such request holds one of CASSANDRA_CONCURRENCY slots for
+# the delay, so it sets the write rate while a node stalls (README: Running against a cluster);
+# it is still ~20 times this machine's write latency under load (~25 ms), so a request that was
+# merely slow is rarely sent twice.
+SPECULATIVE_DELAY_S = 0.5
 SPECULATIVE_ATTEMPTS = 2
-# A connection that has seen no answer for this long is sent a heartbeat, and closed when the
-# heartbeat goes unanswered as long: a stalled node is dropped from the pool in 10-20 s, its
-# requests in flight are retried on the next node (on_request_error), where the driver's
-# default of 30 + 30 s would hold them until their timeout.
-HEARTBEAT_S = 10
+# A connection that has received nothing for this long is sent a heartbeat, and closed when the
+# heartbeat goes unanswered as long: a stalled node's connections are closed within 10-15 s and
+# requests skip it from then on (the driver's 30 + 30 s kept it in use for a minute). Busy
+# connections are never sent one, so a loaded node is not mistaken for a stalled one.
+HEARTBEAT_S = 5
 # A node that went away is tried again at 1, 2, 4... s, at most every 30 s: a node back from a
 # rolling restart is used again within half a minute even if its "up" event was missed.
 RECONNECT_BASE_S, RECONNECT_MAX_S = 1.0, 30.0

@@ -135,3 +135,18 @@ def test_statements_route_and_carry_what_the_driver_binds(
 
 def test_the_write_time_variable_is_the_statements_last(insert: PreparedStatement) -> None:
     assert [c.name for c in insert.column_metadata] == [*COLUMNS, "[timestamp]"]
+
+
+def test_every_write_the_io_manager_sends_is_marked_idempotent(kafka_topics: Settings) -> None:
+    """What lets the driver retry a write on another node and speculate
+    (resources/cassandra_policies.py): each carries its own write time."""
+    io = cassandra_io_manager(kafka_topics)
+    try:
+        insert = io.insert_statement()
+        columns, extra = row_writes(_stamped([orjson.dumps(e) for e in sample_events(3, seed=9)]))
+        encoded = encode_columns(columns, insert)
+        assert insert.is_idempotent
+        assert bound(insert, encoded[0]).is_idempotent
+        assert group_statement(insert, encoded, [0, 1, 2], extra).is_idempotent
+    finally:
+        io.close()
