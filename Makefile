@@ -116,10 +116,10 @@ cluster-down: venv
 # Faults on the cluster (tests/cluster): the CI set, then everything (stall, partition, the
 # full rolling restart).
 test-cluster: cluster-deps venv
-	$(BIN)/pytest -q -s -m "cluster and not cluster_full" tests/cluster
+	$(BIN)/pytest -q -m "cluster and not cluster_full" tests/cluster
 
 test-cluster-full: cluster-deps venv
-	$(BIN)/pytest -q -s -m cluster tests/cluster
+	ROLL=all $(BIN)/pytest -q -m cluster tests/cluster
 
 # `make bench` against the cluster stack (README: Running against a cluster).
 bench-cluster: cluster

@@ -213,9 +213,10 @@ class CassandraIOManager(ConfigurableIOManager):
         connection = self._connection
         if (create_schema and self.create_schema
                 and (self.keyspace, self.table) not in connection.schemas):
+            # Not marked idempotent: the same DDL sent to two coordinators at once (a retry, a
+            # speculative execution) can make two versions of one table.
             for stmt in schema_statements(self.keyspace, self.table, self.replication):
-                # IF NOT EXISTS: idempotent, so retried on another node (cassandra_policies.py)
-                connection.session.execute(SimpleStatement(stmt, is_idempotent=True))
+                connection.session.execute(stmt)
             connection.schemas.add((self.keyspace, self.table))
         return connection.session
 

@@ -1,11 +1,11 @@
 """How the Cassandra driver is set up for a cluster: who coordinates, what is retried, when
 another node is asked, and how soon a node that stops answering is left alone.
 
-Every statement the pipeline sends is idempotent and marked so (`is_idempotent`): the upserts
-carry their own write times (clock.py), so sending one twice leaves the same cells; receipts
-and re-drive records are keyed rows rewritten with the same values; reads change nothing.
-That is what makes the choices below safe; a statement not marked idempotent keeps the
-driver's cautious defaults.
+Every row the pipeline writes or reads goes in a statement marked idempotent (`is_idempotent`):
+the upserts carry their own write times (clock.py), so sending one twice leaves the same cells;
+receipts and re-drive records are keyed rows rewritten with the same values; reads change
+nothing. That is what makes the choices below safe. Schema statements are not marked: DDL sent
+to two coordinators at once can make two versions of a table.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from cassandra.policies import (
     RetryPolicy,
     TokenAwarePolicy,
 )
+from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessage
 
 # A write the coordinator timed out on (a replica slow or just killed) is sent again to the
 # next node this many times.
@@ -26,10 +27,10 @@ WRITE_TIMEOUT_RETRIES = 2
 # An idempotent request with no answer after this long is also sent to the next node, and the
 # first answer wins: a coordinator that stalls (a long GC pause, SIGSTOP) costs a request this
 # delay, not its whole timeout. Each such request holds one of CASSANDRA_CONCURRENCY slots for
-# the delay, so it sets the write rate while a node stalls (README: Running against a cluster);
-# it is still ~20 times this machine's write latency under load (~25 ms), so a request that was
-# merely slow is rarely sent twice.
-SPECULATIVE_DELAY_S = 0.5
+# the delay, so it sets the write rate while a node stalls, until the heartbeat below drops the
+# node (README: Running against a cluster). It must stay well above a batch's latency under
+# load (~0.35 s on the cluster's bench, by Little's law), or busy nodes get requests twice.
+SPECULATIVE_DELAY_S = 2.0
 SPECULATIVE_ATTEMPTS = 2
 # A connection that has received nothing for this long is sent a heartbeat, and closed when the
 # heartbeat goes unanswered as long: a stalled node's connections are closed within 10-15 s and
@@ -48,7 +49,8 @@ class IdempotentRetryPolicy(RetryPolicy):
     """The driver's RetryPolicy, plus: an idempotent write that timed out is retried on the next
     node (the default rethrows every write timeout but a batch log's); minus: a request whose
     connection failed is retried on the next node only when idempotent (the default retries any
-    statement, even one that may already have been applied)."""
+    statement, even one that may already have been applied). A node that refused the request
+    unexecuted (overloaded, bootstrapping) is left for the next one either way."""
 
     def on_write_timeout(
         self, query: Any, consistency: Any, write_type: Any, required_responses: int,
@@ -62,7 +64,8 @@ class IdempotentRetryPolicy(RetryPolicy):
     def on_request_error(
         self, query: Any, consistency: Any, error: Exception, retry_num: int
     ) -> tuple[int, Any]:
-        if not getattr(query, "is_idempotent", False):
+        unexecuted = isinstance(error, (OverloadedErrorMessage, IsBootstrappingErrorMessage))
+        if not unexecuted and not getattr(query, "is_idempotent", False):
             return self.RETHROW, None
         return super().on_request_error(query, consistency, error, retry_num)
 

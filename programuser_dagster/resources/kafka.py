@@ -144,8 +144,10 @@ class KafkaResource(ConfigurableResource):
         librdkafka would retry the handshake until each request times out, naming no cause."""
         if self._tls_checked or not (self.security_protocol or "").upper().endswith("SSL"):
             return
-        for address in self.bootstrap_servers.split(","):
-            host, _, port = address.strip().rpartition(":")
+        for address in filter(None, (a.strip() for a in self.bootstrap_servers.split(","))):
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                continue  # no port to try: librdkafka's default applies, its errors tell
             try:
                 why = verification_failure(host.strip("[]"), int(port), self.ssl_ca_location)
             except OSError:
@@ -157,8 +159,9 @@ class KafkaResource(ConfigurableResource):
                     f"Check KAFKA_SSL_CA_LOCATION (now {ca}: the CA that signed the brokers' "
                     "certificates) and that KAFKA_BOOTSTRAP_SERVERS name the brokers as their "
                     "certificates do.")
-            break  # one broker verified: they share the CA
-        self._tls_checked = True
+            self._tls_checked = True  # one broker verified: they share the CA
+            return
+        # None could be reached: the clients' own errors say so; the next client checks again.
 
     def _consumer_config(self) -> dict[str, Any]:
         return {

@@ -24,6 +24,8 @@ import functools
 import logging
 import os
 import signal
+import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
@@ -162,33 +164,71 @@ def cgroup_root() -> Path | None:
     return None
 
 
-def node_cgroup(n: Node) -> Path | None:
-    """The node's own cgroup v2 group (made if missing), or None where there is none: a fault
-    test drops a node's traffic by the group its sockets belong to (nftables `socket
-    cgroupv2`), since a node's outgoing connections leave from 127.0.0.1, not its address."""
+def node_cgroup_path(n: Node) -> Path | None:
+    """Where the node's own cgroup v2 group goes: inside this process's group, so the limits
+    it runs under still apply (nothing is made)."""
     root = cgroup_root()
     if root is None:
         return None
-    group = root / f"programuser-{n.name}"
+    own = "/"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                own = line[3:] or "/"
+    return root / own.lstrip("/") / f"programuser-{n.name}"
+
+
+def node_cgroup(n: Node) -> Path | None:
+    """The node's own group, made if missing; None where there is none or a process cannot
+    join it. A fault test drops a node's traffic by the group its sockets belong to (nftables
+    `socket cgroupv2`), since a node's outgoing connections leave from 127.0.0.1, not its
+    address."""
+    group = node_cgroup_path(n)
+    if group is None:
+        return None
     try:
         group.mkdir(exist_ok=True)
     except OSError:
         return None
-    return group
+    # Joining can be refused (cgroup v2 keeps processes out of groups with controllers on).
+    probe = subprocess.run(["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs"', str(group)],
+                           capture_output=True, check=False)
+    return group if probe.returncode == 0 else None
+
+
+def _remove_cgroup(n: Node) -> None:
+    group = node_cgroup_path(n)
+    if group is not None:
+        with contextlib.suppress(OSError):
+            group.rmdir()  # only an empty group goes: a node running there keeps it
+
+
+_DIR_LOCK = threading.Lock()
+_dir_users: list[str | None] = []  # the value to restore, while any block is inside
 
 
 @contextlib.contextmanager
 def _in_cluster_dir() -> Iterator[None]:
-    """The launcher's per-server helpers (pid files, logs, locks) work on this stack's dir."""
-    saved = os.environ.get("PROGRAMUSER_STACK_DIR")
-    os.environ["PROGRAMUSER_STACK_DIR"] = str(cluster_dir())
+    """The launcher's per-server helpers (pid files, logs, locks) work on this stack's dir
+    (always .stack-cluster) for the block; blocks may nest and run in several threads, and the
+    variable is restored when the last one ends."""
+    with _DIR_LOCK:
+        if not _dir_users:
+            saved = os.environ.get("PROGRAMUSER_STACK_DIR")
+            os.environ["PROGRAMUSER_STACK_DIR"] = str(cluster_dir())
+        else:
+            saved = _dir_users[0]
+        _dir_users.append(saved)
     try:
         yield
     finally:
-        if saved is None:
-            os.environ.pop("PROGRAMUSER_STACK_DIR", None)
-        else:
-            os.environ["PROGRAMUSER_STACK_DIR"] = saved
+        with _DIR_LOCK:
+            _dir_users.pop()
+            if not _dir_users:
+                if saved is None:
+                    os.environ.pop("PROGRAMUSER_STACK_DIR", None)
+                else:
+                    os.environ["PROGRAMUSER_STACK_DIR"] = saved
 
 
 # ----------------------------------------------------------------------------- node configs
@@ -234,9 +274,16 @@ def _kafka_overrides(n: Node, tls: Tls, login: tuple[str, str]) -> str:
     ])
 
 
-def _kafka_command(n: Node, tls: Tls, java_home: Path, lib: Path) -> list[str]:
+def _node_dir(n: Node) -> Path:
+    """The node's folder, its owner's only: its config holds the keystore's password."""
     directory = launcher._server_dir(n.name)
     directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    return directory
+
+
+def _kafka_command(n: Node, tls: Tls, java_home: Path, lib: Path) -> list[str]:
+    directory = _node_dir(n)
     props = directory / "server.properties"
     login = (os.environ.get("KAFKA_SASL_USERNAME") or SECURE_DEFAULTS["KAFKA_SASL_USERNAME"],
              os.environ.get("KAFKA_SASL_PASSWORD") or SECURE_DEFAULTS["KAFKA_SASL_PASSWORD"])
@@ -270,16 +317,12 @@ def _cassandra_extra(n: Node, tls: Tls) -> str:
         f"  keystore_password: {tls.password()}",
         "  store_type: PKCS12",
         "  require_client_auth: false",
-        # Writes wait for hints no longer than a short fault: a node back within it catches up
-        # from hints; one down longer needs a repair (README: Running against a cluster).
-        "max_hint_window: 3h",
         "",
     ])
 
 
 def _cassandra_command(n: Node, tls: Tls, java_home: Path, lib: Path) -> list[str]:
-    directory = launcher._server_dir(n.name)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = _node_dir(n)
     (directory / "cassandra-rackdc.properties").write_text(
         f"dc={DATA_CENTRE}\nrack=rack{n.number}\n")
     values = {
@@ -291,7 +334,7 @@ def _cassandra_command(n: Node, tls: Tls, java_home: Path, lib: Path) -> list[st
         "CQL_PORT": CQL_PORT,
         "EXTRA": _cassandra_extra(n, tls),
     }
-    # The snitch reads cassandra-rackdc.properties from the classpath: the node's folder first.
+    # The snitch reads its data centre and rack from the file this property names.
     return cassandra_java(n.name, values, java_home, lib, CASSANDRA_HEAP,
                           (f"-Dcassandra-rackdc.properties={directory.as_uri()}"
                            "/cassandra-rackdc.properties",))
@@ -300,7 +343,8 @@ def _cassandra_command(n: Node, tls: Tls, java_home: Path, lib: Path) -> list[st
 # ----------------------------------------------------------------------------- health
 
 
-def _cql(tls: Tls, *, only: str | None = None, superuser: bool = True, timeout: float = 10.0):
+def _cql(tls: Tls, *, only: str | None = None, superuser: bool = True,
+         timeout: float = 10.0) -> Any:
     login = CASSANDRA_SUPERUSER if superuser else launcher.cassandra_credentials()
     return cassandra_cluster(ADDRESSES, CQL_PORT, timeout=timeout, credentials=login,
                              ssl_ca=tls.ca, only=only)
@@ -345,12 +389,20 @@ def _kafka_problem(timeout: float = 5.0) -> str | None:
 
 
 def _canary(tls: Tls) -> str | None:
-    """None when a write and a read at consistency ALL succeed (every replica up and
-    answering), else why not."""
+    """None when a write and a read at consistency ALL succeed with each node as coordinator
+    (every replica up and answering, as every node sees it), else why not."""
+    for address in ADDRESSES:
+        problem = _canary_through(tls, address)
+        if problem:
+            return f"through {address}: {problem}"
+    return None
+
+
+def _canary_through(tls: Tls, address: str) -> str | None:
     from cassandra import ConsistencyLevel
     from cassandra.query import SimpleStatement
 
-    cluster = _cql(tls)
+    cluster = _cql(tls, only=address)
     try:
         session = cluster.connect()
         session.execute(f"CREATE KEYSPACE IF NOT EXISTS {_CANARY_KEYSPACE} WITH replication = "
@@ -359,11 +411,11 @@ def _canary(tls: Tls) -> str | None:
                         "(k text PRIMARY KEY, at timestamp)", timeout=60)
         at = int(time.time() * 1000)
         session.execute(SimpleStatement(
-            f"INSERT INTO {_CANARY_KEYSPACE}.canary (k, at) VALUES ('up', %s)",
-            consistency_level=ConsistencyLevel.ALL), (at,))
+            f"INSERT INTO {_CANARY_KEYSPACE}.canary (k, at) VALUES (%s, %s)",
+            consistency_level=ConsistencyLevel.ALL), (address, at))
         row = session.execute(SimpleStatement(
-            f"SELECT at FROM {_CANARY_KEYSPACE}.canary WHERE k = 'up'",
-            consistency_level=ConsistencyLevel.ALL)).one()
+            f"SELECT at FROM {_CANARY_KEYSPACE}.canary WHERE k = %s",
+            consistency_level=ConsistencyLevel.ALL), (address,)).one()
         if row is None:
             return "the canary row written at ALL was not read back"
         return None
@@ -429,6 +481,7 @@ def up(
     timeout: float = DEFAULT_TIMEOUT,
     echo: Echo = launcher._quiet,
     temporary: bool = False,
+    adopt: bool = True,
 ) -> list[str]:
     """Start the nodes that are not running and wait until the cluster is healthy; return the
     nodes started. Creates the settings' topics (3 replicas) and keyspace ({'dc1': 3}).
@@ -436,7 +489,8 @@ def up(
     Healthy: every Cassandra node answers CQL over TLS and lists the other two as peers, a
     write and a read at ALL succeed, the three brokers are in the metadata and every
     partition has all its replicas in sync. `temporary` marks the nodes it starts as a test
-    session's (a plain `up` adopts them, as in the single-node stack).
+    session's; a plain `up` adopts every running node (clears the mark), as in the single-node
+    stack, unless `adopt` is False. A node restarted keeps the mark it had.
     """
     with _in_cluster_dir(), stack_lock():
         t0 = time.monotonic()
@@ -447,21 +501,27 @@ def up(
         libs = {server: ensure_libs(server, echo) for server in ("kafka", "cassandra")}
         started: list[str] = []
         for n in NODES:
-            marker = launcher._temporary_marker(n.name)
             if pid(n) is None:
-                launcher._pid_file(n.name).unlink(missing_ok=True)
-                check_ports_free(n.name, _ports(n), n.address)
-                build = _kafka_command if n.server == "kafka" else _cassandra_command
-                spawned = launcher._spawn(n.name, build(n, tls, java_home, libs[n.server]),
-                                          java_home, node_cgroup(n))
+                spawned = _start(n, tls, java_home, libs[n.server], temporary)
                 started.append(n.name)
-                if temporary:
-                    marker.touch()
                 echo(f"{n.name}: started (pid {spawned}) on {n.address}")
-            elif not temporary:
-                marker.unlink(missing_ok=True)
+            elif adopt and not temporary:
+                launcher._temporary_marker(n.name).unlink(missing_ok=True)
         _ready(settings, tls, deadline, echo, t0)
         return started
+
+
+def _start(n: Node, tls: Tls, java_home: Path, lib: Path, temporary: bool = False) -> int:
+    """Spawn a node that is not running, with its data; it keeps a test session's mark."""
+    marker = launcher._temporary_marker(n.name)
+    was_temporary = marker.exists()
+    launcher._pid_file(n.name).unlink(missing_ok=True)
+    check_ports_free(n.name, _ports(n), n.address)
+    build = _kafka_command if n.server == "kafka" else _cassandra_command
+    spawned = launcher._spawn(n.name, build(n, tls, java_home, lib), java_home, node_cgroup(n))
+    if temporary or was_temporary:
+        marker.touch()
+    return spawned
 
 
 def start_node(name: str, timeout: float = DEFAULT_TIMEOUT) -> int:
@@ -471,12 +531,7 @@ def start_node(name: str, timeout: float = DEFAULT_TIMEOUT) -> int:
     with _in_cluster_dir(), stack_lock():
         running = pid(n)
         if running is None:
-            tls = Tls(tls_dir())
-            java_home = find_java17()
-            build = _kafka_command if n.server == "kafka" else _cassandra_command
-            check_ports_free(n.name, _ports(n), n.address)
-            running = launcher._spawn(n.name, build(n, tls, java_home, ensure_libs(n.server)),
-                                      java_home, node_cgroup(n))
+            running = _start(n, Tls(tls_dir()), find_java17(), ensure_libs(n.server))
         if n.server == "kafka":
             probe = functools.partial(launcher._kafka_probe, f"{n.address}:{KAFKA_PORT}", 5.0, {})
         else:
@@ -489,7 +544,10 @@ def start_node(name: str, timeout: float = DEFAULT_TIMEOUT) -> int:
 def leader(topic: str, partition: int) -> Node:
     """The broker leading a partition now."""
     md = launcher._kafka_admin(PLAINTEXT_BOOTSTRAP, {}).list_topics(topic, timeout=10)
-    return node(f"kafka-{md.topics[topic].partitions[partition].leader}")
+    leading = md.topics[topic].partitions[partition].leader
+    if leading < 0:
+        raise StackError(f"{topic}[{partition}] has no leader right now")
+    return node(f"kafka-{leading}")
 
 
 def _ports(n: Node) -> dict[str, int]:
@@ -558,21 +616,25 @@ def _create_internal_topics(topic: str) -> None:
             try:
                 consumer.committed([TopicPartition(topic, 0)], timeout=10)
                 break
-            except KafkaException:
+            except KafkaException as exc:
                 if attempt == 29:
-                    raise
+                    raise StackError(
+                        f"the brokers did not set up the offsets topic: {exc}") from exc
     finally:
         consumer.close()
     producer = Producer({"bootstrap.servers": PLAINTEXT_BOOTSTRAP, "logger": quiet,
                          "transactional.id": "programuser-stack-canary"})
-    producer.init_transactions(60)  # retries while the coordinator loads the new topic
+    try:
+        producer.init_transactions(60)  # retries while the coordinator loads the new topic
+    except KafkaException as exc:
+        raise StackError(f"the brokers did not set up their transaction state: {exc}") from exc
 
 
 def down(*, timeout: float = 60.0, echo: Echo = launcher._quiet,
          only: Sequence[str] | None = None) -> list[str]:
     """Stop the cluster's nodes (SIGTERM, SIGKILL after `timeout`); return those stopped."""
     with _in_cluster_dir(), stack_lock():
-        chosen = [n for n in NODES if only is None or n.name in only]
+        chosen = list(NODES) if only is None else [node(name) for name in only]
         stopped = []
         for n in chosen:
             running = pid(n)
@@ -595,6 +657,7 @@ def down(*, timeout: float = 60.0, echo: Echo = launcher._quiet,
             launcher._CHILDREN.pop(running, None)
             launcher._pid_file(n.name).unlink(missing_ok=True)
             launcher._temporary_marker(n.name).unlink(missing_ok=True)
+            _remove_cgroup(n)
             echo(f"{n.name}: stopped (pid {running})")
         return [n.name for n, _ in stopped]
 

@@ -464,17 +464,15 @@ def check_ports_free(name: str, wanted: Mapping[str, int], host: str = "127.0.0.
 
 def _spawn(name: str, cmd: list[str], java_home: Path, cgroup: Path | None = None) -> int:
     """Start the server's process in the background; with `cgroup` (a cgroup v2 folder), in
-    that group from its first instruction, so every socket it opens belongs to the group."""
+    that group before the JVM starts, so every socket it opens belongs to the group (a shell
+    joins it, then execs the command: no Python runs between fork and exec)."""
     directory = _server_dir(name)
     log = log_file(name)
     if log.exists():
         log.replace(log.with_name(log.name + ".1"))  # keep the previous run's log
     env = {**os.environ, "JAVA_HOME": str(java_home)}
-
-    def join_cgroup() -> None:
-        if cgroup is not None:
-            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
-
+    if cgroup is not None:
+        cmd = ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(cgroup), *cmd]
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             cmd,
@@ -484,7 +482,6 @@ def _spawn(name: str, cmd: list[str], java_home: Path, cgroup: Path | None = Non
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own session: survives our exit and our Ctrl-C
-            preexec_fn=join_cgroup if cgroup is not None else None,
         )
     _CHILDREN[proc.pid] = proc
     _pid_file(name).write_text(f"{proc.pid}\n")
@@ -1253,8 +1250,9 @@ def main_stack(argv: Sequence[str]) -> int:
             p.add_argument(
                 "--timeout",
                 type=float,
-                default=DEFAULT_TIMEOUT,
-                help="seconds to wait for each server (default %(default)s)",
+                default=None,
+                help=f"seconds to wait for each server (default {DEFAULT_TIMEOUT:.0f}; with "
+                "--cluster, for the whole cluster: stack/cluster.py's DEFAULT_TIMEOUT)",
             )
     args = parser.parse_args(list(argv))
     if args.secure:
@@ -1268,7 +1266,7 @@ def main_stack(argv: Sequence[str]) -> int:
     try:
         which = _check_which(args.servers or SERVERS)
         if args.command == "up":
-            up(Settings.from_env(), which, timeout=args.timeout, echo=echo)
+            up(Settings.from_env(), which, timeout=args.timeout or DEFAULT_TIMEOUT, echo=echo)
             return 0
         if args.command == "down":
             down(which, echo=echo)
@@ -1295,7 +1293,7 @@ def _main_cluster(args: argparse.Namespace, echo: Echo) -> int:
     try:
         if args.command == "up":
             t0 = time.monotonic()
-            cluster.up(timeout=max(args.timeout, cluster.DEFAULT_TIMEOUT), echo=echo)
+            cluster.up(timeout=args.timeout or cluster.DEFAULT_TIMEOUT, echo=echo)
             echo(f"cluster: healthy ({time.monotonic() - t0:.1f} s)")
             return 0
         if args.command == "down":

@@ -59,10 +59,12 @@ def ensure_tls(directory: Path, addresses: Sequence[str]) -> Tls:
     directory.chmod(0o700)
     tls = Tls(directory)
     password_file = directory / "keystore.password"
-    if not password_file.is_file():
+    if not password_file.is_file() or not tls.ca.is_file():
+        # A new CA or password: every node's certificate and keystore is made again with it.
+        for old in directory.iterdir():
+            old.unlink()
         password_file.write_text(secrets.token_hex(16) + "\n")
         password_file.chmod(0o600)
-    if not tls.ca.is_file():
         _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
                  "-days", str(DAYS), "-keyout", "ca.key", "-out", "ca.pem",
                  "-subj", "/CN=programuser-dagster cluster stack CA",

@@ -27,7 +27,7 @@ import pytest
 from programuser_dagster.settings import Settings
 from programuser_dagster.stack import cluster, delete_topics, drop_keyspace, ensure_schema
 from programuser_dagster.stack import ensure_topics as ensure_kafka_topics
-from tests.support.cluster_faults import heal_network
+from tests.support.cluster_faults import heal_network, restore
 from tests.support.dagster_dev import REPO
 from tests.support.pipeline import temporary_env
 
@@ -39,7 +39,10 @@ _MEASURED: dict[str, dict[str, Any]] = {}
 def measured() -> Callable[..., None]:
     def record(test: str, **figures: Any) -> None:
         _MEASURED[test] = figures
-        (REPO / "cluster-results.json").write_text(json.dumps(_MEASURED, indent=2) + "\n")
+        # Merged with earlier sessions' figures (make test-cluster, then -full, keep both).
+        path = REPO / "cluster-results.json"
+        earlier = json.loads(path.read_text()) if path.is_file() else {}
+        path.write_text(json.dumps({**earlier, **_MEASURED}, indent=2) + "\n")
 
     return record
 
@@ -74,15 +77,6 @@ def healthy_cluster(cluster_stack: Settings) -> Iterator[Settings]:
         yield cluster_stack
     finally:
         restore()
-
-
-def restore() -> None:
-    heal_network()
-    for n in cluster.NODES:
-        running = cluster.pid(n)
-        if running is not None:
-            os.kill(running, 18)  # SIGCONT: a node a test stopped runs again
-    cluster.up(timeout=BOOT_TIMEOUT_S, echo=print)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from dagster import DagsterInstance
 from programuser_dagster.samples import message_key, sample_events
 from programuser_dagster.settings import Settings
 from programuser_dagster.stack import cluster
-from tests.support.cluster_faults import partitioned
+from tests.support.cluster_faults import bring_back, partitioned, unreachable
 from tests.support.faults import RunInThread, assert_ranges_tile, wait_for
 from tests.support.pipeline import (
     all_rows,
@@ -96,10 +96,11 @@ def test_a_cassandra_node_killed_mid_write_fails_no_run(
     wait_for("the run's first writes", writes_underway(cassandra, s, values, 0.2), 300)
     killed_at = time.monotonic()
     cluster.signal_node("cassandra-1", signal.SIGKILL)  # the first contact point, too
+    assert run.thread.is_alive(), "the run ended before the fault"
     result = run.join(600)
     took = time.monotonic() - t0
     assert result.success, failure_text(result)
-    cluster.up()  # back, so the table can be read at ALL
+    bring_back()  # so the table can be read at ALL
     assert_clean(instance, cassandra, s, values)
     measured("a: cassandra-1 SIGKILLed mid-write", events=len(values),
              killed_after_s=round(killed_at - t0, 1), run_s=round(took, 1), failed_runs=0)
@@ -119,19 +120,20 @@ def test_b_cassandra_node_stalled_past_the_request_timeout(
     cluster.signal_node("cassandra-2", signal.SIGSTOP)
     stopped = time.monotonic()
     try:
+        assert run.thread.is_alive(), "the run ended before the fault"
         result = run.join(120 + stall_s)
+        took = time.monotonic() - t0  # the run's own time, not the stall's
     finally:
         time.sleep(max(0.0, stall_s - (time.monotonic() - stopped)))
         cluster.signal_node("cassandra-2", signal.SIGCONT)
-    took = time.monotonic() - t0
     outcome = "succeeded" if result.success else "failed: " + failure_text(result)[:300]
     if not result.success:
         assert took < 120 + (stopped - t0), f"the run took {took:.0f} s to fail"
         assert not offsets(s).committed
-        cluster.up()
+        bring_back()
         retry = run_partition(instance, s, chunk_messages=CHUNK)
         assert retry.success, failure_text(retry)
-    cluster.up()
+    bring_back()
     assert_clean(instance, cassandra, s, values)
     measured("b: cassandra-2 SIGSTOPped past the request timeout", stall_s=stall_s,
              request_timeout_s=s.cassandra_request_timeout_s, run=outcome,
@@ -150,10 +152,12 @@ def test_c_cassandra_node_partitioned_fails_no_run(
     wait_for("the run's first writes", writes_underway(cassandra, s, values, 0.2), 300)
     with partitioned("cassandra-3"):
         cut = time.monotonic()
+        assert run.thread.is_alive(), "the run ended before the fault"
+        assert unreachable("127.0.0.13", cluster.CQL_PORT)  # dropped, not refused
         result = run.join(600)
         took = time.monotonic() - t0
     assert result.success, failure_text(result)
-    cluster.up()  # healed: wait until every node is back in the ring before reading at ALL
+    bring_back()  # healed: every node back in the ring before the table is read at ALL
     assert_clean(instance, cassandra, s, values)
     measured("c: cassandra-3 partitioned (nftables)", cut_after_s=round(cut - t0, 1),
              run_s=round(took, 1), failed_runs=0)
@@ -170,6 +174,7 @@ def test_d_two_cassandra_nodes_down_fail_the_run_cleanly(
     down_at = time.monotonic()
     cluster.signal_node("cassandra-2", signal.SIGKILL)
     cluster.signal_node("cassandra-3", signal.SIGKILL)
+    assert run.thread.is_alive(), "the run ended before the fault"
     result = run.join(300)
     failed_after = time.monotonic() - down_at
     assert not result.success
@@ -183,7 +188,7 @@ def test_d_two_cassandra_nodes_down_fail_the_run_cleanly(
     retry = run_partition(instance, s, chunk_messages=CHUNK)
     assert retry.success, failure_text(retry)
     recovered = time.monotonic() - back
-    cluster.up()
+    bring_back()
     assert_clean(instance, cassandra, s, values)
     measured("d: two Cassandra nodes SIGKILLed", failed_after_s=round(failed_after, 1),
              committed_before_recovery=0, node_back_to_run_done_s=round(recovered, 1))
@@ -200,6 +205,7 @@ def test_e_leader_broker_killed_mid_run(
     run = RunInThread(lambda: run_partition(instance, s, chunk_messages=CHUNK))
     wait_for("the run's first writes", writes_underway(cassandra, s, values, 0.2), 300)
     cluster.signal_node(leader.name, signal.SIGKILL)
+    assert run.thread.is_alive(), "the run ended before the fault"
     result = run.join(600)
     took = time.monotonic() - t0
     runs = 1
@@ -211,7 +217,7 @@ def test_e_leader_broker_killed_mid_run(
         assert retry.success, failure_text(retry)
     new_leader = cluster.leader(s.kafka_input_topic, 0)
     assert new_leader != leader
-    cluster.up()
+    bring_back()
     reports = assert_clean(instance, cassandra, s, values)
     assert sum(r["messages_dead_lettered"] for r in reports) == len(values) // 97
     measured("e: leader broker SIGKILLed mid-run", killed=leader.name, run=outcome,

@@ -23,12 +23,13 @@ from confluent_kafka import Producer
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from programuser_dagster.ages import lag_seconds
+from programuser_dagster.jobs import JOB_NAME
 from programuser_dagster.resources import kafka_resource
 from programuser_dagster.samples import message_key, sample_events
 from programuser_dagster.settings import Settings
 from programuser_dagster.stack import cluster
 from tests.support.dagster_dev import dagster_dev, settings_env
-from tests.support.faults import assert_ranges_tile
+from tests.support.faults import RunInThread, assert_ranges_tile
 from tests.support.pipeline import all_rows, expected_rows
 
 pytestmark = pytest.mark.cluster
@@ -88,8 +89,8 @@ class SteadyProducer:
             second += 1
             time.sleep(max(0.0, started + second - time.monotonic()))
 
-    def stop(self) -> float:
-        """Stop producing, wait for every delivery; the rate held."""
+    def stop(self) -> int:
+        """Stop producing and wait for every delivery; how many events were produced."""
         self._stop.set()
         self._thread.join(30)
         assert self._producer.flush(120) == 0
@@ -117,14 +118,14 @@ def test_f_rolling_restart_under_load_loses_nothing(
     with dagster_dev(home, log, env) as dev:
         producer = SteadyProducer(s)
         started = time.monotonic()
-        rolling = threading.Thread(target=roll, args=(names, stages), daemon=True)
-        rolling.start()
-        while rolling.is_alive() or time.monotonic() - started < MIN_PRODUCE_S:
+        rolling = RunInThread(lambda: roll(names, stages))
+        while rolling.thread.is_alive() or time.monotonic() - started < MIN_PRODUCE_S:
             if (now := lag(s)) is not None:
                 worst = (max(worst[0], now[0]), max(worst[1], now[1]))
             assert dev.poll() is None, log.read_text()[-3000:]
             time.sleep(5)
-        rolling.join()
+        rolling.join(60)  # raises what the restarts raised
+        assert [stage["node"] for stage in stages] == list(names)
         produced = producer.stop()
         produce_s = time.monotonic() - started
         assert not producer.failed, producer.failed[:5]
@@ -146,7 +147,7 @@ def test_f_rolling_restart_under_load_loses_nothing(
     with DagsterInstance.from_config(str(home)) as instance:
         for partition, end in ends.items():
             assert_ranges_tile(instance, 0, end, partition)
-        runs = instance.get_run_records(RunsFilter(job_name="program_user_info"))
+        runs = instance.get_run_records(RunsFilter(job_name=JOB_NAME))
     failed = [r.dagster_run.run_id for r in runs
               if r.dagster_run.status == DagsterRunStatus.FAILURE]
     measured("f: rolling restart under 500 events/s", nodes=list(names), stages=stages,

@@ -41,5 +41,5 @@ def test_status_names_each_node_its_address_pid_and_state(healthy_cluster: Setti
 
 def test_up_on_a_healthy_cluster_starts_nothing(healthy_cluster: Settings) -> None:
     t0 = time.monotonic()
-    assert cluster.up() == []
+    assert cluster.up(adopt=False) == []
     assert time.monotonic() - t0 < 30

@@ -12,13 +12,18 @@ connections to the other nodes leave from 127.0.0.1, not from its address.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
+import socket
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 from programuser_dagster.stack import cluster
 
 FAULT_TABLE = "programuser_fault"
+BOOT_TIMEOUT_S = 900.0
 
 
 def _nft(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -41,10 +46,14 @@ def heal_network() -> None:
 def partitioned(name: str) -> Iterator[None]:
     """Drop every packet to and from Cassandra node `name` for the block."""
     n = cluster.node(name)
-    group = cluster.node_cgroup(n)
-    if group is None:
-        raise RuntimeError("no cgroup v2 here: a node's own traffic cannot be told apart")
-    relative = group.relative_to("/sys/fs/cgroup")  # where nft looks the group up
+    group, root = cluster.node_cgroup_path(n), cluster.cgroup_root()
+    if group is None or root is None or not group.is_dir():
+        raise RuntimeError("no cgroup v2 group for the node: its own traffic cannot be told apart")
+    nft_root = Path("/sys/fs/cgroup")  # where nft looks a group's path up
+    if not group.is_relative_to(nft_root):
+        raise RuntimeError(f"cgroup v2 is mounted at {root}, outside {nft_root}: nft cannot match")
+    level = len(group.relative_to(root).parts)  # depth in the cgroup v2 tree
+    relative = group.relative_to(nft_root)
     ports = f"{{ {cluster.CQL_PORT}, {cluster.STORAGE_PORT} }}"
     heal_network()
     _nft("add", "table", "inet", FAULT_TABLE)
@@ -54,7 +63,7 @@ def partitioned(name: str) -> Iterator[None]:
         _nft("add", "rule", "inet", FAULT_TABLE, "output", "ip", "daddr", n.address, "tcp",
              "dport", ports, "drop")
         _nft("add", "rule", "inet", FAULT_TABLE, "output", "socket", "cgroupv2", "level",
-             "1", f'"{relative}"', "drop")
+             str(level), f'"{relative}"', "drop")
         yield
     finally:
         heal_network()
@@ -75,3 +84,30 @@ def redirected(address: str, to: str, ports: tuple[int, ...]) -> Iterator[None]:
         yield
     finally:
         heal_network()
+
+
+def restore() -> None:
+    """Full health: no fault rule, every stopped node continued, every killed one started."""
+    heal_network()
+    for n in cluster.NODES:
+        running = cluster.pid(n)
+        if running is not None:
+            os.kill(running, signal.SIGCONT)
+    bring_back()
+
+
+def bring_back() -> None:
+    """Start the nodes a test killed and wait for full health; the nodes the test session
+    started stay marked as its own, so that it stops them at the end."""
+    cluster.up(timeout=BOOT_TIMEOUT_S, echo=print, adopt=False)
+
+
+def unreachable(address: str, port: int) -> bool:
+    """True when a connection to address:port gets no answer (dropped, not refused)."""
+    try:
+        with socket.create_connection((address, port), timeout=2):
+            return False
+    except TimeoutError:
+        return True
+    except OSError:
+        return False
