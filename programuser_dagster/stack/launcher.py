@@ -456,9 +456,9 @@ def check_ports_free(name: str, wanted: Mapping[str, int], host: str = "127.0.0.
     for what, port in wanted.items():
         if _port_open(port, host):
             raise StackError(
-                f"Cannot start {name}: {host}:{port} ({what}) is already taken by a process "
-                f"that is not ours. Find it with: ss -ltnp 'sport = :{port}' and stop it, or "
-                f"change the port.{_foreign_stack(name)}"
+                f"Cannot start {name}: port {port} on {host} ({what}) is already taken by a "
+                f"process that is not ours. Find it with: ss -ltnp 'sport = :{port}' and stop "
+                f"it, or change the port.{_foreign_stack(name)}"
             )
 
 
