@@ -541,6 +541,19 @@ def start_node(name: str, timeout: float = DEFAULT_TIMEOUT) -> int:
         return running
 
 
+def restart_node(name: str, timeout: float = DEFAULT_TIMEOUT) -> int:
+    """Stop a node gracefully (SIGTERM) and start it again with its data, keeping a test
+    session's mark; returns its new pid once it answers (a rolling restart's step)."""
+    n = node(name)
+    with _in_cluster_dir(), stack_lock():
+        marker = launcher._temporary_marker(n.name)
+        marked = marker.exists()
+        down(only=[name])
+        if marked:
+            marker.touch()
+        return start_node(name, timeout)
+
+
 def leader(topic: str, partition: int) -> Node:
     """The broker leading a partition now."""
     md = launcher._kafka_admin(PLAINTEXT_BOOTSTRAP, {}).list_topics(topic, timeout=10)
