@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol
 
 import pandas as pd
-from cassandra import ConsistencyLevel, InvalidRequest, Unavailable, WriteTimeout
+from cassandra import ConsistencyLevel, InvalidRequest, Unauthorized, Unavailable, WriteTimeout
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import (
     EXEC_PROFILE_DEFAULT,
@@ -427,6 +427,11 @@ class CassandraIOManager(ConfigurableIOManager):
             seen = f" ({failure.alive_replicas} of {failure.required_replicas} needed are up)"
         elif isinstance(failure, WriteTimeout):
             seen = f" ({failure.received_responses} of {failure.required_responses} answered)"
+        elif (isinstance(failure, Unauthorized)
+              and "Unable to perform authorization" in str(failure)):
+            # Not a refusal: the node could not re-read the login's roles, which it reads at a
+            # quorum of system_auth's replicas (too few up, or they timed out).
+            seen = " (Cassandra could not read this login's permissions from system_auth)"
         else:
             return ""
         return (f" A quorum of replicas is not available for consistency {self.consistency}"

@@ -57,3 +57,27 @@ def test_the_profile_speculates_and_routes_to_the_local_dc():
     assert (spec.delay, spec.max_attempts) == (SPECULATIVE_DELAY_S, SPECULATIVE_ATTEMPTS)
     assert options["load_balancing_policy"]._child_policy.local_dc == "dc1"
     assert isinstance(options["retry_policy"], IdempotentRetryPolicy)
+
+
+def test_a_missing_quorum_is_named_whichever_way_cassandra_reports_it():
+    from cassandra import Unauthorized, Unavailable, WriteTimeout
+    from cassandra.cluster import NoHostAvailable
+
+    from programuser_dagster.resources.cassandra import CassandraIOManager
+
+    hint = CassandraIOManager()._quorum_hint
+    timeout = WriteTimeout("timed out", write_type=WriteType.SIMPLE, consistency=LQ,
+                           required_responses=2,
+                           received_responses=1)
+    for failure in (
+        Unavailable("no", consistency=LQ, required_replicas=2, alive_replicas=1),
+        timeout,
+        NoHostAvailable("all tried", {"127.0.0.11:9042": timeout}),
+        Unauthorized("Unable to perform authorization of super-user permission: "
+                     "Cannot achieve consistency level LOCAL_QUORUM"),
+        Unauthorized("Unable to perform authorization of super-user permission: "
+                     "Operation timed out - received only 1 responses."),
+    ):
+        assert "A quorum of replicas is not available" in hint(failure), failure
+    assert hint(Unauthorized("User x has no MODIFY permission")) == ""
+    assert hint(NoHostAvailable("all tried", {"h": ConnectionError("closed")})) == ""
