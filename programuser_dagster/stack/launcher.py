@@ -1307,3 +1307,7 @@ def _main_cluster(args: argparse.Namespace, echo: Echo) -> int:
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # a client library's error while nodes start: say it in one line
+        print(f"error: {type(exc).__name__}: {exc} (see `stack status --cluster` and the nodes' "
+              "logs)", file=sys.stderr)
+        return 1
