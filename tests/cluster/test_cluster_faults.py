@@ -63,6 +63,17 @@ def writes_underway(session: Any, s: Settings, values: list[bytes], share: float
     return lambda: row(session, s, target["programId"], target["userId"]) is not None
 
 
+def run_into_backlog(
+    instance: DagsterInstance, session: Any, s: Settings, values: list[bytes]
+) -> tuple[RunInThread, float]:
+    """Start a run of partition 0 in a thread; return it, and when it started, once a fifth of
+    the backlog is written (the moment each fault lands)."""
+    t0 = time.monotonic()
+    run = RunInThread(lambda: run_partition(instance, s, chunk_messages=CHUNK))
+    wait_for("the run's first writes", writes_underway(session, s, values, 0.2), 300)
+    return run, t0
+
+
 def quorum_answers(session: Any) -> bool:
     """True when a read at QUORUM succeeds (two of the three replicas up, as its coordinator
     sees them)."""
@@ -91,9 +102,7 @@ def test_a_cassandra_node_killed_mid_write_fails_no_run(
 ) -> None:
     s = cluster_settings
     values = produce_backlog(s)
-    t0 = time.monotonic()
-    run = RunInThread(lambda: run_partition(instance, s, chunk_messages=CHUNK))
-    wait_for("the run's first writes", writes_underway(cassandra, s, values, 0.2), 300)
+    run, t0 = run_into_backlog(instance, cassandra, s, values)
     killed_at = time.monotonic()
     cluster.signal_node("cassandra-1", signal.SIGKILL)  # the first contact point, too
     assert run.thread.is_alive(), "the run ended before the fault"
@@ -114,9 +123,7 @@ def test_b_cassandra_node_stalled_past_the_request_timeout(
     s = cluster_settings
     values = produce_backlog(s)
     stall_s = s.cassandra_request_timeout_s + 10
-    t0 = time.monotonic()
-    run = RunInThread(lambda: run_partition(instance, s, chunk_messages=CHUNK))
-    wait_for("the run's first writes", writes_underway(cassandra, s, values, 0.2), 300)
+    run, t0 = run_into_backlog(instance, cassandra, s, values)
     cluster.signal_node("cassandra-2", signal.SIGSTOP)
     stopped = time.monotonic()
     try:
@@ -147,9 +154,7 @@ def test_c_cassandra_node_partitioned_fails_no_run(
 ) -> None:
     s = cluster_settings
     values = produce_backlog(s)
-    t0 = time.monotonic()
-    run = RunInThread(lambda: run_partition(instance, s, chunk_messages=CHUNK))
-    wait_for("the run's first writes", writes_underway(cassandra, s, values, 0.2), 300)
+    run, t0 = run_into_backlog(instance, cassandra, s, values)
     with partitioned("cassandra-3"):
         cut = time.monotonic()
         assert run.thread.is_alive(), "the run ended before the fault"
@@ -169,8 +174,7 @@ def test_d_two_cassandra_nodes_down_fail_the_run_cleanly(
 ) -> None:
     s = cluster_settings
     values = produce_backlog(s)
-    run = RunInThread(lambda: run_partition(instance, s, chunk_messages=CHUNK))
-    wait_for("the run's first writes", writes_underway(cassandra, s, values, 0.2), 300)
+    run, _ = run_into_backlog(instance, cassandra, s, values)
     down_at = time.monotonic()
     cluster.signal_node("cassandra-2", signal.SIGKILL)
     cluster.signal_node("cassandra-3", signal.SIGKILL)
@@ -201,9 +205,7 @@ def test_e_leader_broker_killed_mid_run(
     s = cluster_settings
     values = produce_backlog(s, bad_every=97)  # dead letters cross the leadership change too
     leader = cluster.leader(s.kafka_input_topic, 0)
-    t0 = time.monotonic()
-    run = RunInThread(lambda: run_partition(instance, s, chunk_messages=CHUNK))
-    wait_for("the run's first writes", writes_underway(cassandra, s, values, 0.2), 300)
+    run, t0 = run_into_backlog(instance, cassandra, s, values)
     cluster.signal_node(leader.name, signal.SIGKILL)
     assert run.thread.is_alive(), "the run ended before the fault"
     result = run.join(600)

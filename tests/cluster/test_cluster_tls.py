@@ -69,6 +69,22 @@ def other_ca(directory: Path) -> str:
     return str(directory / "other.pem")
 
 
+def timed_run(instance: DagsterInstance, s: Settings) -> tuple[Any, float]:
+    """A run of partition 0 with the Kafka login in its environment, and how long it took."""
+    with temporary_env({"KAFKA_SASL_PASSWORD": cluster.TLS_DEFAULTS["KAFKA_SASL_PASSWORD"]}):
+        t0 = time.monotonic()
+        result = run_partition(instance, s)
+        return result, time.monotonic() - t0
+
+
+def assert_tls_failure(result: Any, variable: str) -> str:
+    """The run failed saying TLS verification failed and naming `variable`; its text."""
+    assert not result.success
+    text = failure_text(result)
+    assert "TLS verification" in text and variable in text, text[-2000:]
+    return text
+
+
 def run_secrets() -> list[str]:
     tls = Tls(cluster.tls_dir())
     return [tls.password(), "PRIVATE KEY", cluster.TLS_DEFAULTS["KAFKA_SASL_PASSWORD"]]
@@ -80,10 +96,7 @@ def test_the_pipeline_runs_over_tls_and_no_secret_reaches_the_run(
 ) -> None:
     s = over_tls(cluster_settings)
     values = produce(s)
-    with temporary_env({"KAFKA_SASL_PASSWORD": cluster.TLS_DEFAULTS["KAFKA_SASL_PASSWORD"]}):
-        t0 = time.monotonic()
-        result = run_partition(instance, s)
-        took = time.monotonic() - t0
+    result, took = timed_run(instance, s)
     assert result.success, failure_text(result)
     assert all_rows(cassandra, s) == expected_rows(values)
     run = instance.get_run_by_id(result.run_id)
@@ -111,13 +124,8 @@ def test_a_wrong_ca_fails_the_run_fast_naming_tls_and_the_variable(
         s, variable = dataclasses.replace(s, cassandra_ssl_ca=wrong), "CASSANDRA_SSL_CA"
     else:
         s, variable = dataclasses.replace(s, kafka_ssl_ca_location=wrong), "KAFKA_SSL_CA_LOCATION"
-    with temporary_env({"KAFKA_SASL_PASSWORD": cluster.TLS_DEFAULTS["KAFKA_SASL_PASSWORD"]}):
-        t0 = time.monotonic()
-        result = run_partition(instance, s)
-        took = time.monotonic() - t0
-    assert not result.success
-    text = failure_text(result)
-    assert "TLS verification" in text and variable in text, text[-2000:]
+    result, took = timed_run(instance, s)
+    assert_tls_failure(result, variable)
     assert took < FAIL_WITHIN_S, f"failed after {took:.1f} s"
     measured(f"tls: wrong CA for {system}", failed_after_s=round(took, 1), names=variable)
 
@@ -136,14 +144,9 @@ def test_a_wrong_host_name_fails_the_run_fast_naming_tls_and_the_variable(
     else:
         s = dataclasses.replace(s, kafka_bootstrap_servers=f"{ROGUE}:{cluster.KAFKA_TLS_PORT}")
         ports, variable = (cluster.KAFKA_TLS_PORT,), "KAFKA_SSL_CA_LOCATION"
-    with (redirected(ROGUE, first, ports),
-          temporary_env({"KAFKA_SASL_PASSWORD": cluster.TLS_DEFAULTS["KAFKA_SASL_PASSWORD"]})):
-        t0 = time.monotonic()
-        result = run_partition(instance, s)
-        took = time.monotonic() - t0
-    assert not result.success
-    text = failure_text(result)
-    assert "TLS verification" in text and variable in text, text[-2000:]
+    with redirected(ROGUE, first, ports):
+        result, took = timed_run(instance, s)
+    text = assert_tls_failure(result, variable)
     assert "mismatch" in text, text[-2000:]  # the host name, not the CA
     assert took < FAIL_WITHIN_S, f"failed after {took:.1f} s"
     measured(f"tls: wrong host name for {system}", failed_after_s=round(took, 1))
