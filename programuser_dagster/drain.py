@@ -29,7 +29,7 @@ from dagster._core.storage.tags import REPOSITORY_LABEL_TAG  # not exported publ
 
 from . import client_logs
 from .backlog import launch_request, process_token, runs_in_flight, sync_partitions
-from .instance import add_partitions
+from .instance import add_partitions, hold_connections
 from .interrupts import STOP_SIGNALS
 from .jobs import program_user_info
 from .memory import release_memory
@@ -515,6 +515,7 @@ def _worker(
     try:
         with DagsterInstance.from_ref(ref) as instance, \
                 _StopSignals(watch_parent=True) as stop, keep_connections():
+            hold_connections(instance)
             result = _drain(instance, settings, lambda line: print(line, flush=True), 1,
                             partitions, stop)
         report.send(("ok", result))

@@ -7,9 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,64 +18,21 @@ import pytest
 
 from programuser_dagster.run_tags import PARTITION_TAG
 from programuser_dagster.settings import Settings
+from programuser_dagster.stack.postgres import PostgresMissing, deploy_yaml, postgres_server
 from tests.support.dagster_dev import REPO, free_port, settings_env
 from tests.support.pipeline import event, offsets, produce
 
 pytestmark = pytest.mark.stack
 
 
-def _pg_bin() -> Path:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not found:
-        pytest.fail("PostgreSQL is not installed: `make deps` installs Debian's postgresql.")
-    return found[-1].parent
-
-
-def _as_postgres(cmd: list[str]) -> list[str]:
-    # initdb refuses to run as root; CI runs as root, so the server runs as `postgres`.
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[dict[str, str]]:
     """A throwaway PostgreSQL server on a free port, with a database `dagster`."""
-    bin_dir, port = _pg_bin(), free_port()
-    data = Path(tempfile.mkdtemp(prefix="programuser-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(data, "postgres", "postgres")
-    subprocess.run(
-        _as_postgres([str(bin_dir / "initdb"), "-D", str(data / "db"), "-A", "trust",
-                      "-U", "postgres"]),
-        check=True, capture_output=True,
-    )
-    server = subprocess.Popen(
-        _as_postgres([str(bin_dir / "postgres"), "-D", str(data / "db"), "-p", str(port),
-                      "-k", str(data), "-c", "listen_addresses=127.0.0.1"]),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
     try:
-        deadline = time.monotonic() + 60
-        while subprocess.run([str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
-                             capture_output=True).returncode != 0:
-            assert server.poll() is None, "PostgreSQL exited during start-up"
-            assert time.monotonic() < deadline, "PostgreSQL did not answer within 60 s"
-            time.sleep(0.5)
-        subprocess.run(
-            [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
-             "dagster"],
-            check=True, capture_output=True,
-        )
-        yield {
-            "DAGSTER_PG_USERNAME": "postgres",
-            "DAGSTER_PG_PASSWORD": "unused-with-trust-auth",
-            "DAGSTER_PG_HOST": "127.0.0.1",
-            "DAGSTER_PG_DB": "dagster",
-            "DAGSTER_PG_PORT": str(port),
-        }
-    finally:
-        server.terminate()
-        server.wait(30)
-        shutil.rmtree(data, ignore_errors=True)
+        with postgres_server() as env:
+            yield env
+    except PostgresMissing as exc:
+        pytest.fail(str(exc))
 
 
 def _graphql(port: int, query: str) -> dict[str, Any]:
@@ -103,10 +58,7 @@ def test_daemon_and_webserver_on_postgres_drain_four_partitions_in_parallel(
     home = tmp_path / "dagster_home"
     home.mkdir()
     # deploy/dagster.yaml, with the test server's port.
-    config = (REPO / "deploy" / "dagster.yaml").read_text()
-    (home / "dagster.yaml").write_text(
-        config.replace("port: 5432", f"port: {postgres['DAGSTER_PG_PORT']}")
-    )
+    (home / "dagster.yaml").write_text(deploy_yaml(REPO, postgres["DAGSTER_PG_PORT"]))
     env = {**os.environ, **postgres, **settings_env(s), "DAGSTER_HOME": str(home),
            "PROGRAMUSER_SENSOR_INTERVAL_S": "5"}
     for p in range(4):
