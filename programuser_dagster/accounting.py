@@ -56,6 +56,9 @@ class RangeReport:
     read_to_end: bool = False
     # The ages of the events written, at Cassandra's acknowledgement (ages.Ages.to_dict()).
     ages: dict[str, Any] | None = None
+    # When the range's first records arrived from Kafka (epoch s): how long a run took to start
+    # reading (the UI shows it beside the run's start).
+    first_read_at: float | None = None
 
     def cut_at(self, end: int) -> None:
         """End the range early at `end` (the rest is the next run's); no cut at or past its end."""

@@ -10,6 +10,7 @@ content never leaves this object and the IO manager (it is personal data).
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -81,6 +82,8 @@ class RangeRows:
         # Cassandra's work sooner, the rest come in full chunks, whatever each fetch returned.
         size, limit = max(1, c.messages // 5), max(1, c.bytes // 5)
         for messages in kafka.iter_range(r.partition, r.start, r.end, batch_size=c.messages):
+            if r.first_read_at is None:
+                r.first_read_at = time.time()
             for m in messages:
                 pending.append(m)
                 pending_bytes += len(m.value() or b"")

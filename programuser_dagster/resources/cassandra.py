@@ -38,7 +38,7 @@ from cassandra.cluster import (
     Session,
 )
 from cassandra.query import BatchStatement, BatchType, PreparedStatement, SimpleStatement
-from dagster import ConfigurableIOManager, Failure, InputContext, OutputContext
+from dagster import ConfigurableIOManager, Failure, InputContext, MetadataValue, OutputContext
 from pydantic import Field, PrivateAttr
 
 from ..accounting import RangeReport
@@ -366,15 +366,21 @@ class CassandraIOManager(ConfigurableIOManager):
 
     def _send(self, rows: pd.DataFrame, execution: BoundedExecution) -> _Chunk:
         """Send a chunk's rows as requests grouped by partition key; results arrive later."""
+        chunk = self.requests(rows)
+        chunk.results = execution.submit(chunk.statements())
+        return chunk
+
+    def requests(self, rows: pd.DataFrame) -> _Chunk:
+        """A chunk's rows as encoded writes grouped by partition key, ready to send: all the
+        client's work on them short of the driver's (the bench times it alone)."""
         # Taken off first: pandas copies a frame's attrs on every column access.
         record_times = rows.attrs.pop(RECORD_TIMES, [])
         insert = self.insert_statement()
         columns, extra = row_writes(rows)
         values = encode_columns(columns, insert)
         groups = group_rows(values[:len(rows)], self.batch_rows, self.batch_bytes)
-        results = execution.submit(group_statement(insert, values, g, extra) for g in groups)
-        return _Chunk(values, extra, rows["message_count"].tolist(), rows["offsets"].tolist(),
-                      groups, results, record_times)
+        return _Chunk(insert, values, extra, rows["message_count"].tolist(),
+                      rows["offsets"].tolist(), groups, record_times)
 
     def _settle(self, chunk: _Chunk, execution: BoundedExecution, receipt: WriteReceipt) -> None:
         """Wait for a chunk's writes and count them; replay the rows of refused batches one by
@@ -462,9 +468,11 @@ class CassandraIOManager(ConfigurableIOManager):
         except CassandraWriteFailed as exc:
             self.disconnect()
             raise Failure(description=obj.failed(str(exc))) from exc
+        first_read = {} if report.first_read_at is None else {
+            "first_read_at": MetadataValue.timestamp(report.first_read_at)}
         context.add_output_metadata(
             {**report.metadata(), "rejected_by_cassandra": len(receipt.rejected_offsets),
-             "table": f"{self.keyspace}.{self.table}"}
+             "table": f"{self.keyspace}.{self.table}", **first_read}
         )
 
     def load_input(self, context: InputContext) -> RangeReport:
@@ -549,13 +557,18 @@ class CassandraIOManager(ConfigurableIOManager):
 class _Chunk:
     """One chunk's encoded rows, their message counts and offsets, and its requests' results."""
 
+    insert: PreparedStatement
     values: list[tuple[Encoded, ...]]  # a write per row, then the rows' further writes
     extra: dict[int, list[int]]  # row -> its further writes (rows written by several events)
     counts: list[int]
     offsets: list[tuple[int, ...]]
     groups: list[list[int]]
-    results: list[tuple[bool, Any]]
     record_times: list[int]  # ms, of the chunk's events
+    results: list[tuple[bool, Any]] = field(default_factory=list)  # per group, once sent
+
+    def statements(self) -> Iterator[Any]:
+        """The groups' requests, made as they are sent."""
+        return (group_statement(self.insert, self.values, g, self.extra) for g in self.groups)
 
 class BoundedExecution:
     """Statements executed asynchronously, at most `concurrency` in flight at once.

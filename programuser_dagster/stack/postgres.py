@@ -91,3 +91,13 @@ def postgres_server(timeout_s: float = 60) -> Iterator[dict[str, str]]:
 def deploy_yaml(repo: Path, port: str) -> str:
     """deploy/dagster.yaml with the server's port."""
     return (repo / "deploy" / "dagster.yaml").read_text().replace("port: 5432", f"port: {port}")
+
+
+def fresh_database(env: dict[str, str], name: str) -> dict[str, str]:
+    """A new, empty database on the server of `env`; `env` pointing at it."""
+    subprocess.run(
+        [str(pg_bin() / "createdb"), "-h", env["DAGSTER_PG_HOST"], "-p", env["DAGSTER_PG_PORT"],
+         "-U", env["DAGSTER_PG_USERNAME"], name],
+        check=True, capture_output=True,
+    )
+    return {**env, "DAGSTER_PG_DB": name}

@@ -22,7 +22,7 @@ def test_a_tiny_bench_measures_everything_and_cleans_up(
     stack: Settings, cassandra_session, tmp_path: Path, capsys
 ) -> None:
     out = tmp_path / "bench-results.json"
-    result = bench.run(200, scale=True, out=out)
+    result = bench.run(200, scale=True, out=out, daemon_events=200)
 
     written = json.loads(out.read_text())
     assert written == json.loads(json.dumps(result))
@@ -30,9 +30,16 @@ def test_a_tiny_bench_measures_everything_and_cleans_up(
     for key in (
         "json_parse_events_per_s", "flatten_events_per_s", "kafka_read_events_per_s",
         "cassandra_write_ceiling_rows_per_s", "baseline_rows_per_s", "e2e_events_per_s",
-        "peak_rss_mb",
+        "peak_rss_mb", "client_cpu_us_per_event_outside_driver", "dagster_fixed_cost_s_per_run",
+        "dagster_fixed_cost_s_per_run_postgres", "e2e_daemon_events_per_s",
+        "run_start_to_first_read_s",
     ):
         assert figures[key] > 0, key
+    # The cost per run: 10 runs of 200 events each, on sqlite and on PostgreSQL.
+    assert [written["fixed_cost"][k]["runs"] for k in ("sqlite", "postgres")] == [10, 10]
+    # The daemon's runs drained the 200 events of the 4 partitions, none failed.
+    daemon = written["daemon"]
+    assert daemon["events"] == 200 and daemon["runs"] >= 1 and daemon["failed_runs"] == 0
     # The sweep covers every concurrency for each write form (one INSERT per row, batches
     # bound by the driver, batches encoded column-wise); the ceiling is its best point.
     sweep = written["ceiling_sweep"]
@@ -50,7 +57,9 @@ def test_a_tiny_bench_measures_everything_and_cleans_up(
 
     # Nothing of the bench is left on the servers.
     scratch = set(written["scratch"])
-    assert len(scratch) == 9  # 3 areas (N, N/10, 10N): input topic, DLQ, keyspace each
+    # 6 areas (N, N/10, 10N, the two costs per run, the daemon path): input topic, DLQ,
+    # keyspace each.
+    assert len(scratch) == 18
     topics = AdminClient({"bootstrap.servers": stack.kafka_bootstrap_servers}).list_topics(
         timeout=30
     ).topics
