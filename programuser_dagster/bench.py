@@ -46,7 +46,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ from .resources import cassandra_io_manager as _cassandra_io_manager
 from .resources import kafka_resource
 from .resources.cassandra import CassandraIOManager, group_rows, group_statement
 from .resources.cql_encoding import encode_columns
+from .run_tags import PARTITION_TAG
 from .samples import message_key, sample_events
 from .settings import Settings
 
@@ -148,10 +149,16 @@ class Area:
         s = self.settings
         return [s.kafka_input_topic, s.kafka_dlq_topic, s.cassandra_keyspace]
 
-    def produce(self, n: int, seed: int) -> None:
+    def produce(self, n: int, seed: int, made_first: bool = False) -> None:
+        """n sample events; `made_first`: all of them made before the first is sent, so that
+        producing takes as little time as the client and broker need (~1 KB an event held)."""
+        records: Iterable[tuple[bytes, bytes]] = (
+            (message_key(e), orjson.dumps(e)) for e in sample_events(n, seed=seed))
+        if made_first:
+            records = list(records)
         kafka = kafka_resource(self.settings)
         try:
-            kafka.produce((message_key(e), orjson.dumps(e)) for e in sample_events(n, seed=seed))
+            kafka.produce(records)
         finally:
             kafka.close()
 
@@ -664,7 +671,7 @@ def daemon_path(
                 _wait_drained(area.settings, daemon, log_path)
                 warm_until = time.time()
                 _say(f"daemon path: producing {n} events ...")
-                area.produce(n, seed + 1)
+                area.produce(n, seed + 1, made_first=True)
                 produced = time.time()
                 _wait_drained(area.settings, daemon, log_path)
                 drained = time.time()
@@ -681,11 +688,18 @@ def daemon_path(
         with _instance(home, pg) as instance:
             records = [r for r in instance.get_run_records(RunsFilter(job_name="program_user_info"))
                        if r.create_timestamp.timestamp() > warm_until]
-            starts = []
-            for r in records:
+            starts, timeline = [], []
+            for r in sorted(records, key=lambda r: r.create_timestamp):
                 first_read = _first_read_at(instance, r.dagster_run.run_id, DagsterEventType)
                 if r.start_time and first_read is not None:
                     starts.append(first_read - r.start_time)
+                # Each run's moments, in seconds after the end of producing.
+                moments = (r.create_timestamp.timestamp(), r.start_time, first_read, r.end_time)
+                timeline.append({
+                    "partition": r.dagster_run.tags.get(PARTITION_TAG),
+                    **{k: None if t is None else round(t - produced, 2) for k, t in
+                       zip(("created", "started", "first_read", "ended"), moments, strict=True)},
+                })
             statuses = Counter(r.dagster_run.status.value for r in records)
             before_clock = sum(1 for r in records if r.start_time and r.start_time < produced)
     finally:
@@ -700,6 +714,7 @@ def daemon_path(
         "events_per_s": round(n / seconds, 1),
         "run_start_to_first_read_s_max": round(max(starts), 3) if starts else None,
         "run_start_to_first_read_s_mean": round(sum(starts) / len(starts), 3) if starts else None,
+        "timeline": timeline,
     }
 
 

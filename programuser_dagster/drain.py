@@ -19,12 +19,19 @@ import os
 import re
 import signal
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from types import FrameType, TracebackType
 from typing import Any
 
-from dagster import DagsterInstance, ExecuteInProcessResult
+import dagster
+from dagster import (
+    DagsterInstance,
+    ExecuteInProcessResult,
+    IOManagerDefinition,
+    ResourceDefinition,
+)
 from dagster._core.storage.tags import REPOSITORY_LABEL_TAG  # not exported publicly
 
 from . import client_logs
@@ -229,8 +236,33 @@ def _drain(
     only: Collection[int] | None,
     stop: _StopSignals,
 ) -> DrainResult:
-    resources = build_resources(settings)
-    kafka = resources["kafka"]
+    with _run_resources(settings) as (resources, kafka):
+        return _drain_with(instance, settings, say, processes, only, stop, resources, kafka)
+
+
+@contextmanager
+def _run_resources(settings: Settings) -> Iterator[tuple[dict[str, Any], Any]]:
+    """The runs' resources, initialized once for all the runs of this process (and torn down
+    after them), and the Kafka resource among them. Given as they are, Dagster would validate
+    and copy each configurable resource again for every run, and each run would make its Kafka
+    clients and look up the dead-letter topic's size afresh (README: Performance)."""
+    with dagster.build_resources(build_resources(settings)) as ready:
+        yield ({"kafka": ResourceDefinition.hardcoded_resource(ready.kafka),
+                "cassandra_io_manager": IOManagerDefinition.hardcoded_io_manager(
+                    ready.cassandra_io_manager)},
+               ready.kafka)
+
+
+def _drain_with(
+    instance: DagsterInstance,
+    settings: Settings,
+    say: Callable[[str], None],
+    processes: int,
+    only: Collection[int] | None,
+    stop: _StopSignals,
+    resources: dict[str, Any],
+    kafka: Any,
+) -> DrainResult:
     result = DrainResult()
     try:
         partitions, new = sync_partitions(instance, kafka)

@@ -127,17 +127,27 @@ def _text_maps(values: list[Any], other: Callable[[Any], Encoded]) -> list[Encod
 
 def _text_map(mapping: dict[Any, Any], other: Callable[[Any], Encoded]) -> Encoded:
     """[n][len key][key][len value][value]... in the dict's order, as the driver writes it."""
-    parts = [_int32(len(mapping))]
+    parts = [_length(len(mapping))]
+    append = parts.append
     try:
         for key, value in mapping.items():
-            k = _MAP_KEYS.get(key)
-            if k is None:
-                k = _map_key(key)
+            append(_MAP_KEYS.get(key) or _map_key(key))  # never empty: it has its length
             v = value.encode()
-            parts += (k, _int32(len(v)), v)
+            n = len(v)
+            append(_LENGTHS[n] if n < _SHORT else _int32(n))
+            append(v)
     except AttributeError:  # a key or value that is not text: the driver's error, if any
         return other(mapping)
     return b"".join(parts)
+
+
+# The 4-byte lengths of short values, made once (a location's name, id or code).
+_SHORT = 1024
+_LENGTHS = tuple(_int32(n) for n in range(_SHORT))
+
+
+def _length(n: int) -> bytes:
+    return _LENGTHS[n] if n < _SHORT else _int32(n)
 
 
 # The map's keys are a few dozen location names (<type>_name/_id/_code): encoded once each.

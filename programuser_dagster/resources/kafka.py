@@ -356,11 +356,15 @@ class KafkaResource(ConfigurableResource):
                 for m in consumer.consume(num_messages=100, timeout=0.05):
                     if m.error() is None and m.partition() not in found:
                         found[m.partition()] = record_time_ms(m)
-            consumer.unassign()
         except KafkaException as exc:
             raise KafkaUnavailable(
                 f"{self._where()} did not return the records at {positions} of "
                 f"{self.input_topic!r}: {exc}." + self._login_hint()) from exc
+        finally:
+            # Made afresh for every look-up (~5 ms): re-assigned, a kept consumer now and then
+            # returned nothing for the whole wait (1 s; the age then unknown).
+            self._peeker = None
+            consumer.close()
         return {p: found.get(p) for p in positions}
 
     def oldest_uncommitted_times(
