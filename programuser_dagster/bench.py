@@ -24,6 +24,21 @@ created with stack.ensure_topics / ensure_schema and deleted afterwards:
 7. peak_rss_mb               of the drain's process tree (sampled from /proc every 20 ms; the
                              kernel's ru_maxrss is kept beside it); with --scale also at N/10
                              and 10N.
+8. client_cpu_us_per_event_outside_driver   CPU of RangeRows reading and flattening every
+                             partition's range and the IO manager encoding each chunk and
+                             building its requests, nothing sent (one thread, gc as in a run);
+                             the driver's own share (sending, its threads) under protocol v5/v4
+                             and libev/asyncio is in driver.costs.
+9. dagster_fixed_cost_s_per_run (_postgres)   drain of 10 runs of 200 events in one process,
+                             wall time per run from the first run's creation to the last one's
+                             end, on the repo's dagster.yaml (sqlite) and on deploy/dagster.yaml
+                             (a PostgreSQL server of its own).
+10. e2e_daemon_events_per_s  the production path: dagster-daemon on PostgreSQL, the sensor every
+                             5 s, warmed up; 200,000 events produced (made before the first is
+                             sent); from the end of producing until every partition's committed
+                             offset is its high-water mark.
+11. run_start_to_first_read_s   of those runs, the longest from RUN_START to the range's first
+                             records (the rows output's first_read_at).
 
 Writes every figure, the ratios against the targets and the machine to --out.
 """
@@ -53,6 +68,7 @@ from typing import Any
 
 import orjson
 import pandas as pd
+from cassandra import ConsistencyLevel
 from cassandra.query import UNSET_VALUE, BatchStatement, BatchType
 
 from .accounting import RangeReport
@@ -350,6 +366,73 @@ def _write(
     results = execution.submit(requests)
     execution.wait()
     return sum(len(g) for g, (ok, _) in zip(groups, results, strict=True) if ok)
+
+
+DRIVER_ROWS = 20_000
+# (native protocol, event loop) of the driver measurement; the pipeline's is the first.
+DRIVER_FORMS = ((5, "libev"), (4, "libev"), (5, "asyncio"))
+
+
+def driver_cost(settings: Settings, params: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """What the driver's share of a write costs: the pipeline's encoded batches of the same
+    rows sent by BoundedExecution on a session like the IO manager's, under each of
+    DRIVER_FORMS; CPU per row of this thread (building and sending the requests) and of the
+    driver's own threads (the event loop: I/O, framing, callbacks)."""
+    from .resources.cassandra import BoundedExecution
+
+    io = cassandra_io_manager(settings)
+    level = ConsistencyLevel.name_to_value[settings.cassandra_consistency.upper()]
+    rows = params[:DRIVER_ROWS]
+    points = []
+    for protocol, loop in DRIVER_FORMS:
+        if loop == "asyncio":
+            from cassandra.io.asyncioreactor import AsyncioConnection as connection_class
+        else:
+            from cassandra.io.libevreactor import LibevConnection as connection_class
+        cluster, session = io._connect(level, protocol, connection_class)  # the IO manager's
+        try:
+            insert = session.prepare(io.insert_cql())
+            insert.is_idempotent = True
+            values = _encoded(insert, rows)
+            groups = group_rows(values, io.batch_rows, io.batch_bytes)
+            requests = [group_statement(insert, values, g) for g in groups]
+            execution = BoundedExecution(session, io.concurrency, wait_s=120)
+            gc.collect()
+            threads, started, own = _threads_cpu(), time.perf_counter(), time.thread_time()
+            results = execution.submit(requests)
+            own = time.thread_time() - own
+            execution.wait()
+            elapsed = time.perf_counter() - started
+            others = sum(_threads_cpu().values()) - sum(threads.values()) - own
+        finally:
+            cluster.shutdown()
+        acked = sum(len(g) for g, (ok, _) in zip(groups, results, strict=True) if ok)
+        points.append({
+            "protocol": protocol, "event_loop": loop, "rows": len(rows),
+            "requests": len(requests), "failed_rows": len(rows) - acked,
+            "rows_per_s": round(acked / elapsed),
+            "sending_cpu_us_per_row": round(own / len(rows) * 1e6, 2),
+            "driver_threads_cpu_us_per_row": round(others / len(rows) * 1e6, 2),
+        })
+        _say(f"  driver: protocol v{protocol}, {loop}: {points[-1]['rows_per_s']} rows/s, "
+             f"sending {points[-1]['sending_cpu_us_per_row']} us/row, driver threads "
+             f"{points[-1]['driver_threads_cpu_us_per_row']} us/row")
+    return points
+
+
+def _threads_cpu() -> dict[str, float]:
+    """CPU seconds of each of this process's threads (by thread id), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat", encoding="ascii") as f:
+                stat = f.read()
+        except OSError:
+            continue  # ended meanwhile
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[tid] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
 
 
 def _ceiling_process(
@@ -853,6 +936,7 @@ def run(n: int, scale: bool, out: Path, seed: int = 42, processes: int = 1,
         figures["cassandra_write_ceiling_rows_per_s"] = ceiling
         result["ceiling_sweep"] = sweep
         figures["baseline_rows_per_s"] = baseline(area.settings, params)
+        result["driver"]["costs"] = driver_cost(area.settings, params)
         del params
         # Leave the table empty again for the real run.
         _truncate(area.settings)
@@ -928,7 +1012,10 @@ def parallel(per_partition: int, out: Path, max_partitions: int = 4, seed: int =
              f"(x{point['speedup']}), peak RSS {point['peak_rss_mb']:.0f} MB")
     result["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    lines = ["| partitions = processes | events | seconds | events/s | speed-up | peak RSS MB |",
+    m = result["machine"]
+    lines = [f"{m['nproc']} x {m['cpu']}, {m['ram_gb']} GB RAM, load {m['load_avg_at_start']} "
+             f"-> {result['load_avg_at_end']}; {m['servers']}", "",
+             "| partitions = processes | events | seconds | events/s | speed-up | peak RSS MB |",
              "|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {p['partitions']} | {p['events']:,} | {p['seconds']:.1f} | "
               f"{p['events_per_s']:,.0f} | {p['speedup']:.2f} | {p['peak_rss_mb']:.0f} |"
@@ -1002,6 +1089,19 @@ def table(result: dict[str, Any]) -> str:
             f"| {int(size):,} | {r['runs']} | {r['seconds']:.1f} | {r['events_per_s']:,.0f} | "
             f"{r['cost_us_per_event']:.1f} | {r['peak_rss_mb']:.0f} |"
         )
+    costs = result["driver"].get("costs")
+    if costs:
+        lines += ["", "| driver: protocol, event loop | rows/s | sending us/row | "
+                  "driver threads us/row |", "|---|---:|---:|---:|"]
+        lines += [f"| v{c['protocol']}, {c['event_loop']} | {c['rows_per_s']:,} | "
+                  f"{c['sending_cpu_us_per_row']:.1f} | {c['driver_threads_cpu_us_per_row']:.1f} |"
+                  for c in costs]
+    if "daemon" in result:
+        d = result["daemon"]
+        lines += ["", f"daemon path: {d['events']:,} events, {d['runs']} runs "
+                  f"({d['failed_runs']} failed) in {d['seconds']:.1f} s; RUN_START to first read "
+                  f"{d['run_start_to_first_read_s_mean']} s on average, "
+                  f"{d['run_start_to_first_read_s_max']} s at most"]
     lines += ["", "| target | wanted | measured | met |", "|---|---|---:|---|"]
     for key, wanted in TARGETS.items():
         if key in result["ratios"]:

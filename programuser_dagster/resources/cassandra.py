@@ -225,7 +225,10 @@ class CassandraIOManager(ConfigurableIOManager):
                     self.local_dc, level, self.request_timeout_s)
         return hashlib.sha256(repr(settings).encode()).hexdigest()
 
-    def _connect(self, level: int) -> tuple[Cluster, Session]:
+    def _connect(
+        self, level: int, protocol_version: int = 5, connection_class: type | None = None
+    ) -> tuple[Cluster, Session]:
+        """A new cluster and session (the bench varies the protocol and the event loop)."""
         profile = ExecutionProfile(
             consistency_level=level,
             request_timeout=self.request_timeout_s,
@@ -239,12 +242,14 @@ class CassandraIOManager(ConfigurableIOManager):
         if self.ssl_ca:
             ctx = ssl.create_default_context(cafile=self.ssl_ca)
             kwargs["ssl_context"] = ctx
+        if connection_class is not None:  # else the driver's default, libev
+            kwargs["connection_class"] = connection_class
         cluster = Cluster(
             [h.strip() for h in self.hosts.split(",") if h.strip()],
             port=self.port,
             execution_profiles={EXEC_PROFILE_DEFAULT: profile},
             # v5 is Cassandra 4+'s native protocol; pinning it avoids a downgrade handshake.
-            protocol_version=5,
+            protocol_version=protocol_version,
             connect_timeout=10,
             **cluster_options(),
             **kwargs,
