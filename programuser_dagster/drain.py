@@ -292,6 +292,7 @@ def _drain_with(
                     say(f"partition {p}: skipped, a run is queued or in progress")
                     done.add(p)
                     continue
+                kafka.forget_client_errors()
                 run = _run_once(instance, resources, before, settings)
                 interrupted = stop.check() is not None
                 result.runs.append((p, run.ok, run.line))

@@ -1,5 +1,5 @@
 """How a run's process manages memory: the cyclic collector paused while a range is written,
-and a finished run's memory given back before the next run of the same process."""
+and finished runs' memory given back before the next run of the same process once it grew."""
 
 from __future__ import annotations
 

@@ -242,7 +242,7 @@ class CassandraIOManager(ConfigurableIOManager):
         if self.ssl_ca:
             ctx = ssl.create_default_context(cafile=self.ssl_ca)
             kwargs["ssl_context"] = ctx
-        if connection_class is not None:  # else the driver's default, libev
+        if connection_class is not None:  # else the driver's default (libev when built)
             kwargs["connection_class"] = connection_class
         cluster = Cluster(
             [h.strip() for h in self.hosts.split(",") if h.strip()],
@@ -326,6 +326,18 @@ class CassandraIOManager(ConfigurableIOManager):
         work on them.
         """
         frames = iter([rows] if isinstance(rows, pd.DataFrame) else rows)
+        try:
+            return self._upsert(frames, between_chunks)
+        finally:
+            # A source left half read (a write failed) is closed now, not whenever the
+            # collector finds it: its reader (range_rows.py) gives its Kafka assignment back.
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()
+
+    def _upsert(
+        self, frames: Iterator[pd.DataFrame], between_chunks: Callable[[], None] | None
+    ) -> WriteReceipt:
         receipt = WriteReceipt()
         with self._ours():
             execution = self.execution()
@@ -404,10 +416,9 @@ class CassandraIOManager(ConfigurableIOManager):
         receipt.ages.add_written(chunk.record_times, acked_ms)
         if not invalid:
             return
-        insert = self.insert_statement()
         # Each row alone, all of its writes in one batch: a row is refused whole or written whole.
         results = execution.submit(
-            group_statement(insert, chunk.values, [i], chunk.extra) for i in invalid)
+            group_statement(chunk.insert, chunk.values, [i], chunk.extra) for i in invalid)
         execution.wait()
         for i, (ok, outcome) in zip(invalid, results, strict=True):
             if ok:

@@ -127,7 +127,7 @@ def _text_maps(values: list[Any], other: Callable[[Any], Encoded]) -> list[Encod
 
 def _text_map(mapping: dict[Any, Any], other: Callable[[Any], Encoded]) -> Encoded:
     """[n][len key][key][len value][value]... in the dict's order, as the driver writes it."""
-    parts = [_length(len(mapping))]
+    parts = [_int32(len(mapping))]
     append = parts.append
     try:
         for key, value in mapping.items():
@@ -144,10 +144,6 @@ def _text_map(mapping: dict[Any, Any], other: Callable[[Any], Encoded]) -> Encod
 # The 4-byte lengths of short values, made once (a location's name, id or code).
 _SHORT = 1024
 _LENGTHS = tuple(_int32(n) for n in range(_SHORT))
-
-
-def _length(n: int) -> bytes:
-    return _LENGTHS[n] if n < _SHORT else _int32(n)
 
 
 # The map's keys are a few dozen location names (<type>_name/_id/_code): encoded once each.

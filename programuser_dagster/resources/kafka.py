@@ -114,7 +114,6 @@ class KafkaResource(ConfigurableResource):
 
     _consumer: Consumer | None = PrivateAttr(default=None)
     _observer: Consumer | None = PrivateAttr(default=None)
-    _peeker: Consumer | None = PrivateAttr(default=None)
     _room: tuple[int, list[str]] | None = PrivateAttr(default=None)  # see dead_letter_room
     # The client's latest errors (librdkafka error_cb): they say *why* a broker did not answer.
     _client_errors: deque[str] = PrivateAttr(default_factory=lambda: deque(maxlen=3))
@@ -211,24 +210,28 @@ class KafkaResource(ConfigurableResource):
             )
         return self._observer
 
-    @property
-    def peeker(self) -> Consumer:
-        """Reads one record per partition (record_times): small fetches, no read-ahead."""
-        if self._peeker is None:
-            self._peeker = Consumer({
-                **self._consumer_config(), "isolation.level": "read_uncommitted",
-                "fetch.max.bytes": 1024 * 1024, "max.partition.fetch.bytes": 64 * 1024,
-                "queued.max.messages.kbytes": 1024})
-        return self._peeker
+    def _new_peeker(self) -> Consumer:
+        """Reads one record per partition (record_times): small fetches, no read-ahead; made
+        afresh for every look-up (~5 ms): re-assigned, a kept consumer now and then returned
+        nothing for the whole wait (the age then unknown)."""
+        return Consumer({
+            **self._consumer_config(), "isolation.level": "read_uncommitted",
+            "fetch.max.bytes": 1024 * 1024, "max.partition.fetch.bytes": 64 * 1024,
+            "queued.max.messages.kbytes": 1024})
 
     def teardown_after_execution(self, context: Any) -> None:
         self.close()
 
     def close(self) -> None:
-        for consumer in (self._consumer, self._observer, self._peeker):
+        for consumer in (self._consumer, self._observer):
             if consumer is not None:
                 consumer.close()
-        self._consumer = self._observer = self._peeker = None
+        self._consumer = self._observer = None
+
+    def forget_client_errors(self) -> None:
+        """A new run begins (with this resource kept from the last one): its failures quote
+        what the clients report from now on, not an earlier run's trouble."""
+        self._client_errors.clear()
 
     def _where(self) -> str:
         return f"Kafka at {self.bootstrap_servers}"
@@ -346,7 +349,7 @@ class KafkaResource(ConfigurableResource):
         read together within about `wait_s`; None where none arrived (or it has none)."""
         if not positions:
             return {}
-        consumer = self.peeker
+        consumer = self._new_peeker()
         found: dict[int, int | None] = {}
         try:
             consumer.assign([TopicPartition(self.input_topic, p, o)
@@ -361,10 +364,8 @@ class KafkaResource(ConfigurableResource):
                 f"{self._where()} did not return the records at {positions} of "
                 f"{self.input_topic!r}: {exc}." + self._login_hint()) from exc
         finally:
-            # Made afresh for every look-up (~5 ms): re-assigned, a kept consumer now and then
-            # returned nothing for the whole wait (1 s; the age then unknown).
-            self._peeker = None
-            consumer.close()
+            with suppress(KafkaException, RuntimeError):  # what it read is kept either way
+                consumer.close()
         return {p: found.get(p) for p in positions}
 
     def oldest_uncommitted_times(
@@ -568,11 +569,15 @@ class KafkaResource(ConfigurableResource):
         is smaller than the input topic (large letters lose their value), or its size could not
         be checked (then the size the stack gives it is assumed). Described once per resource.
         """
-        if self._room is None:
-            self._room = self._describe_dead_letter_room()
-        return self._room
+        if self._room is not None:
+            return self._room
+        room, described = self._describe_dead_letter_room()
+        if described:  # a failed look-up is tried again by the next commit
+            self._room = room
+        return room
 
-    def _describe_dead_letter_room(self) -> tuple[int, list[str]]:
+    def _describe_dead_letter_room(self) -> tuple[tuple[int, list[str]], bool]:
+        """The room and its warnings, and whether the dead-letter topic's size was read."""
         admin = AdminClient(self._common_config())
 
         def limit(topic: str) -> int:
@@ -584,23 +589,23 @@ class KafkaResource(ConfigurableResource):
         try:
             dead_letter = limit(self.dlq_topic)
         except (KafkaException, KeyError, ValueError) as exc:
-            return _UNDESCRIBED_DEAD_LETTER_BYTES, [
+            return (_UNDESCRIBED_DEAD_LETTER_BYTES, [
                 f"Could not read the max.message.bytes of dead-letter topic {self.dlq_topic!r} "
                 f"on {self.bootstrap_servers} ({exc}): does it exist, and may this client "
                 "DescribeConfigs on it? Assuming Kafka's default of "
                 f"{_UNDESCRIBED_DEAD_LETTER_BYTES} bytes: larger letters are sent as "
                 "reason=too_large, without their value."
-            ]
+            ]), False
         try:
             source = limit(self.input_topic)
         except (KafkaException, KeyError, ValueError) as exc:
-            return dead_letter, [
+            return (dead_letter, [
                 f"Could not read the max.message.bytes of input topic {self.input_topic!r} "
                 f"({exc}), so could not check that its records fit the dead-letter topic "
                 f"{self.dlq_topic!r} (max.message.bytes={dead_letter})."
-            ]
+            ]), False
         warning = room_warning(self.dlq_topic, dead_letter, self.input_topic, source)
-        return dead_letter, [warning] if warning else []
+        return (dead_letter, [warning] if warning else []), True
 
     @contextmanager
     def fenced_commit(self, partition: int, expected: CommitState) -> Iterator[FencedCommit]:

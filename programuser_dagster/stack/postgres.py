@@ -35,7 +35,8 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 free now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -45,7 +46,7 @@ def _free_port() -> int:
 def postgres_server(timeout_s: float = 60) -> Iterator[dict[str, str]]:
     """Start the server; yields deploy/dagster.yaml's variables (DAGSTER_PG_*) for it, with
     its port as DAGSTER_PG_PORT."""
-    bin_dir, port = pg_bin(), _free_port()
+    bin_dir, port = pg_bin(), free_port()
     data = Path(tempfile.mkdtemp(prefix="programuser-pg-"))
     if os.geteuid() == 0:
         shutil.chown(data, "postgres", "postgres")
@@ -84,7 +85,11 @@ def postgres_server(timeout_s: float = 60) -> Iterator[dict[str, str]]:
     finally:
         if server is not None:
             server.terminate()
-            server.wait(30)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(10)
         shutil.rmtree(data, ignore_errors=True)
 
 

@@ -249,8 +249,17 @@ def test_a_dead_letter_topic_that_cannot_be_described_is_warned_about(
     kafka = kafka_resource(gone)
     try:
         limit, warnings = kafka.dead_letter_room()
+        # Not kept: the next commit of a drain that keeps this resource asks again, and
+        # finds the topic once it exists.
+        assert kafka.dead_letter_room() == (limit, warnings)
+        admin = AdminClient({"bootstrap.servers": gone.kafka_bootstrap_servers})
+        admin.create_topics(
+            [NewTopic(gone.kafka_dlq_topic, 1, 1, config={"max.message.bytes": "2000000"})]
+        )[gone.kafka_dlq_topic].result(30)
+        assert kafka.dead_letter_room()[0] == 2_000_000
     finally:
         kafka.close()
+        delete_topics(gone.kafka_bootstrap_servers, [gone.kafka_dlq_topic])
     assert limit == 1_000_000  # Kafka's default, not ours: a letter never exceeds it
     [warning] = warnings
     assert warning.startswith(f"Could not read the max.message.bytes of dead-letter topic "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import orjson
@@ -18,8 +19,12 @@ from dagster import (
 )
 
 from programuser_dagster.accounting import RangeReport
+from programuser_dagster.bench import cassandra_io_manager as bench_io_manager
+from programuser_dagster.clock import now_us
 from programuser_dagster.jobs import commit_offsets
+from programuser_dagster.range_rows import Chunking, RangeRows
 from programuser_dagster.resources import build_resources, kafka_resource
+from programuser_dagster.resources.cassandra import CassandraWriteFailed
 from programuser_dagster.run_tags import PARTITION_TAG
 from programuser_dagster.settings import Settings
 from tests.support.faults import job_env
@@ -51,6 +56,32 @@ def test_seed_sample_becomes_its_row(instance, kafka_topics: Settings, cassandra
     assert offsets(s).committed == 1
     md = step_metadata(result)
     assert (md["messages_read"], md["messages_written"], md["rows_upserted"]) == (1, 1, 1)
+    # When the range's records first arrived: inside the run, shown beside its start.
+    started = instance.get_run_record_by_id(result.run_id).start_time
+    assert started <= md["first_read_at"] <= time.time()
+
+
+def test_a_failed_write_closes_the_range_it_was_reading(kafka_topics: Settings) -> None:
+    # The table's keyspace does not exist and may not be created: the first chunk's write
+    # fails with the range's reader suspended after its first fetch.
+    s = dataclasses.replace(kafka_topics, cassandra_keyspace=f"{kafka_topics.cassandra_keyspace}x",
+                            cassandra_create_schema=False)
+    produce(s, [event("p", f"u{i}") for i in range(30)], partition=0)
+    kafka, io = kafka_resource(s), bench_io_manager(s)
+    rows = RangeRows(kafka, RangeReport(partition=0, start=0, end=30, high_watermark=30,
+                                        write_base=now_us()), Chunking(10, 1 << 20, 1 << 20), "")
+    try:
+        with pytest.raises(CassandraWriteFailed) as failed:
+            io.upsert(rows)
+        # The failure (kept here, with the reader's frame in its traceback) did not keep the
+        # reader: it gave its assignment back at once, so a later reader of this kept
+        # consumer is never unassigned by it (a drain keeps its resources across runs).
+        assert failed.value is not None
+        assert kafka.consumer.assignment() == []
+        assert rows.report.read == 2  # the first chunk (a fifth) was read, nothing more
+    finally:
+        io.close()
+        kafka.close()
 
 
 def test_partial_update_across_runs_leaves_unwritten_columns_alone(
