@@ -88,7 +88,7 @@ from .resources.cassandra import (
 from .resources.cql_encoding import encode_columns
 from .run_tags import PARTITION_TAG
 from .samples import message_key, sample_events
-from .settings import Settings
+from .settings import Settings, temporary_env
 
 CONCURRENCY_SWEEP = (32, 64, 128, 256, 512)
 # Rows written per sweep point: enough for a steady rate, few enough that the slow forms
@@ -696,17 +696,8 @@ def _instance(home: Path, env: dict[str, str] | None) -> Iterator[Any]:
     """The Dagster instance of `home`, its dagster.yaml's variables from `env`."""
     from dagster import DagsterInstance
 
-    saved = {k: os.environ.get(k) for k in env or {}}
-    os.environ.update(env or {})
-    try:
-        with DagsterInstance.from_config(str(home)) as instance:
-            yield instance
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with temporary_env(env or {}), DagsterInstance.from_config(str(home)) as instance:
+        yield instance
 
 
 def _count(line: str, word: str) -> int:

@@ -228,18 +228,6 @@ def drain(
     return result
 
 
-def _drain(
-    instance: DagsterInstance,
-    settings: Settings,
-    say: Callable[[str], None],
-    processes: int,
-    only: Collection[int] | None,
-    stop: _StopSignals,
-) -> DrainResult:
-    with _run_resources(settings) as (resources, kafka):
-        return _drain_with(instance, settings, say, processes, only, stop, resources, kafka)
-
-
 @contextmanager
 def _run_resources(settings: Settings) -> Iterator[tuple[dict[str, Any], Any]]:
     """The runs' resources, initialized once for all the runs of this process (and torn down
@@ -253,18 +241,17 @@ def _run_resources(settings: Settings) -> Iterator[tuple[dict[str, Any], Any]]:
                ready.kafka)
 
 
-def _drain_with(
+def _drain(
     instance: DagsterInstance,
     settings: Settings,
     say: Callable[[str], None],
     processes: int,
     only: Collection[int] | None,
     stop: _StopSignals,
-    resources: dict[str, Any],
-    kafka: Any,
 ) -> DrainResult:
-    result = DrainResult()
-    try:
+    with _run_resources(settings) as (resources, kafka):
+        # The resources' teardown closes the Kafka clients.
+        result = DrainResult()
         partitions, new = sync_partitions(instance, kafka)
         if new:
             add_partitions(instance, new)
@@ -319,8 +306,6 @@ def _drain_with(
                     done.add(p)
                 if interrupted:
                     return _stopped(result, stop, lag, done)
-    finally:
-        kafka.close()
 
 
 def _stopped(

@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
@@ -419,3 +420,19 @@ def local_stack_hint(hosts: str) -> str:
     loopback = all(n == "localhost" or n.startswith("127.") or n == "::1"
                    for n in names)
     return " (the local stack: `programuser-dagster stack status`)" if names and loopback else ""
+
+
+@contextmanager
+def temporary_env(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the block, then restore what was there (the bench reads
+    an instance whose dagster.yaml takes its variables from the environment; the tests)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

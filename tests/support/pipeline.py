@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -26,7 +25,7 @@ from programuser_dagster.resources import build_resources, kafka_resource
 from programuser_dagster.resources.kafka import PartitionOffsets
 from programuser_dagster.run_tags import PARTITION_TAG, START_TAG, START_TOKEN_TAG
 from programuser_dagster.sensors import build_backlog_sensor
-from programuser_dagster.settings import Settings
+from programuser_dagster.settings import Settings, temporary_env  # noqa: F401 (for the tests)
 from tests.support.seed import SEED_EVENT as SEED_EVENT
 
 
@@ -245,21 +244,6 @@ def failure_text(result: Any) -> str:
             error = ev.event_specific_data.error
             texts.append(error.to_string() if error is not None else ev.message)
     return "\n".join(texts)
-
-
-@contextlib.contextmanager
-def temporary_env(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the block, then restore what was there."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def cli_env(s: Settings, home: Any = None, **extra: str) -> dict[str, str]:
