@@ -733,7 +733,7 @@ def fixed_cost(
         yaml, env = None, None
         if postgres is not None:
             env = fresh_database(postgres, f"fixed_{uuid.uuid4().hex[:8]}")
-            yaml = deploy_yaml(REPO, env["DAGSTER_PG_PORT"])
+            yaml = deploy_yaml(REPO)
         return e2e(area.settings, FIXED_COST_RUNS * FIXED_COST_EVENTS, FIXED_COST_EVENTS,
                    instance_yaml=yaml, instance_env=env)
     finally:
@@ -756,7 +756,7 @@ def daemon_path(
     scratch += area.names()
     home = Path(tempfile.mkdtemp(prefix="programuser-bench-daemon-"))
     pg = fresh_database(postgres, f"daemon_{uuid.uuid4().hex[:8]}")
-    (home / "dagster.yaml").write_text(deploy_yaml(REPO, pg["DAGSTER_PG_PORT"]), encoding="utf-8")
+    (home / "dagster.yaml").write_text(deploy_yaml(REPO), encoding="utf-8")
     env = {**pipeline_env(area.settings, base.max_messages), **pg, "DAGSTER_HOME": str(home),
            "PROGRAMUSER_SENSOR_INTERVAL_S": str(DAEMON_SENSOR_INTERVAL_S)}
     log_path = home / "daemon.log"

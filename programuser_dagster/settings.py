@@ -312,6 +312,10 @@ _TABLE: tuple[_Variable, ...] = (
 # Every variable Settings reads -> the field it sets (e.g. to check that a deployment passes
 # each of them to its runs).
 VARIABLES: Mapping[str, str] = MappingProxyType({v.name: v.field for v in _TABLE})
+# The secrets' variables: read by the resources through dagster.EnvVar, never by Settings.
+KAFKA_SASL_PASSWORD = "KAFKA_SASL_PASSWORD"
+CASSANDRA_PASSWORD = "CASSANDRA_PASSWORD"
+SECRET_VARIABLES = (KAFKA_SASL_PASSWORD, CASSANDRA_PASSWORD)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..settings import Settings
+from ..settings import CASSANDRA_PASSWORD, KAFKA_SASL_PASSWORD, Settings
 from .cassandra import CassandraIOManager
 from .kafka import KafkaResource
 from .secrets import env_secret
@@ -19,7 +19,7 @@ def kafka_resource(settings: Settings) -> KafkaResource:
         security_protocol=settings.kafka_security_protocol,
         sasl_mechanism=settings.kafka_sasl_mechanism,
         sasl_username=settings.kafka_sasl_username,
-        sasl_password=env_secret("KAFKA_SASL_PASSWORD"),
+        sasl_password=env_secret(KAFKA_SASL_PASSWORD),
         ssl_ca_location=settings.kafka_ssl_ca_location,
         delivery_timeout_s=settings.kafka_delivery_timeout_s,
         request_timeout_s=settings.kafka_request_timeout_s,
@@ -35,7 +35,7 @@ def cassandra_io_manager(settings: Settings) -> CassandraIOManager:
         consistency=settings.cassandra_consistency,
         local_dc=settings.cassandra_local_dc,
         username=settings.cassandra_username,
-        password=env_secret("CASSANDRA_PASSWORD"),
+        password=env_secret(CASSANDRA_PASSWORD),
         ssl_ca=settings.cassandra_ssl_ca,
         create_schema=settings.cassandra_create_schema,
         replication=settings.cassandra_replication,

@@ -93,9 +93,10 @@ def postgres_server(timeout_s: float = 60) -> Iterator[dict[str, str]]:
         shutil.rmtree(data, ignore_errors=True)
 
 
-def deploy_yaml(repo: Path, port: str) -> str:
-    """deploy/dagster.yaml with the server's port."""
-    return (repo / "deploy" / "dagster.yaml").read_text().replace("port: 5432", f"port: {port}")
+def deploy_yaml(repo: Path, folder: str = "") -> str:
+    """The production instance config deploy/<folder>/dagster.yaml; it takes the server's
+    address, port and login from the DAGSTER_PG_* variables postgres_server() yields."""
+    return (repo / "deploy" / folder / "dagster.yaml").read_text()
 
 
 def fresh_database(env: dict[str, str], name: str) -> dict[str, str]:

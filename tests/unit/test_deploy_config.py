@@ -1,7 +1,7 @@
 """The production instance configs of deploy/ load and validate against Dagster's schemas.
 
-Kubernetes and Docker cannot run here, so the run launchers' configs are checked against the
-launchers' own config schemas (from dagster-k8s and dagster-docker), not launched.
+The run launchers' configs are checked against the launchers' own config schemas (from
+dagster-k8s and dagster-docker); the Docker one also runs for real in tests/docker.
 """
 
 from __future__ import annotations
@@ -11,9 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 from dagster._config import process_config
+from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.instance.config import dagster_instance_config
+from dagster._core.workspace.config_schema import ensure_workspace_config
 from dagster_docker import DockerRunLauncher
 from dagster_k8s import K8sRunLauncher
+
+from programuser_dagster.settings import SECRET_VARIABLES, VARIABLES
+from programuser_dagster.stack.docker import env_file
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PG_ENV = {
@@ -21,7 +26,9 @@ PG_ENV = {
     "DAGSTER_PG_PASSWORD": "unused",
     "DAGSTER_PG_HOST": "db",
     "DAGSTER_PG_DB": "dagster",
+    "DAGSTER_PG_PORT": "5432",
     "DAGSTER_K8S_NAMESPACE": "programuser",
+    "DAGSTER_DOCKER_NETWORK": "host",
 }
 
 
@@ -54,3 +61,54 @@ def test_the_run_launcher_config_fits_the_launcher(
     # A typo is caught: the schema is really applied.
     broken = {**section["config"], "no_such_field": 1}
     assert not process_config(launcher.config_type(), broken).success
+
+
+def _env_refs(node: object) -> set[str]:
+    """The variables a config takes with {env: NAME}."""
+    if isinstance(node, dict):
+        if set(node) == {"env"}:
+            return {node["env"]}
+        return set().union(*(_env_refs(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_env_refs(v) for v in node))
+    return set()
+
+
+def test_the_docker_launcher_passes_every_setting_secret_and_storage_variable_to_runs() -> None:
+    config = yaml.safe_load((DEPLOY / "docker" / "dagster.yaml").read_text())
+    passed = {entry.split("=", 1)[0] for entry in config["run_launcher"]["config"]["env_vars"]}
+    # A run container loads the instance (its storage's variables) and builds its settings
+    # and resources from the environment: a variable not passed would mean its default there.
+    needed = set(VARIABLES) | set(SECRET_VARIABLES) | _env_refs(config["storage"])
+    assert {"KAFKA_INPUT_TOPIC", "CASSANDRA_KEYSPACE", "DAGSTER_PG_PORT"} <= needed
+    assert needed - passed == set()
+    # Nothing passed that the pipeline does not read, but the allocator setting.
+    assert passed - needed == {"MALLOC_ARENA_MAX"}
+
+
+def test_the_daemon_env_file_sets_every_variable_the_launcher_and_configs_take() -> None:
+    # The launcher refuses a run while one of its env_vars is missing from the daemon's
+    # environment, so the shipped env file sets each (blank for a default).
+    config = yaml.safe_load((DEPLOY / "docker" / "dagster.yaml").read_text())
+    workspace = yaml.safe_load((DEPLOY / "docker" / "workspace.yaml").read_text())
+    taken = {e for e in config["run_launcher"]["config"]["env_vars"] if "=" not in e}
+    taken |= _env_refs(config) | _env_refs(workspace)
+    listed = env_file(DEPLOY / "docker" / "daemon.env")
+    assert "DAGSTER_DOCKER_NETWORK" in taken
+    assert taken - set(listed) == set()
+    assert set(listed) - taken == set()
+    # No secret has a value in the shipped file.
+    assert all(not listed[name] for name in (*SECRET_VARIABLES, "DAGSTER_PG_PASSWORD"))
+
+
+def test_the_docker_workspace_is_a_valid_workspace_naming_the_code_location(monkeypatch) -> None:
+    monkeypatch.setenv("DAGSTER_CODE_HOST", "127.0.0.1")
+    monkeypatch.setenv("DAGSTER_CODE_PORT", "4000")
+    workspace = yaml.safe_load((DEPLOY / "docker" / "workspace.yaml").read_text())
+    ensure_workspace_config(workspace, str(DEPLOY / "docker" / "workspace.yaml"))
+    monkeypatch.setenv("DAGSTER_CODE_PORT", "not a port")
+    with pytest.raises(DagsterInvalidConfigError):
+        ensure_workspace_config(workspace, str(DEPLOY / "docker" / "workspace.yaml"))
+    [entry] = workspace["load_from"]
+    assert entry["grpc_server"]["location_name"] == "programuser_dagster"
+    assert _env_refs(entry) == {"DAGSTER_CODE_HOST", "DAGSTER_CODE_PORT"}

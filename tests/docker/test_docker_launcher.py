@@ -1,0 +1,300 @@
+"""Runs in containers: the shipped deploy/docker/ files on a real Docker engine.
+
+The project's own `dockerd` (programuser_dagster/stack/docker.py, started here unless one of
+ours answers already) builds deploy/Dockerfile; the code location runs as a container of that
+image (`dagster api grpc`), and `dagster-daemon` on this machine, with deploy/docker/dagster.yaml
+on a real PostgreSQL, launches each run as a new container of it (DockerRunLauncher). Every
+container uses host networking (DAGSTER_DOCKER_NETWORK=host), so all traffic stays on loopback.
+`make test-docker` runs this module (CI too); `make test` leaves it out.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+
+from programuser_dagster.jobs import JOB_NAME, PAUSE_BEFORE_COMMIT_ENV
+from programuser_dagster.run_tags import PARTITION_TAG
+from programuser_dagster.settings import Settings, temporary_env
+from programuser_dagster.stack import docker
+from programuser_dagster.stack.postgres import (
+    PostgresMissing,
+    deploy_yaml,
+    free_port,
+    postgres_server,
+)
+from tests.support.dagster_dev import REPO, settings_env
+from tests.support.pipeline import all_rows, event, expected_rows, offsets, produce
+
+pytestmark = [pytest.mark.stack, pytest.mark.docker]
+
+CONTAINER_TAG = "docker/container_id"  # set by DockerRunLauncher on each run it launches
+WORKSPACE = REPO / "deploy" / "docker" / "workspace.yaml"
+SENSOR = "kafka_backlog_sensor"
+PAUSE_S = 8  # each run waits this long before its commit: the window to kill its container
+BACKLOG = 300  # events per partition before the daemon starts
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[docker.Engine]:
+    """The project's Docker engine; one started here is stopped at the end, leaving nothing."""
+    try:
+        with docker.engine() as running:
+            yield running
+    except docker.DockerMissing as exc:
+        pytest.fail(str(exc))
+    if running.started:
+        assert docker.leftovers() == [], "the engine left processes or mounts behind"
+
+
+@pytest.fixture(scope="module")
+def image(engine: docker.Engine) -> str:
+    """deploy/Dockerfile built now (seconds when its layers are cached)."""
+    return docker.build_image()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[dict[str, str]]:
+    try:
+        with postgres_server() as env:
+            yield env
+    except PostgresMissing as exc:
+        pytest.fail(str(exc))
+
+
+class Deployment:
+    """The code-server container and the daemon of one test, on its topics and keyspace."""
+
+    def __init__(self, s: Settings, engine: docker.Engine, image: str, pg: dict[str, str],
+                 home: Path) -> None:
+        self.label = f"programuser-dagster/test={s.kafka_group_id}"
+        code_port = free_port()
+        pipeline = {
+            **settings_env(s),
+            "CASSANDRA_USERNAME": os.environ["CASSANDRA_USERNAME"],
+            "CASSANDRA_PASSWORD": os.environ["CASSANDRA_PASSWORD"],
+            "PROGRAMUSER_SENSOR_INTERVAL_S": "5",
+        }
+        self.code = docker.code_server(image, code_port, {
+            **pipeline, **pg,
+            # Runs launched from this code location use its image and, for this test only,
+            # pause before their commit (Dagster's container context of a code server).
+            "DAGSTER_CURRENT_IMAGE": image,
+            "DAGSTER_CONTAINER_CONTEXT": json.dumps(
+                {"docker": {"env_vars": [f"{PAUSE_BEFORE_COMMIT_ENV}={PAUSE_S}"]}}),
+        }, name=f"programuser-code-{s.kafka_group_id}", labels=[self.label])
+        docker.wait_serving(self.code, code_port)
+        (home / "dagster.yaml").write_text(deploy_yaml(REPO, "docker"))
+        self.home = home
+        # The shipped env file's variables (blank: the default), then this test's values.
+        self.env = {
+            **os.environ, **docker.env_file(REPO / "deploy" / "docker" / "daemon.env"),
+            **pipeline, **pg, **engine.env,
+            "DAGSTER_HOME": str(home), "DAGSTER_DOCKER_NETWORK": "host",
+            "DAGSTER_CODE_HOST": "127.0.0.1", "DAGSTER_CODE_PORT": str(code_port),
+        }
+        self.log = home / "daemon.log"
+        with self.log.open("wb") as out:
+            self.daemon = subprocess.Popen(
+                [str(REPO / ".venv/bin/dagster-daemon"), "run", "-w", str(WORKSPACE)],
+                cwd=home, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+
+    def dagster(self, *args: str) -> str:
+        """The dagster CLI on this deployment's instance and workspace."""
+        done = subprocess.run([str(REPO / ".venv/bin/dagster"), *args, "-w", str(WORKSPACE)],
+                              env=self.env, cwd=self.home, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def alive(self) -> None:
+        assert self.daemon.poll() is None, self.log.read_text()[-3000:]
+
+    def stop(self, instance: DagsterInstance) -> None:
+        """The daemon, then every container of this test: the code server and its runs'."""
+        self.daemon.terminate()
+        try:
+            self.daemon.wait(60)
+        except subprocess.TimeoutExpired:
+            self.daemon.kill()
+            self.daemon.wait(10)
+        docker.remove_containers(self.label)
+        for record in _runs(instance):
+            docker.remove_containers(f"dagster/run_id={record.dagster_run.run_id}")
+
+
+def _runs(instance: DagsterInstance, partition: int | None = None) -> list[Any]:
+    tags = {} if partition is None else {PARTITION_TAG: str(partition)}
+    return list(reversed(instance.get_run_records(RunsFilter(job_name=JOB_NAME, tags=tags))))
+
+
+def _wait(what: str, check: Any, deployment: Deployment, timeout: float = 240) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        deployment.alive()
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.25)
+    return value
+
+
+def _paused_run(instance: DagsterInstance, partition: int, after: set[str]) -> Any:
+    """A new run of `partition` that is waiting before its commit (the test's fault hook)."""
+    for record in _runs(instance, partition):
+        run = record.dagster_run
+        if run.run_id not in after and any(
+            "Test fault hook" in (e.message or "") for e in instance.all_logs(run.run_id)
+        ):
+            return run
+    return None
+
+
+def _status(instance: DagsterInstance, run_id: str) -> DagsterRunStatus:
+    return instance.get_run_by_id(run_id).status
+
+
+def _container_state(container: str) -> dict[str, Any]:
+    return json.loads(docker.docker("inspect", "--format", "{{json .State}}", container).stdout)
+
+
+def _monitoring_message(instance: DagsterInstance, run_id: str) -> str:
+    [failure] = instance.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE)
+    return failure.message or ""
+
+
+def _reexecute_from_failure(
+    instance: DagsterInstance, parent_id: str, deployment: Deployment
+) -> str:
+    """What the UI's "Re-execute from failure" does: a new run of the failed steps, submitted
+    to the queue, which the daemon launches as a new container."""
+    from dagster._core.execution.plan.resume_retry import ReexecutionStrategy
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+
+    target = WorkspaceFileTarget(paths=[str(WORKSPACE)])
+    code_server = {k: deployment.env[k] for k in ("DAGSTER_CODE_HOST", "DAGSTER_CODE_PORT")}
+    with temporary_env(code_server), WorkspaceProcessContext(instance, target) as process:
+        request = process.create_request_context()
+        location = request.get_code_location("programuser_dagster")
+        [repository] = location.get_repositories().values()
+        run = instance.create_reexecuted_run(
+            request_context=request, parent_run=instance.get_run_by_id(parent_id),
+            code_location=location, remote_job=repository.get_full_job(JOB_NAME),
+            strategy=ReexecutionStrategy.FROM_FAILURE, use_parent_run_tags=True,
+        )
+        instance.submit_run(run.run_id, request)
+        return run.run_id
+
+
+def test_the_docker_launcher_drains_partitions_in_containers_and_survives_a_killed_run(
+    engine: docker.Engine, image: str, postgres: dict[str, str], kafka_topics: Settings,
+    cassandra_session: Any, tmp_path: Path,
+) -> None:
+    s = kafka_topics
+    values: list[bytes | None] = []
+    for p in range(4):
+        batch = [event(f"p{p}", f"u{i}") for i in range(BACKLOG)]
+        produce(s, batch, partition=p)
+        values += [json.dumps(e).encode() for e in batch]
+
+    began = time.monotonic()
+    with temporary_env(postgres):
+        deployment = Deployment(s, engine, image, postgres, tmp_path)
+        serving = time.monotonic()
+        instance = DagsterInstance.from_config(str(tmp_path))
+        try:
+            # 1. The backlog: one container per run, one run per partition at a time.
+            _wait("the backlog committed on every partition",
+                  lambda: all(offsets(s, p).committed == BACKLOG for p in range(4)), deployment)
+            _wait("the backlog's runs ended", lambda: all(
+                r.dagster_run.is_finished for r in _runs(instance)), deployment, timeout=60)
+            drained_s = time.monotonic() - serving
+            backlog = _runs(instance)
+            assert {r.dagster_run.status for r in backlog} == {DagsterRunStatus.SUCCESS}
+            containers = [r.dagster_run.tags.get(CONTAINER_TAG) for r in backlog]
+            assert all(containers) and len(set(containers)) == len(backlog)
+            for c in containers:
+                assert _container_state(c)["ExitCode"] == 0
+            spans = [(r.dagster_run.tags[PARTITION_TAG], r.start_time, r.end_time)
+                     for r in backlog]
+            assert sorted({p for p, _, _ in spans}) == ["0", "1", "2", "3"]
+            for part in "0123":
+                mine = sorted((a, b) for p, a, b in spans if p == part)
+                assert all(b1 <= a2 for (_, b1), (a2, _) in itertools.pairwise(mine)), mine
+
+            # 2. A run's container killed between its writes and its commit.
+            seen = {r.dagster_run.run_id for r in _runs(instance)}
+            more = [event("p0", f"late{i}") for i in range(50)]
+            produce(s, more, partition=0)
+            values += [json.dumps(e).encode() for e in more]
+            victim = _wait("a run of partition 0 paused before its commit",
+                           lambda: _paused_run(instance, 0, seen), deployment)
+            assert offsets(s, 0).committed == BACKLOG
+            killed_at = time.monotonic()
+            docker.docker("kill", victim.tags[CONTAINER_TAG])
+            _wait("the killed run marked failed",
+                  lambda: _status(instance, victim.run_id) == DagsterRunStatus.FAILURE,
+                  deployment, timeout=120)
+            marked_after_s = time.monotonic() - killed_at
+            message = _monitoring_message(instance, victim.run_id)
+            assert "Detected run worker status" in message and "exited" in message, message
+            assert _container_state(victim.tags[CONTAINER_TAG])["ExitCode"] == 137
+            assert offsets(s, 0).committed == BACKLOG  # nothing committed by the killed run
+            # The sensor's next run (after its back-off) reads the range again and commits it.
+            _wait("partition 0 committed by the next run",
+                  lambda: offsets(s, 0).committed == BACKLOG + len(more), deployment)
+            retry = [r for r in _runs(instance, 0) if r.dagster_run.run_id not in seen
+                     and r.dagster_run.run_id != victim.run_id]
+            assert [r.dagster_run.status for r in retry] in (
+                [DagsterRunStatus.SUCCESS], [DagsterRunStatus.STARTED])
+
+            # 3. Killed again, the sensor stopped: the failed run's commit step re-executed.
+            seen = {r.dagster_run.run_id for r in _runs(instance)}
+            last = [event("p1", f"last{i}") for i in range(40)]
+            produce(s, last, partition=1)
+            values += [json.dumps(e).encode() for e in last]
+            victim = _wait("a run of partition 1 paused before its commit",
+                           lambda: _paused_run(instance, 1, seen), deployment)
+            deployment.dagster("sensor", "stop", SENSOR)
+            docker.docker("kill", victim.tags[CONTAINER_TAG])
+            killed_at = time.monotonic()
+            _wait("the second killed run marked failed",
+                  lambda: _status(instance, victim.run_id) == DagsterRunStatus.FAILURE,
+                  deployment, timeout=120)
+            marked_after_s = (marked_after_s, time.monotonic() - killed_at)
+            assert offsets(s, 1).committed == BACKLOG
+            assert [r.dagster_run.run_id for r in _runs(instance, 1)
+                    if r.dagster_run.run_id not in seen] == [victim.run_id]
+            resubmitted = time.monotonic()
+            rerun_id = _reexecute_from_failure(instance, victim.run_id, deployment)
+            _wait("the re-executed run ended",
+                  lambda: instance.get_run_by_id(rerun_id).is_finished, deployment)
+            rerun_s = time.monotonic() - resubmitted
+            rerun = instance.get_run_by_id(rerun_id)
+            assert rerun.status == DagsterRunStatus.SUCCESS
+            assert rerun.step_keys_to_execute == ["commit_offsets"], rerun.step_keys_to_execute
+            assert rerun.tags[CONTAINER_TAG] not in (victim.tags[CONTAINER_TAG], None)
+            assert offsets(s, 1).committed == BACKLOG + len(last)
+
+            # Nothing lost: the table is what a clean run makes of every event.
+            assert all_rows(cassandra_session, s) == expected_rows(values)
+            print(f"\ncode server up {serving - began:.1f} s; backlog of 4 x {BACKLOG} in "
+                  f"{len(backlog)} containers drained {drained_s:.1f} s after; killed runs "
+                  f"marked failed by run monitoring after {marked_after_s[0]:.1f} s and "
+                  f"{marked_after_s[1]:.1f} s; the re-executed commit ran {rerun_s:.1f} s")
+        finally:
+            deployment.stop(instance)
+            run_ids = [r.dagster_run.run_id for r in _runs(instance)]
+            instance.dispose()
+    left = docker.docker("ps", "--all", "--quiet", "--filter", f"label={deployment.label}",
+                         *itertools.chain.from_iterable(
+                             ("--filter", f"label=dagster/run_id={i}") for i in run_ids))
+    assert left.stdout.strip() == ""
