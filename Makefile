@@ -18,7 +18,7 @@ export CASSANDRA_PASSWORD ?= programuser
 # arenas keep its peak flat, at no cost in speed (README: Performance). Set it where runs start.
 export MALLOC_ARENA_MAX ?= 2
 
-.PHONY: deps venv stack run test test-unit soak lint down produce lag drain bench bench-scale bench-parallel bench-incidents cluster-deps cluster cluster-down test-cluster test-cluster-full bench-cluster
+.PHONY: deps venv stack run test test-unit soak lint down produce lag drain bench bench-scale bench-parallel bench-incidents cluster-deps cluster cluster-down test-cluster test-cluster-full bench-cluster docker-deps image test-docker bench-docker docker-down
 
 # Acts only when something is missing (we run as root on CI and dev boxes).
 deps:
@@ -125,3 +125,32 @@ test-cluster-full: cluster-deps venv
 bench-cluster: cluster
 	$(BIN)/python -m programuser_dagster.bench --cluster --events $(EVENTS) \
 	  --out bench-cluster-results.json
+
+# Containers (README: Deploying): Debian's docker.io (its dockerd is started by the targets below
+# only, with its data root in /var/cache/programuser-dagster) and debootstrap for the base image.
+docker-deps: deps
+	@missing=""; \
+	command -v dockerd >/dev/null 2>&1 || missing="$$missing docker.io"; \
+	command -v debootstrap >/dev/null 2>&1 || missing="$$missing debootstrap"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+
+# The run image (deploy/Dockerfile) on the project's engine: ~2 min cold, seconds warm.
+image: docker-deps venv
+	$(BIN)/python -m programuser_dagster.stack.docker build
+
+# Stops the project's engine if one was left running (a test session that was killed).
+docker-down: venv
+	$(BIN)/python -m programuser_dagster.stack.docker stop
+
+# DockerRunLauncher for real (tests/docker): the image, a PostgreSQL, the code server container,
+# dagster-daemon with deploy/docker/dagster.yaml launching each run as a container.
+test-docker: docker-deps venv
+	$(BIN)/pytest -q -s -m docker tests/docker
+
+# Throughput with 1..4 run containers at once (README: Scaling out): bench-docker-results.json.
+bench-docker: docker-deps stack
+	$(BIN)/python -m programuser_dagster.container_bench --events $(DOCKER_EVENTS)
+DOCKER_EVENTS ?= 40000

@@ -160,14 +160,36 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(10)
     with suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    for pid in _engine_processes():  # shims re-parented away from the group
+    _clear()
+
+
+def _clear() -> None:
+    """What a stopped engine may leave: shims re-parented away from its group, dockerd's bind
+    mount of the default network namespace (exec-root/netns/default), its socket."""
+    for pid in _engine_processes():
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    # dockerd leaves its bind mount of the default network namespace (exec-root/netns/default).
     for mount in reversed(_engine_mounts()):
         subprocess.run(["umount", mount], check=False, capture_output=True)
     with suppress(FileNotFoundError):
         SOCKET.unlink()
+
+
+def stop_engine(timeout_s: float = 60) -> bool:
+    """Stop this module's engine if one runs (one a killed session left, say); True if it did."""
+    pid_file = RUN_DIR / "dockerd.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGTERM)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        found = bool(_engine_processes() or _engine_mounts())
+        _clear()
+        return found
+    deadline = time.monotonic() + timeout_s
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _clear()
+    return True
 
 
 def image_exists(tag: str) -> bool:
@@ -225,6 +247,8 @@ def build_image(tag: str = RUN_IMAGE) -> str:
     )
     if result.returncode != 0:
         raise RuntimeError(f"docker build failed:\n{(result.stdout + result.stderr)[-4000:]}")
+    # The images the tag moved away from: the cache stays bounded over many builds.
+    docker("image", "prune", "--force", check=False)
     return tag
 
 
@@ -279,3 +303,29 @@ def remove_containers(label: str) -> list[str]:
     if ids:
         docker("rm", "--force", "--volumes", *ids)
     return ids
+
+
+def main() -> None:
+    """`python -m programuser_dagster.stack.docker build [TAG]` (`make image`): the run image
+    in this module's engine (started for the build and stopped after, unless it was running);
+    `... stop` (`make docker-down`): stop that engine, whoever started it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m programuser_dagster.stack.docker")
+    parser.add_argument("action", choices=["build", "stop"])
+    parser.add_argument("tag", nargs="?", default=RUN_IMAGE)
+    args = parser.parse_args()
+    if args.action == "stop":
+        print("stopped the engine" if stop_engine() else "no engine of ours was running")
+        return
+    began = time.monotonic()
+    with engine() as running:
+        tag = build_image(args.tag)
+        print(f"built {tag} in {time.monotonic() - began:.1f} s "
+              f"({image_size_bytes(tag) / 1e6:.0f} MB) in the engine at {running.host} "
+              f"(data root {CACHE / 'docker'}"
+              f"{'; stopped again' if running.started else ''})")
+
+
+if __name__ == "__main__":
+    main()

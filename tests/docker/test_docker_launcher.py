@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,19 +25,18 @@ from programuser_dagster.jobs import JOB_NAME, PAUSE_BEFORE_COMMIT_ENV
 from programuser_dagster.run_tags import PARTITION_TAG
 from programuser_dagster.settings import Settings, temporary_env
 from programuser_dagster.stack import docker
-from programuser_dagster.stack.postgres import (
-    PostgresMissing,
-    deploy_yaml,
-    free_port,
-    postgres_server,
+from programuser_dagster.stack.docker_deployment import (
+    CONTAINER_TAG,
+    WORKSPACE,
+    DockerDeployment,
 )
-from tests.support.dagster_dev import REPO, settings_env
+from programuser_dagster.stack.postgres import PostgresMissing, postgres_server
+from tests.support.dagster_dev import settings_env
 from tests.support.pipeline import all_rows, event, expected_rows, offsets, produce
 
-pytestmark = [pytest.mark.stack, pytest.mark.docker]
+# A cold first build (debootstrap, then pip) takes ~2 minutes of the test's setup.
+pytestmark = [pytest.mark.stack, pytest.mark.docker, pytest.mark.timeout(1500)]
 
-CONTAINER_TAG = "docker/container_id"  # set by DockerRunLauncher on each run it launches
-WORKSPACE = REPO / "deploy" / "docker" / "workspace.yaml"
 SENSOR = "kafka_backlog_sensor"
 PAUSE_S = 8  # each run waits this long before its commit: the window to kill its container
 BACKLOG = 300  # events per partition before the daemon starts
@@ -71,76 +69,15 @@ def postgres() -> Iterator[dict[str, str]]:
         pytest.fail(str(exc))
 
 
-class Deployment:
-    """The code-server container and the daemon of one test, on its topics and keyspace."""
-
-    def __init__(self, s: Settings, engine: docker.Engine, image: str, pg: dict[str, str],
-                 home: Path) -> None:
-        self.label = f"programuser-dagster/test={s.kafka_group_id}"
-        code_port = free_port()
-        pipeline = {
-            **settings_env(s),
-            "CASSANDRA_USERNAME": os.environ["CASSANDRA_USERNAME"],
-            "CASSANDRA_PASSWORD": os.environ["CASSANDRA_PASSWORD"],
-            "PROGRAMUSER_SENSOR_INTERVAL_S": "5",
-        }
-        self.code = docker.code_server(image, code_port, {
-            **pipeline, **pg,
-            # Runs launched from this code location use its image and, for this test only,
-            # pause before their commit (Dagster's container context of a code server).
-            "DAGSTER_CURRENT_IMAGE": image,
-            "DAGSTER_CONTAINER_CONTEXT": json.dumps(
-                {"docker": {"env_vars": [f"{PAUSE_BEFORE_COMMIT_ENV}={PAUSE_S}"]}}),
-        }, name=f"programuser-code-{s.kafka_group_id}", labels=[self.label])
-        docker.wait_serving(self.code, code_port)
-        (home / "dagster.yaml").write_text(deploy_yaml(REPO, "docker"))
-        self.home = home
-        # The shipped env file's variables (blank: the default), then this test's values.
-        self.env = {
-            **os.environ, **docker.env_file(REPO / "deploy" / "docker" / "daemon.env"),
-            **pipeline, **pg, **engine.env,
-            "DAGSTER_HOME": str(home), "DAGSTER_DOCKER_NETWORK": "host",
-            "DAGSTER_CODE_HOST": "127.0.0.1", "DAGSTER_CODE_PORT": str(code_port),
-        }
-        self.log = home / "daemon.log"
-        with self.log.open("wb") as out:
-            self.daemon = subprocess.Popen(
-                [str(REPO / ".venv/bin/dagster-daemon"), "run", "-w", str(WORKSPACE)],
-                cwd=home, env=self.env, stdout=out, stderr=subprocess.STDOUT)
-
-    def dagster(self, *args: str) -> str:
-        """The dagster CLI on this deployment's instance and workspace."""
-        done = subprocess.run([str(REPO / ".venv/bin/dagster"), *args, "-w", str(WORKSPACE)],
-                              env=self.env, cwd=self.home, capture_output=True, text=True,
-                              timeout=120)
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
-
-    def alive(self) -> None:
-        assert self.daemon.poll() is None, self.log.read_text()[-3000:]
-
-    def stop(self, instance: DagsterInstance) -> None:
-        """The daemon, then every container of this test: the code server and its runs'."""
-        self.daemon.terminate()
-        try:
-            self.daemon.wait(60)
-        except subprocess.TimeoutExpired:
-            self.daemon.kill()
-            self.daemon.wait(10)
-        docker.remove_containers(self.label)
-        for record in _runs(instance):
-            docker.remove_containers(f"dagster/run_id={record.dagster_run.run_id}")
-
-
 def _runs(instance: DagsterInstance, partition: int | None = None) -> list[Any]:
     tags = {} if partition is None else {PARTITION_TAG: str(partition)}
     return list(reversed(instance.get_run_records(RunsFilter(job_name=JOB_NAME, tags=tags))))
 
 
-def _wait(what: str, check: Any, deployment: Deployment, timeout: float = 240) -> Any:
+def _wait(what: str, check: Any, deployment: DockerDeployment, timeout: float = 240) -> Any:
     deadline = time.monotonic() + timeout
     while not (value := check()):
-        deployment.alive()
+        deployment.check_alive()
         assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
         time.sleep(0.25)
     return value
@@ -171,7 +108,7 @@ def _monitoring_message(instance: DagsterInstance, run_id: str) -> str:
 
 
 def _reexecute_from_failure(
-    instance: DagsterInstance, parent_id: str, deployment: Deployment
+    instance: DagsterInstance, parent_id: str, deployment: DockerDeployment
 ) -> str:
     """What the UI's "Re-execute from failure" does: a new run of the failed steps, submitted
     to the queue, which the daemon launches as a new container."""
@@ -180,8 +117,8 @@ def _reexecute_from_failure(
     from dagster._core.workspace.load_target import WorkspaceFileTarget
 
     target = WorkspaceFileTarget(paths=[str(WORKSPACE)])
-    code_server = {k: deployment.env[k] for k in ("DAGSTER_CODE_HOST", "DAGSTER_CODE_PORT")}
-    with temporary_env(code_server), WorkspaceProcessContext(instance, target) as process:
+    with (temporary_env(deployment.code_server_env()),
+          WorkspaceProcessContext(instance, target) as process):
         request = process.create_request_context()
         location = request.get_code_location("programuser_dagster")
         [repository] = location.get_repositories().values()
@@ -207,7 +144,17 @@ def test_the_docker_launcher_drains_partitions_in_containers_and_survives_a_kill
 
     began = time.monotonic()
     with temporary_env(postgres):
-        deployment = Deployment(s, engine, image, postgres, tmp_path)
+        pipeline = {
+            **settings_env(s),
+            "CASSANDRA_USERNAME": os.environ["CASSANDRA_USERNAME"],
+            "CASSANDRA_PASSWORD": os.environ["CASSANDRA_PASSWORD"],
+            "PROGRAMUSER_SENSOR_INTERVAL_S": "5",
+        }
+        # For this test only, every run pauses before its commit: the window to kill it.
+        deployment = DockerDeployment(
+            engine, image, pipeline, postgres, tmp_path,
+            run_env=[f"{PAUSE_BEFORE_COMMIT_ENV}={PAUSE_S}"],
+            label=f"programuser-dagster/test={s.kafka_group_id}")
         serving = time.monotonic()
         instance = DagsterInstance.from_config(str(tmp_path))
         try:
@@ -291,10 +238,10 @@ def test_the_docker_launcher_drains_partitions_in_containers_and_survives_a_kill
                   f"marked failed by run monitoring after {marked_after_s[0]:.1f} s and "
                   f"{marked_after_s[1]:.1f} s; the re-executed commit ran {rerun_s:.1f} s")
         finally:
-            deployment.stop(instance)
-            run_ids = [r.dagster_run.run_id for r in _runs(instance)]
+            deployment.stop()
+            run_ids = {r.dagster_run.run_id for r in _runs(instance)}
             instance.dispose()
-    left = docker.docker("ps", "--all", "--quiet", "--filter", f"label={deployment.label}",
-                         *itertools.chain.from_iterable(
-                             ("--filter", f"label=dagster/run_id={i}") for i in run_ids))
-    assert left.stdout.strip() == ""
+    # Every container of the test (code server, runs) is gone.
+    for label in (deployment.label, *(f"dagster/run_id={i}" for i in run_ids)):
+        assert docker.docker("ps", "--all", "--quiet", "--filter",
+                             f"label={label}").stdout.strip() == "", label
