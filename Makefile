@@ -126,15 +126,20 @@ bench-cluster: cluster
 	$(BIN)/python -m programuser_dagster.bench --cluster --events $(EVENTS) \
 	  --out bench-cluster-results.json
 
-# Containers (README: Deploying): Debian's docker.io (its dockerd is started by the targets below
-# only, with its data root in /var/cache/programuser-dagster) and debootstrap for the base image.
+# Containers (deploy/README.md: Scaling out): Debian's docker.io (its dockerd is started by the
+# targets below only, with its data root in /var/cache/programuser-dagster) and debootstrap for
+# the base image. policy-rc.d keeps the package from starting a system dockerd on a host with
+# an init system (with its docker0 bridge and firewall rules).
 docker-deps: deps
 	@missing=""; \
-	command -v dockerd >/dev/null 2>&1 || missing="$$missing docker.io"; \
-	command -v debootstrap >/dev/null 2>&1 || missing="$$missing debootstrap"; \
+	dpkg -s docker.io >/dev/null 2>&1 || missing="$$missing docker.io"; \
+	dpkg -s debootstrap >/dev/null 2>&1 || missing="$$missing debootstrap"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	  made=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made=1; fi; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; rc=$$?; \
+	  if [ -n "$$made" ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$rc; \
 	fi
 
 # The run image (deploy/Dockerfile) on the project's engine: ~2 min cold, seconds warm.

@@ -31,23 +31,15 @@ from .bench import (
     _wait_drained,
     _wait_runs_ended,
     machine,
-    pipeline_env,
 )
+from .jobs import JOB_NAME
 from .run_tags import PARTITION_TAG
-from .settings import SECRET_VARIABLES, VARIABLES, Settings
+from .settings import Settings
 from .stack import docker
-from .stack.docker_deployment import CONTAINER_TAG, DockerDeployment
+from .stack.docker_deployment import CONTAINER_TAG, DockerDeployment, pipeline_env
 from .stack.postgres import fresh_database, postgres_server
 
 SENSOR_INTERVAL_S = 5
-
-
-def _pipeline(s: Settings) -> dict[str, str]:
-    """The pipeline's variables of one measurement (its topics and keyspace, the logins)."""
-    env = pipeline_env(s, s.max_messages)
-    wanted = set(VARIABLES) | set(SECRET_VARIABLES)
-    return {**{k: v for k, v in env.items() if k in wanted},
-            "PROGRAMUSER_SENSOR_INTERVAL_S": str(SENSOR_INTERVAL_S)}
 
 
 def _most_at_once(spans: list[tuple[float, float]]) -> int:
@@ -62,33 +54,33 @@ def _most_at_once(spans: list[tuple[float, float]]) -> int:
 
 def measure(engine: docker.Engine, image: str, postgres: dict[str, str], base: Settings,
             containers: int, events: int, seed: int) -> dict[str, Any]:
-    area = Area.create(base, partitions=containers)
-    home = Path(tempfile.mkdtemp(prefix="programuser-bench-docker-"))
-    pg = fresh_database(postgres, f"docker_{uuid.uuid4().hex[:8]}")
-    deployment = None
-    try:
-        deployment = DockerDeployment(engine, image, _pipeline(area.settings), pg, home,
-                                      label=f"programuser-dagster/bench={uuid.uuid4().hex[:8]}")
-        _say(f"{containers} container(s): warming up ({DAEMON_WARM_EVENTS} events) ...")
-        area.produce(DAEMON_WARM_EVENTS, seed)
-        _wait_drained(area.settings, deployment.daemon, deployment.log)
-        warm_until = time.time()
-        _say(f"{containers} container(s): producing {events} events ...")
-        area.produce(events, seed + 1, made_first=True)
-        produced = time.time()
-        _wait_drained(area.settings, deployment.daemon, deployment.log)
-        seconds = time.time() - produced
-        with _instance(home, pg) as instance:
-            _wait_runs_ended(instance)
-            from dagster import DagsterEventType, RunsFilter
+    from dagster import DagsterEventType, RunsFilter
 
-            records = [r for r in instance.get_run_records(RunsFilter(job_name="program_user_info"))
-                       if r.create_timestamp.timestamp() > warm_until]
-            first_reads = [_first_read_at(instance, r.dagster_run.run_id, DagsterEventType)
-                           for r in records]
+    home = Path(tempfile.mkdtemp(prefix="programuser-bench-docker-"))
+    area = Area.create(base, partitions=containers)
+    try:
+        pg = fresh_database(postgres, f"docker_{uuid.uuid4().hex[:8]}")
+        pipeline = pipeline_env(area.settings,
+                                PROGRAMUSER_SENSOR_INTERVAL_S=str(SENSOR_INTERVAL_S))
+        with DockerDeployment(engine, image, pipeline, pg, home,
+                              label=f"programuser-dagster/bench={uuid.uuid4().hex[:8]}") as dep:
+            assert dep.daemon is not None
+            _say(f"{containers} container(s): warming up ({DAEMON_WARM_EVENTS} events) ...")
+            area.produce(DAEMON_WARM_EVENTS, seed)
+            _wait_drained(area.settings, dep.daemon, dep.log)
+            warm_until = time.time()
+            _say(f"{containers} container(s): producing {events} events ...")
+            area.produce(events, seed + 1, made_first=True)
+            produced = time.time()
+            _wait_drained(area.settings, dep.daemon, dep.log)
+            seconds = time.time() - produced
+            with _instance(home, pg) as instance:
+                _wait_runs_ended(instance)
+                records = [r for r in instance.get_run_records(RunsFilter(job_name=JOB_NAME))
+                           if r.create_timestamp.timestamp() > warm_until]
+                first_reads = [_first_read_at(instance, r.dagster_run.run_id, DagsterEventType)
+                               for r in records]
     finally:
-        if deployment is not None:
-            deployment.stop()
         area.cleanup()
         shutil.rmtree(home, ignore_errors=True)
     spans = [(r.start_time, r.end_time) for r in records if r.start_time and r.end_time]

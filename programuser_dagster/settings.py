@@ -395,6 +395,21 @@ class Settings:
             cassandra_keyspace=keyspace, kafka_partitions=partitions or self.kafka_partitions,
         )
 
+    def environment(self) -> dict[str, str]:
+        """Every variable, set to this object's value as from_env reads it back (an unset
+        optional field: blank, which means unset): for a process or container that must run
+        with exactly these settings. Secrets are not settings and are not included."""
+        def text(value: Any) -> str:
+            if value is None:
+                return ""
+            if isinstance(value, bool):
+                return "true" if value else "false"
+            if isinstance(value, tuple):
+                return ",".join(value)
+            return str(value)  # str of an int or a float reads back as the same number
+
+        return {v.name: text(getattr(self, v.field)) for v in _TABLE}
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """The settings the environment gives: an unset or blank variable means the field's

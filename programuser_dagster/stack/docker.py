@@ -13,6 +13,7 @@ bookworm, `docker import`), the run image from it and PyPI.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -43,6 +44,7 @@ CA_BUNDLE = Path(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.c
 # Debian's docker.io client, the same release as its dockerd (another client on PATH may be
 # newer than this engine's API or want a buildx plugin).
 DOCKER_CLI = "/usr/bin/docker"
+DOCKERD = "/usr/sbin/dockerd"
 # Where the rootfs is slimmed before it is imported: documentation, locales, package lists and
 # the downloaded .debs are not needed at run time (~100 MB).
 _SLIM = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
@@ -61,12 +63,19 @@ def _require(path: str, package: str) -> str:
     return found
 
 
-def docker(*args: str, check: bool = True, capture: bool = True,
-           timeout: float | None = 600) -> subprocess.CompletedProcess[str]:
-    """The docker CLI against this module's engine."""
+def docker(*args: str, check: bool = True, capture: bool = True, timeout: float | None = 600,
+           env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The docker CLI against this module's engine; `env`: more variables for the CLI (values
+    that `--env NAME` takes from it, so that no secret is on a command line). A failure
+    raises with the CLI's own message."""
     cli = _require(DOCKER_CLI, "docker.io")
-    return subprocess.run([cli, *args], check=check, text=True, timeout=timeout,
-                          capture_output=capture, env={**os.environ, "DOCKER_HOST": DOCKER_HOST})
+    done = subprocess.run([cli, *args], check=False, text=True, timeout=timeout,
+                          capture_output=capture,
+                          env={**os.environ, **(env or {}), "DOCKER_HOST": DOCKER_HOST})
+    if check and done.returncode != 0:
+        raise RuntimeError(f"docker {args[0]} failed ({done.returncode}): "
+                           f"{(done.stderr or done.stdout or '').strip()[-2000:]}")
+    return done
 
 
 def answers() -> bool:
@@ -91,22 +100,28 @@ class Engine:
         return {"DOCKER_HOST": self.host}
 
 
+def _ours(args: list[str]) -> bool:
+    """Whether a command line is of this module's engine: dockerd (its data root), containerd
+    and the shims (their files in the exec root)."""
+    return any(a == str(CACHE / "docker") or a == DOCKER_HOST or a.startswith(f"{RUN_DIR}/")
+               for a in args)
+
+
 def _engine_processes() -> list[int]:
-    """dockerd, its containerd and every shim that belong to this module's engine."""
+    """dockerd, its containerd and every shim of this module's engine."""
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with suppress(OSError):
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if str(RUN_DIR) in cmdline or str(CACHE / "docker") in cmdline:
-                found.append(int(entry.name))
-    return [pid for pid in found if pid != os.getpid()]
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with suppress(OSError):
+                args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+                if _ours(args):
+                    found.append(int(entry.name))
+    return found
 
 
 def _engine_mounts() -> list[str]:
     return [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-            if line.split()[1].startswith((str(RUN_DIR), str(CACHE / "docker")))]
+            if line.split()[1].startswith((f"{RUN_DIR}/", f"{CACHE / 'docker'}/"))]
 
 
 def leftovers() -> list[str]:
@@ -115,35 +130,70 @@ def leftovers() -> list[str]:
             + [f"mount {m}" for m in _engine_mounts()])
 
 
+def _dockerd_pid() -> int | None:
+    """The pid in the engine's pid file, if that process is this module's dockerd."""
+    with suppress(OSError, ValueError):
+        pid = int((RUN_DIR / "dockerd.pid").read_text().strip())
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        if args and Path(args[0]).name == "dockerd" and _ours(args):
+            return pid
+    return None
+
+
+@contextmanager
+def _start_lock() -> Iterator[None]:
+    """One process at a time decides whether to start the engine (and starts it)."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    with (RUN_DIR / "start.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _wait_answering(process: subprocess.Popen[bytes] | None, log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not answers():
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"dockerd exited during start-up (code {process.returncode}):"
+                               f" {log.read_text(errors='replace')[-1500:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"dockerd did not answer within {timeout_s:.0f} s; see {log}")
+        time.sleep(0.3)
+
+
 @contextmanager
 def engine(timeout_s: float = 60) -> Iterator[Engine]:
-    """This module's engine: the one already answering on its socket, else one started here
-    and stopped (with its containerd) when the block ends."""
-    dockerd = _require("dockerd", "docker.io")
+    """This module's engine: the one already running (or starting) on its socket, else one
+    started here and stopped (with its containerd) when the block ends."""
+    dockerd = _require(DOCKERD, "docker.io")
     log = CACHE / "dockerd.log"
-    if answers():
+    with _start_lock():
+        if _dockerd_pid() is not None:  # running, or still starting: wait for it
+            _wait_answering(None, log, timeout_s)
+            process = None
+        else:
+            (CACHE / "docker").mkdir(parents=True, exist_ok=True)
+            _clear()  # what an engine that was killed left: its socket, mounts, shims
+            with log.open("ab") as out:
+                process = subprocess.Popen(
+                    [dockerd, "--bridge=none", "--iptables=false", "--ip6tables=false",
+                     "--data-root", str(CACHE / "docker"), "--exec-root", str(RUN_DIR / "exec"),
+                     "--pidfile", str(RUN_DIR / "dockerd.pid"), "--host", DOCKER_HOST],
+                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            try:
+                _wait_answering(process, log, timeout_s)
+                # Containers of earlier sessions (this engine's only): none outlives a session.
+                docker("container", "prune", "--force", check=False)
+            except BaseException:
+                _stop(process)
+                raise
+    if process is None:
         yield Engine(DOCKER_HOST, started=False, log=log)
         return
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    (CACHE / "docker").mkdir(parents=True, exist_ok=True)
-    with suppress(FileNotFoundError):
-        SOCKET.unlink()  # left by an engine that was killed
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [dockerd, "--bridge=none", "--iptables=false", "--ip6tables=false",
-             "--data-root", str(CACHE / "docker"), "--exec-root", str(RUN_DIR / "exec"),
-             "--pidfile", str(RUN_DIR / "dockerd.pid"), "--host", DOCKER_HOST],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
     try:
-        deadline = time.monotonic() + timeout_s
-        while not answers():
-            if process.poll() is not None:
-                raise RuntimeError(f"dockerd exited during start-up (code {process.returncode}):"
-                                   f" {log.read_text(errors='replace')[-1500:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"dockerd did not answer within {timeout_s:.0f} s; see {log}")
-            time.sleep(0.3)
         yield Engine(DOCKER_HOST, started=True, log=log)
     finally:
         _stop(process)
@@ -165,7 +215,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 def _clear() -> None:
     """What a stopped engine may leave: shims re-parented away from its group, dockerd's bind
-    mount of the default network namespace (exec-root/netns/default), its socket."""
+    mount of the default network namespace (exec-root/netns/default), its socket. Only called
+    when no dockerd of this module runs."""
     for pid in _engine_processes():
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -177,19 +228,19 @@ def _clear() -> None:
 
 def stop_engine(timeout_s: float = 60) -> bool:
     """Stop this module's engine if one runs (one a killed session left, say); True if it did."""
-    pid_file = RUN_DIR / "dockerd.pid"
-    try:
-        pid = int(pid_file.read_text().strip())
-        os.kill(pid, signal.SIGTERM)
-    except (FileNotFoundError, ValueError, ProcessLookupError):
-        found = bool(_engine_processes() or _engine_mounts())
+    with _start_lock():
+        pid = _dockerd_pid()
+        if pid is None:
+            found = bool(_engine_processes() or _engine_mounts())
+            _clear()
+            return found
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
         _clear()
-        return found
-    deadline = time.monotonic() + timeout_s
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    _clear()
-    return True
+        return True
 
 
 def image_exists(tag: str) -> bool:
@@ -204,11 +255,14 @@ def base_tarball() -> Path:
     debootstrap = _require("debootstrap", "debootstrap")
     with tempfile.TemporaryDirectory(prefix="programuser-rootfs-", dir=CACHE) as work:
         rootfs = Path(work) / "rootfs"
-        subprocess.run(
+        done = subprocess.run(
             [debootstrap, "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
              "bookworm", str(rootfs), DEBIAN_MIRROR],
-            check=True, capture_output=True, text=True,
+            check=False, capture_output=True, text=True,
         )
+        if done.returncode != 0:
+            raise RuntimeError(f"debootstrap of the base image from {DEBIAN_MIRROR} failed "
+                               f"({done.returncode}): {(done.stdout + done.stderr)[-2000:]}")
         for part in _SLIM:
             target = rootfs / part
             if target.is_dir():
@@ -260,16 +314,17 @@ def code_server(image: str, port: int, env: Mapping[str, str], name: str,
                 labels: Sequence[str] = ()) -> str:
     """The code location served by the image (`dagster api grpc`) on 127.0.0.1:`port` with
     host networking; returns the container's id. The variables in `env` are the container's
-    whole environment besides the image's own."""
+    whole environment besides the image's own; their values reach docker through its own
+    environment (`--env NAME`), never its command line."""
     args = ["run", "--detach", "--network", "host", "--name", name,
             "--label", "programuser-dagster/role=code-server"]
     for label in labels:
         args += ["--label", label]
-    for key, value in env.items():
-        args += ["--env", f"{key}={value}"]
+    for key in env:
+        args += ["--env", key]
     args += [image, "dagster", "api", "grpc", "--host", "127.0.0.1", "--port", str(port),
              "--module-name", "programuser_dagster.definitions"]
-    return docker(*args).stdout.strip()
+    return docker(*args, env=env).stdout.strip()
 
 
 def wait_serving(container: str, port: int, timeout_s: float = 120) -> None:

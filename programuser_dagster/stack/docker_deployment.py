@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ..settings import SECRET_VARIABLES, Settings
 from . import docker
 from .postgres import deploy_yaml, free_port
 
@@ -31,47 +32,69 @@ def docker_config() -> dict[str, Any]:
     return yaml.safe_load((DEPLOY / "dagster.yaml").read_text())["run_launcher"]["config"]
 
 
+def pipeline_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The pipeline's variables for exactly these settings (every one of them, so a blank in
+    daemon.env cannot put a run on another server), the secrets from this process's
+    environment, and `extra`."""
+    secrets = {k: os.environ[k] for k in SECRET_VARIABLES if os.environ.get(k)}
+    return {**settings.environment(), **secrets, **extra}
+
+
 class DockerDeployment:
     """A code-server container and a daemon on Dagster home `home` (its dagster.yaml is
-    deploy/docker/dagster.yaml); stop() ends both and removes the code server's container."""
+    deploy/docker/dagster.yaml), as a context manager: when the block ends, or when starting
+    fails half-way, the daemon is stopped and every container of the deployment removed."""
 
     def __init__(self, engine: docker.Engine, image: str, pipeline: Mapping[str, str],
                  postgres: Mapping[str, str], home: Path, run_env: Sequence[str] = (),
                  label: str = "programuser-dagster/deployment=local") -> None:
-        """`pipeline`: the pipeline's variables (topics, keyspace, logins); `postgres`: the
-        DAGSTER_PG_* of the instance's database; `run_env`: KEY=VALUE entries for every run
-        container of this code location only (its container context)."""
-        self.label = label
+        """`pipeline`: the pipeline's variables (pipeline_env()); `postgres`: the DAGSTER_PG_*
+        of the instance's database; `run_env`: KEY=VALUE entries for every run container of
+        this code location only (its container context)."""
+        self.engine, self.image, self.pipeline, self.postgres = engine, image, pipeline, postgres
+        self.home, self.run_env, self.label = home, run_env, label
+        self.log = home / "daemon.log"
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}
+
+    def __enter__(self) -> DockerDeployment:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _start(self) -> None:
         code_port = free_port()
-        key, _, value = label.partition("=")
+        key, _, value = self.label.partition("=")
         # The code location's container context applies to each of its runs' containers: the
         # extra variables, and this deployment's label beside the shipped file's (a context's
         # labels replace the launcher's, so both are given).
-        context = {"env_vars": list(run_env), "container_kwargs": {
+        context = {"env_vars": list(self.run_env), "container_kwargs": {
             "labels": {**docker_config()["container_kwargs"]["labels"], key: value}}}
-        self.code = docker.code_server(image, code_port, {
-            **pipeline, **postgres,
-            "DAGSTER_CURRENT_IMAGE": image,  # runs launched from this code location use it
+        code = docker.code_server(self.image, code_port, {
+            **self.pipeline, **self.postgres,
+            "DAGSTER_CURRENT_IMAGE": self.image,  # runs launched from this location use it
             "DAGSTER_CONTAINER_CONTEXT": json.dumps({"docker": context}),
-        }, name=f"programuser-code-{code_port}", labels=[label])
-        try:
-            docker.wait_serving(self.code, code_port)
-        except Exception:
-            docker.remove_containers(label)
-            raise
-        (home / "dagster.yaml").write_text(deploy_yaml(docker.REPO, "docker"), encoding="utf-8")
-        self.home = home
+        }, name=f"programuser-code-{code_port}", labels=[self.label])
+        docker.wait_serving(code, code_port)
+        (self.home / "dagster.yaml").write_text(deploy_yaml(docker.REPO, "docker"),
+                                                encoding="utf-8")
         # The shipped env file's variables (blank: the default), then the given values.
         self.env = {
-            **os.environ, **docker.env_file(DEPLOY / "daemon.env"), **pipeline, **postgres,
-            **engine.env, "DAGSTER_HOME": str(home), "DAGSTER_DOCKER_NETWORK": "host",
+            **os.environ, **docker.env_file(DEPLOY / "daemon.env"), **self.pipeline,
+            **self.postgres, **self.engine.env, "DAGSTER_HOME": str(self.home),
+            "DAGSTER_DOCKER_NETWORK": "host",
             "DAGSTER_CODE_HOST": "127.0.0.1", "DAGSTER_CODE_PORT": str(code_port),
         }
-        self.log = home / "daemon.log"
         with self.log.open("wb") as out:
             self.daemon = subprocess.Popen(
                 [str(_BIN / "dagster-daemon"), "run", "-w", str(WORKSPACE)],
-                cwd=home, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+                cwd=self.home, env=self.env, stdout=out, stderr=subprocess.STDOUT)
 
     def code_server_env(self) -> dict[str, str]:
         """What a process needs to load the workspace (the code server's address)."""
@@ -87,17 +110,18 @@ class DockerDeployment:
         return done.stdout
 
     def check_alive(self) -> None:
-        if self.daemon.poll() is not None:
+        if self.daemon is not None and self.daemon.poll() is not None:
             raise RuntimeError(f"dagster-daemon exited ({self.daemon.returncode}):\n"
                                + self.log.read_text(errors="replace")[-3000:])
 
     def stop(self) -> None:
         """The daemon, then every container of this deployment: its code server's and its
         runs'."""
-        self.daemon.terminate()
-        try:
-            self.daemon.wait(60)
-        except subprocess.TimeoutExpired:
-            self.daemon.kill()
-            self.daemon.wait(10)
+        if self.daemon is not None:
+            self.daemon.terminate()
+            try:
+                self.daemon.wait(60)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait(10)
         docker.remove_containers(self.label)

@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster._core.definitions.run_request import InstigatorType
+from dagster._core.scheduler.instigation import InstigatorStatus
 
 from programuser_dagster.jobs import JOB_NAME, PAUSE_BEFORE_COMMIT_ENV
 from programuser_dagster.run_tags import PARTITION_TAG
@@ -29,9 +31,9 @@ from programuser_dagster.stack.docker_deployment import (
     CONTAINER_TAG,
     WORKSPACE,
     DockerDeployment,
+    pipeline_env,
 )
 from programuser_dagster.stack.postgres import PostgresMissing, postgres_server
-from tests.support.dagster_dev import settings_env
 from tests.support.pipeline import all_rows, event, expected_rows, offsets, produce
 
 # A cold first build (debootstrap, then pip) takes ~2 minutes of the test's setup.
@@ -40,6 +42,7 @@ pytestmark = [pytest.mark.stack, pytest.mark.docker, pytest.mark.timeout(1500)]
 SENSOR = "kafka_backlog_sensor"
 PAUSE_S = 8  # each run waits this long before its commit: the window to kill its container
 BACKLOG = 300  # events per partition before the daemon starts
+RUN_MESSAGES = 150  # PROGRAMUSER_MAX_MESSAGES: each partition's backlog takes two runs
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +134,17 @@ def _reexecute_from_failure(
         return run.run_id
 
 
+def _sensor_status(instance: DagsterInstance) -> InstigatorStatus | None:
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+        if state.name == SENSOR:
+            return state.status
+    return None
+
+
+def _spans(records: list[Any]) -> list[tuple[str, float, float]]:
+    return [(r.dagster_run.tags[PARTITION_TAG], r.start_time, r.end_time) for r in records]
+
+
 def test_the_docker_launcher_drains_partitions_in_containers_and_survives_a_killed_run(
     engine: docker.Engine, image: str, postgres: dict[str, str], kafka_topics: Settings,
     cassandra_session: Any, tmp_path: Path,
@@ -141,106 +155,106 @@ def test_the_docker_launcher_drains_partitions_in_containers_and_survives_a_kill
         batch = [event(f"p{p}", f"u{i}") for i in range(BACKLOG)]
         produce(s, batch, partition=p)
         values += [json.dumps(e).encode() for e in batch]
+    pipeline = pipeline_env(
+        s, CASSANDRA_USERNAME=os.environ["CASSANDRA_USERNAME"],
+        PROGRAMUSER_SENSOR_INTERVAL_S="5", PROGRAMUSER_MAX_MESSAGES=str(RUN_MESSAGES))
 
     began = time.monotonic()
-    with temporary_env(postgres):
-        pipeline = {
-            **settings_env(s),
-            "CASSANDRA_USERNAME": os.environ["CASSANDRA_USERNAME"],
-            "CASSANDRA_PASSWORD": os.environ["CASSANDRA_PASSWORD"],
-            "PROGRAMUSER_SENSOR_INTERVAL_S": "5",
-        }
-        # For this test only, every run pauses before its commit: the window to kill it.
-        deployment = DockerDeployment(
-            engine, image, pipeline, postgres, tmp_path,
-            run_env=[f"{PAUSE_BEFORE_COMMIT_ENV}={PAUSE_S}"],
-            label=f"programuser-dagster/test={s.kafka_group_id}")
+    # For this test only, every run pauses before its commit: the window to kill it.
+    deployment = DockerDeployment(
+        engine, image, pipeline, postgres, tmp_path,
+        run_env=[f"{PAUSE_BEFORE_COMMIT_ENV}={PAUSE_S}"],
+        label=f"programuser-dagster/test={s.kafka_group_id}")
+    with (temporary_env(postgres), deployment,
+          DagsterInstance.from_config(str(tmp_path)) as instance):
         serving = time.monotonic()
-        instance = DagsterInstance.from_config(str(tmp_path))
-        try:
-            # 1. The backlog: one container per run, one run per partition at a time.
-            _wait("the backlog committed on every partition",
-                  lambda: all(offsets(s, p).committed == BACKLOG for p in range(4)), deployment)
-            _wait("the backlog's runs ended", lambda: all(
-                r.dagster_run.is_finished for r in _runs(instance)), deployment, timeout=60)
-            drained_s = time.monotonic() - serving
-            backlog = _runs(instance)
-            assert {r.dagster_run.status for r in backlog} == {DagsterRunStatus.SUCCESS}
-            containers = [r.dagster_run.tags.get(CONTAINER_TAG) for r in backlog]
-            assert all(containers) and len(set(containers)) == len(backlog)
-            for c in containers:
-                assert _container_state(c)["ExitCode"] == 0
-            spans = [(r.dagster_run.tags[PARTITION_TAG], r.start_time, r.end_time)
-                     for r in backlog]
-            assert sorted({p for p, _, _ in spans}) == ["0", "1", "2", "3"]
-            for part in "0123":
-                mine = sorted((a, b) for p, a, b in spans if p == part)
-                assert all(b1 <= a2 for (_, b1), (a2, _) in itertools.pairwise(mine)), mine
+        # 1. The backlog: one container per run, one run per partition at a time.
+        _wait("the backlog committed on every partition",
+              lambda: all(offsets(s, p).committed == BACKLOG for p in range(4)), deployment)
+        drained_s = time.monotonic() - serving
+        _wait("the backlog's runs ended", lambda: all(
+            r.dagster_run.is_finished for r in _runs(instance)), deployment, timeout=60)
+        backlog = _runs(instance)
+        assert {r.dagster_run.status for r in backlog} == {DagsterRunStatus.SUCCESS}
+        containers = [r.dagster_run.tags.get(CONTAINER_TAG) for r in backlog]
+        assert all(containers) and len(set(containers)) == len(backlog)
+        for c in containers:
+            assert _container_state(c)["ExitCode"] == 0
+        spans = _spans(backlog)
+        for part in "0123":
+            mine = sorted((a, b) for p, a, b in spans if p == part)
+            assert len(mine) >= BACKLOG // RUN_MESSAGES, mine  # a range is at most 150
+            assert all(b1 <= a2 for (_, b1), (a2, _) in itertools.pairwise(mine)), mine
+        assert any(p1 != p2 and a1 < b2 and a2 < b1  # partitions did drain side by side
+                   for (p1, a1, b1), (p2, a2, b2) in itertools.combinations(spans, 2)), spans
 
-            # 2. A run's container killed between its writes and its commit.
-            seen = {r.dagster_run.run_id for r in _runs(instance)}
-            more = [event("p0", f"late{i}") for i in range(50)]
-            produce(s, more, partition=0)
-            values += [json.dumps(e).encode() for e in more]
-            victim = _wait("a run of partition 0 paused before its commit",
-                           lambda: _paused_run(instance, 0, seen), deployment)
-            assert offsets(s, 0).committed == BACKLOG
-            killed_at = time.monotonic()
-            docker.docker("kill", victim.tags[CONTAINER_TAG])
-            _wait("the killed run marked failed",
-                  lambda: _status(instance, victim.run_id) == DagsterRunStatus.FAILURE,
-                  deployment, timeout=120)
-            marked_after_s = time.monotonic() - killed_at
-            message = _monitoring_message(instance, victim.run_id)
-            assert "Detected run worker status" in message and "exited" in message, message
-            assert _container_state(victim.tags[CONTAINER_TAG])["ExitCode"] == 137
-            assert offsets(s, 0).committed == BACKLOG  # nothing committed by the killed run
-            # The sensor's next run (after its back-off) reads the range again and commits it.
-            _wait("partition 0 committed by the next run",
-                  lambda: offsets(s, 0).committed == BACKLOG + len(more), deployment)
-            retry = [r for r in _runs(instance, 0) if r.dagster_run.run_id not in seen
-                     and r.dagster_run.run_id != victim.run_id]
-            assert [r.dagster_run.status for r in retry] in (
-                [DagsterRunStatus.SUCCESS], [DagsterRunStatus.STARTED])
+        # 2. A run's container killed between its writes and its commit.
+        seen = {r.dagster_run.run_id for r in _runs(instance)}
+        more = [event("p0", f"late{i}") for i in range(50)]
+        produce(s, more, partition=0)
+        values += [json.dumps(e).encode() for e in more]
+        victim = _wait("a run of partition 0 paused before its commit",
+                       lambda: _paused_run(instance, 0, seen), deployment)
+        killed_at = time.monotonic()
+        docker.docker("kill", victim.tags[CONTAINER_TAG])
+        _wait("the killed run marked failed",
+              lambda: _status(instance, victim.run_id) == DagsterRunStatus.FAILURE,
+              deployment, timeout=120)
+        marked_after_s = [time.monotonic() - killed_at]
+        message = _monitoring_message(instance, victim.run_id)
+        assert "Detected run worker status" in message and "exited" in message, message
+        assert _container_state(victim.tags[CONTAINER_TAG])["ExitCode"] == 137
+        assert offsets(s, 0).committed == BACKLOG  # nothing committed by the killed run
+        # The sensor's next run (after its back-off) reads the range again and commits it.
+        _wait("partition 0 committed by the next run",
+              lambda: offsets(s, 0).committed == BACKLOG + len(more), deployment)
+        [retry] = [r for r in _runs(instance, 0) if r.dagster_run.run_id not in seen
+                   and r.dagster_run.run_id != victim.run_id]
+        assert retry.dagster_run.tags[CONTAINER_TAG] != victim.tags[CONTAINER_TAG]
 
-            # 3. Killed again, the sensor stopped: the failed run's commit step re-executed.
-            seen = {r.dagster_run.run_id for r in _runs(instance)}
-            last = [event("p1", f"last{i}") for i in range(40)]
-            produce(s, last, partition=1)
-            values += [json.dumps(e).encode() for e in last]
-            victim = _wait("a run of partition 1 paused before its commit",
-                           lambda: _paused_run(instance, 1, seen), deployment)
-            deployment.dagster("sensor", "stop", SENSOR)
-            docker.docker("kill", victim.tags[CONTAINER_TAG])
-            killed_at = time.monotonic()
-            _wait("the second killed run marked failed",
-                  lambda: _status(instance, victim.run_id) == DagsterRunStatus.FAILURE,
-                  deployment, timeout=120)
-            marked_after_s = (marked_after_s, time.monotonic() - killed_at)
-            assert offsets(s, 1).committed == BACKLOG
-            assert [r.dagster_run.run_id for r in _runs(instance, 1)
-                    if r.dagster_run.run_id not in seen] == [victim.run_id]
-            resubmitted = time.monotonic()
-            rerun_id = _reexecute_from_failure(instance, victim.run_id, deployment)
-            _wait("the re-executed run ended",
-                  lambda: instance.get_run_by_id(rerun_id).is_finished, deployment)
-            rerun_s = time.monotonic() - resubmitted
-            rerun = instance.get_run_by_id(rerun_id)
-            assert rerun.status == DagsterRunStatus.SUCCESS
-            assert rerun.step_keys_to_execute == ["commit_offsets"], rerun.step_keys_to_execute
-            assert rerun.tags[CONTAINER_TAG] not in (victim.tags[CONTAINER_TAG], None)
-            assert offsets(s, 1).committed == BACKLOG + len(last)
+        # 3. Killed again, then the sensor stopped: the failed run's commit step re-executed.
+        seen = {r.dagster_run.run_id for r in _runs(instance)}
+        last = [event("p1", f"last{i}") for i in range(40)]
+        produce(s, last, partition=1)
+        values += [json.dumps(e).encode() for e in last]
+        victim = _wait("a run of partition 1 paused before its commit",
+                       lambda: _paused_run(instance, 1, seen), deployment)
+        # Killed first, within the pause; while it still counts as started (until run
+        # monitoring's next poll) and then in its back-off, the sensor launches no new run.
+        killed_at = time.monotonic()
+        docker.docker("kill", victim.tags[CONTAINER_TAG])
+        deployment.dagster("sensor", "stop", SENSOR)
+        assert _sensor_status(instance) == InstigatorStatus.STOPPED
+        _wait("the second killed run marked failed",
+              lambda: _status(instance, victim.run_id) == DagsterRunStatus.FAILURE,
+              deployment, timeout=120)
+        marked_after_s.append(time.monotonic() - killed_at)
+        assert offsets(s, 1).committed == BACKLOG
+        assert [r.dagster_run.run_id for r in _runs(instance, 1)
+                if r.dagster_run.run_id not in seen] == [victim.run_id]
+        resubmitted = time.monotonic()
+        rerun_id = _reexecute_from_failure(instance, victim.run_id, deployment)
+        _wait("the re-executed run ended",
+              lambda: instance.get_run_by_id(rerun_id).is_finished, deployment)
+        rerun_s = time.monotonic() - resubmitted
+        rerun = instance.get_run_by_id(rerun_id)
+        assert rerun.status == DagsterRunStatus.SUCCESS
+        assert rerun.step_keys_to_execute == ["commit_offsets"], rerun.step_keys_to_execute
+        assert rerun.tags[CONTAINER_TAG] != victim.tags[CONTAINER_TAG]
+        assert offsets(s, 1).committed == BACKLOG + len(last)
+        # The sensor stayed stopped: the killed run and its re-execution are all there is.
+        time.sleep(6)  # more than a sensor interval
+        assert {r.dagster_run.run_id for r in _runs(instance, 1)} - seen == {
+            victim.run_id, rerun_id}
+        assert _sensor_status(instance) == InstigatorStatus.STOPPED
 
-            # Nothing lost: the table is what a clean run makes of every event.
-            assert all_rows(cassandra_session, s) == expected_rows(values)
-            print(f"\ncode server up {serving - began:.1f} s; backlog of 4 x {BACKLOG} in "
-                  f"{len(backlog)} containers drained {drained_s:.1f} s after; killed runs "
-                  f"marked failed by run monitoring after {marked_after_s[0]:.1f} s and "
-                  f"{marked_after_s[1]:.1f} s; the re-executed commit ran {rerun_s:.1f} s")
-        finally:
-            deployment.stop()
-            run_ids = {r.dagster_run.run_id for r in _runs(instance)}
-            instance.dispose()
+        # Nothing lost: the table is what a clean run makes of every event.
+        assert all_rows(cassandra_session, s) == expected_rows(values)
+        run_ids = {r.dagster_run.run_id for r in _runs(instance)}
+        print(f"\ncode server up {serving - began:.1f} s; backlog of 4 x {BACKLOG} in "
+              f"{len(backlog)} containers drained {drained_s:.1f} s after; killed runs "
+              f"marked failed by run monitoring after {marked_after_s[0]:.1f} s and "
+              f"{marked_after_s[1]:.1f} s; the re-executed commit ran {rerun_s:.1f} s")
     # Every container of the test (code server, runs) is gone.
     for label in (deployment.label, *(f"dagster/run_id={i}" for i in run_ids)):
         assert docker.docker("ps", "--all", "--quiet", "--filter",

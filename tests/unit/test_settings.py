@@ -397,3 +397,20 @@ def test_code_may_still_unset_an_optional_setting() -> None:
             anonymous.kafka_sasl_username) == (None, None, None)
     assert dataclasses.replace(DEFAULTS, kafka_delivery_timeout_s=5).kafka_delivery_timeout_s \
         == 5.0
+
+
+def test_environment_reads_back_as_the_same_settings(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    custom = dataclasses.replace(
+        DEFAULTS.for_env("prod", "ks_prod", 12), cassandra_hosts=("10.0.0.1", "10.0.0.2"),
+        cassandra_create_schema=False, kafka_delivery_timeout_s=12.5,
+        dead_letter_share_warn=0.125, cassandra_ssl_ca=str(ca), kafka_security_protocol="SSL",
+    )
+    for settings in (DEFAULTS, custom):
+        env = settings.environment()
+        assert set(env) == set(VARIABLES)
+        assert Settings.from_env(env) == settings
+    assert custom.environment()["CASSANDRA_HOSTS"] == "10.0.0.1,10.0.0.2"
+    assert custom.environment()["CASSANDRA_CREATE_SCHEMA"] == "false"
+    assert DEFAULTS.environment()["CASSANDRA_LOCAL_DC"] == ""  # unset: blank
