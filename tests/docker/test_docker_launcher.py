@@ -134,6 +134,23 @@ def _reexecute_from_failure(
         return run.run_id
 
 
+def _produced(s: Settings, events: list[dict[str, Any]], partition: int) -> list[bytes | None]:
+    """Produce `events` to `partition`; returns their values, for the expected table."""
+    produce(s, events, partition=partition)
+    return [json.dumps(e).encode() for e in events]
+
+
+def _kill_paused_run(instance: DagsterInstance, partition: int, seen: set[str],
+                     deployment: DockerDeployment) -> tuple[Any, float]:
+    """`docker kill` of the container of the new run of `partition` (none of `seen`) once it
+    waits before its commit; returns the run and when it was killed."""
+    victim = _wait(f"a run of partition {partition} paused before its commit",
+                   lambda: _paused_run(instance, partition, seen), deployment)
+    killed_at = time.monotonic()
+    docker.docker("kill", victim.tags[CONTAINER_TAG])
+    return victim, killed_at
+
+
 def _sensor_status(instance: DagsterInstance) -> InstigatorStatus | None:
     for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
         if state.name == SENSOR:
@@ -152,9 +169,7 @@ def test_the_docker_launcher_drains_partitions_in_containers_and_survives_a_kill
     s = kafka_topics
     values: list[bytes | None] = []
     for p in range(4):
-        batch = [event(f"p{p}", f"u{i}") for i in range(BACKLOG)]
-        produce(s, batch, partition=p)
-        values += [json.dumps(e).encode() for e in batch]
+        values += _produced(s, [event(f"p{p}", f"u{i}") for i in range(BACKLOG)], p)
     pipeline = pipeline_env(
         s, CASSANDRA_USERNAME=os.environ["CASSANDRA_USERNAME"],
         PROGRAMUSER_SENSOR_INTERVAL_S="5", PROGRAMUSER_MAX_MESSAGES=str(RUN_MESSAGES))
@@ -191,12 +206,8 @@ def test_the_docker_launcher_drains_partitions_in_containers_and_survives_a_kill
         # 2. A run's container killed between its writes and its commit.
         seen = {r.dagster_run.run_id for r in _runs(instance)}
         more = [event("p0", f"late{i}") for i in range(50)]
-        produce(s, more, partition=0)
-        values += [json.dumps(e).encode() for e in more]
-        victim = _wait("a run of partition 0 paused before its commit",
-                       lambda: _paused_run(instance, 0, seen), deployment)
-        killed_at = time.monotonic()
-        docker.docker("kill", victim.tags[CONTAINER_TAG])
+        values += _produced(s, more, 0)
+        victim, killed_at = _kill_paused_run(instance, 0, seen, deployment)
         _wait("the killed run marked failed",
               lambda: _status(instance, victim.run_id) == DagsterRunStatus.FAILURE,
               deployment, timeout=120)
@@ -215,14 +226,10 @@ def test_the_docker_launcher_drains_partitions_in_containers_and_survives_a_kill
         # 3. Killed again, then the sensor stopped: the failed run's commit step re-executed.
         seen = {r.dagster_run.run_id for r in _runs(instance)}
         last = [event("p1", f"last{i}") for i in range(40)]
-        produce(s, last, partition=1)
-        values += [json.dumps(e).encode() for e in last]
-        victim = _wait("a run of partition 1 paused before its commit",
-                       lambda: _paused_run(instance, 1, seen), deployment)
+        values += _produced(s, last, 1)
         # Killed first, within the pause; while it still counts as started (until run
         # monitoring's next poll) and then in its back-off, the sensor launches no new run.
-        killed_at = time.monotonic()
-        docker.docker("kill", victim.tags[CONTAINER_TAG])
+        victim, killed_at = _kill_paused_run(instance, 1, seen, deployment)
         deployment.dagster("sensor", "stop", SENSOR)
         assert _sensor_status(instance) == InstigatorStatus.STOPPED
         _wait("the second killed run marked failed",
