@@ -625,6 +625,8 @@ def _create_internal_topics(topic: str) -> None:
     consumer = Consumer({"bootstrap.servers": PLAINTEXT_BOOTSTRAP, "logger": quiet,
                          "group.id": "programuser-stack-canary", "enable.auto.commit": False})
     try:
+        # NOT_COORDINATOR comes back at once while the new topic's coordinator loads: each
+        # retry waits a second, so the brokers get 30 s at least (not 30 answers in a moment).
         for attempt in range(30):
             try:
                 consumer.committed([TopicPartition(topic, 0)], timeout=10)
@@ -633,6 +635,7 @@ def _create_internal_topics(topic: str) -> None:
                 if attempt == 29:
                     raise StackError(
                         f"the brokers did not set up the offsets topic: {exc}") from exc
+                time.sleep(1)
     finally:
         consumer.close()
     producer = Producer({"bootstrap.servers": PLAINTEXT_BOOTSTRAP, "logger": quiet,
