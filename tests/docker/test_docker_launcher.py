@@ -15,6 +15,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,19 @@ def _sensor_status(instance: DagsterInstance) -> InstigatorStatus | None:
     return None
 
 
+def _stop_sensor(instance: DagsterInstance, deployment: DockerDeployment) -> None:
+    """`dagster sensor stop`, until the sensor stays stopped for a whole interval: a tick that
+    began before the stop writes the sensor's state back as it found it (Dagster 1.13's sensor
+    daemon marks the state it loaded at the tick's start), which turns the sensor on again."""
+    for _ in range(5):
+        with suppress(RuntimeError):  # refused when it is stopped already
+            deployment.dagster("sensor", "stop", SENSOR)
+        time.sleep(7)  # more than the 5 s interval and a tick
+        if _sensor_status(instance) == InstigatorStatus.STOPPED:
+            return
+    raise AssertionError(f"{SENSOR} did not stay stopped: {_sensor_status(instance)}")
+
+
 def _spans(records: list[Any]) -> list[tuple[str, float, float]]:
     return [(r.dagster_run.tags[PARTITION_TAG], r.start_time, r.end_time) for r in records]
 
@@ -230,8 +244,7 @@ def test_the_docker_launcher_drains_partitions_in_containers_and_survives_a_kill
         # Killed first, within the pause; while it still counts as started (until run
         # monitoring's next poll) and then in its back-off, the sensor launches no new run.
         victim, killed_at = _kill_paused_run(instance, 1, seen, deployment)
-        deployment.dagster("sensor", "stop", SENSOR)
-        assert _sensor_status(instance) == InstigatorStatus.STOPPED
+        _stop_sensor(instance, deployment)
         _wait("the second killed run marked failed",
               lambda: _status(instance, victim.run_id) == DagsterRunStatus.FAILURE,
               deployment, timeout=120)
