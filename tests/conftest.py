@@ -18,6 +18,8 @@ Fixtures (use them; never write to the dev topics or keyspace from a test):
 - ``kafka_topics`` (function): ``make_test_settings()`` once; the usual way to get a Settings.
 - ``_cassandra_connections_kept`` (session, autouse): in-process runs reuse one Cassandra
   connection per connection settings (resources/cassandra.py: keep_connections).
+- ``postgres`` (module): a throwaway PostgreSQL server (stack/postgres.py) for deploy/'s
+  instance files; yields their DAGSTER_PG_* variables.
 - ``dagster_home`` (session): the temporary DAGSTER_HOME set for the whole test session, so
   tests never touch the dev instance in .dagster_home.
 
@@ -52,6 +54,7 @@ from programuser_dagster.stack import (
     temporary_servers,
     up,
 )
+from programuser_dagster.stack.postgres import PostgresMissing, postgres_server
 
 _SAVED_ENV: dict[str, str | None] = {}
 _DAGSTER_HOME: list[Path] = []
@@ -184,3 +187,13 @@ def instance() -> Iterator[Any]:
 
     with instance_for_test() as inst:
         yield inst
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[dict[str, str]]:
+    """A throwaway PostgreSQL server on a free port, with a database `dagster`."""
+    try:
+        with postgres_server() as env:
+            yield env
+    except PostgresMissing as exc:
+        pytest.fail(str(exc))

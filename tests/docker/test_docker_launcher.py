@@ -34,7 +34,6 @@ from programuser_dagster.stack.docker_deployment import (
     DockerDeployment,
     pipeline_env,
 )
-from programuser_dagster.stack.postgres import PostgresMissing, postgres_server
 from tests.support.pipeline import all_rows, event, expected_rows, offsets, produce
 
 # A cold first build (debootstrap, then pip) takes ~2 minutes of the test's setup.
@@ -63,14 +62,6 @@ def image(engine: docker.Engine) -> str:
     """deploy/Dockerfile built now (seconds when its layers are cached)."""
     return docker.build_image()
 
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[dict[str, str]]:
-    try:
-        with postgres_server() as env:
-            yield env
-    except PostgresMissing as exc:
-        pytest.fail(str(exc))
 
 
 def _runs(instance: DagsterInstance, partition: int | None = None) -> list[Any]:

@@ -10,7 +10,6 @@ import os
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +17,12 @@ import pytest
 
 from programuser_dagster.run_tags import PARTITION_TAG
 from programuser_dagster.settings import Settings
-from programuser_dagster.stack.postgres import PostgresMissing, deploy_yaml, postgres_server
+from programuser_dagster.stack.postgres import deploy_yaml
 from tests.support.dagster_dev import REPO, free_port, settings_env
 from tests.support.pipeline import event, offsets, produce
 
 pytestmark = pytest.mark.stack
 
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[dict[str, str]]:
-    """A throwaway PostgreSQL server on a free port, with a database `dagster`."""
-    try:
-        with postgres_server() as env:
-            yield env
-    except PostgresMissing as exc:
-        pytest.fail(str(exc))
 
 
 def _graphql(port: int, query: str) -> dict[str, Any]:
