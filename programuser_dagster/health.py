@@ -23,6 +23,7 @@ from .accounting import balances
 from .offsets import PartitionOffsets
 from .run_tags import PARTITION_TAG
 from .settings import Settings
+from .verification import unverified_line
 from .verify import VerifyReport, verify
 
 ACCOUNTING_CHECK = "accounting_balanced"
@@ -171,6 +172,10 @@ def table_matches(report: VerifyReport, partition: int, start: int, end: int) ->
     if report.ok:
         description = (f"The {report.keys_checked} keys checked of the last run's range "
                        f"({where}) hold what its events wrote.")
+    elif not cells and not report.rows_missing:  # only cells a run may still be writing
+        description = (f"Of the {report.keys_checked} keys checked of the last run's range "
+                       f"({where}), " + unverified_line(report.cells_unverified,
+                                                        report.unverified_sample))
     else:
         columns = ", ".join(f"{c} {n}" for c, n in sorted(report.cells_differing.items()) if n)
         description = (
@@ -178,7 +183,9 @@ def table_matches(report: VerifyReport, partition: int, start: int, end: int) ->
             f"{report.rows_missing} rows are missing and {cells} cells differ"
             + (f" ({columns})" if columns else "")
             + ": run `programuser-dagster verify --partition "
-            f"{partition}` for the offsets concerned (a hand edit also shows here).")
+            f"{partition}` for the offsets concerned (a hand edit also shows here)."
+            + (f" {unverified_line(report.cells_unverified, report.unverified_sample)}"
+               if report.cells_unverified else ""))
     return Verdict(
         MATCHES_SOURCE_CHECK,
         passed=report.ok,
@@ -186,7 +193,7 @@ def table_matches(report: VerifyReport, partition: int, start: int, end: int) ->
         description=description,
         metadata={"partition": partition, "start_offset": start, "end_offset": end,
                   "keys_checked": report.keys_checked, "rows_missing": report.rows_missing,
-                  "cells_differing": cells, "cells_superseded": report.cells_superseded},
+                  "cells_differing": cells, "cells_unverified": report.cells_unverified},
     )
 
 
