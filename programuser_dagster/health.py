@@ -125,8 +125,11 @@ def stalled_partitions(
     now: float,
     max_age_s: float,
 ) -> Verdict:
-    """Partitions with lag whose last successful run is older than max_age_s (or never ran)."""
+    """Partitions with lag whose last successful run is older than max_age_s (or never ran),
+    and partitions whose committed offset is beyond the log end (no lag, and no progress ever:
+    an error, whatever the runs did)."""
     stalled: dict[str, int] = {}
+    beyond = [o for o in offsets if o.beyond_end]
     for o in offsets:
         if o.lag == 0:
             continue
@@ -141,17 +144,19 @@ def stalled_partitions(
         ended = (last[0].end_time or 0.0) if last else 0.0
         if now - ended > max_age_s:
             stalled[str(o.partition)] = o.lag
+    said = [f"partition {o.partition}: {o.beyond_end_warning()}." for o in beyond]
+    if stalled:
+        said.append(f"Partitions {sorted(stalled)} have lag but no successful run in the last "
+                    f"{max_age_s:.0f}s: is the sensor (or schedule) on, and are their runs "
+                    "failing?")
     return Verdict(
         STALLED_CHECK,
-        passed=not stalled,
-        severity=AssetCheckSeverity.WARN,
-        description=(
-            "Every partition with lag had a successful run recently."
-            if not stalled
-            else f"Partitions {sorted(stalled)} have lag but no successful run in the last "
-            f"{max_age_s:.0f}s: is the sensor (or schedule) on, and are their runs failing?"
-        ),
-        metadata={"stalled_partitions": stalled, "max_age_s": max_age_s},
+        passed=not stalled and not beyond,
+        severity=AssetCheckSeverity.ERROR if beyond else AssetCheckSeverity.WARN,
+        description=" ".join(said) or "Every partition with lag had a successful run recently.",
+        metadata={"stalled_partitions": stalled, "max_age_s": max_age_s,
+                  "beyond_end_partitions": {str(o.partition): (o.committed or 0) - o.high
+                                            for o in beyond}},
     )
 
 

@@ -33,6 +33,20 @@ class PartitionOffsets:
     def lag(self) -> int:
         return max(0, self.high - self.next_offset)
 
+    @property
+    def beyond_end(self) -> bool:
+        """The committed offset is past the log's end (an unclean leader election, a broker
+        restored from an older snapshot, offsets written by another tool): lag is 0, yet the
+        records that arrive below the committed offset will never be read."""
+        return self.committed is not None and self.committed > self.high
+
+    def beyond_end_warning(self) -> str:
+        """What every surface says of a partition beyond_end (after "partition P: "), with the
+        command that repairs it: replay rewinds to the log end, and what arrives there is read."""
+        return (f"committed offset {self.committed} is beyond the log end {self.high}: records "
+                f"below {self.committed} will be skipped; to re-read them: `programuser-dagster "
+                f"replay --partition {self.partition} --to-offset {self.high} --apply`")
+
 
 @dataclass(frozen=True)
 class CommitState:

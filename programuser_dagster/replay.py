@@ -88,6 +88,12 @@ class Rewind:
             return (f"partition {self.partition}: committed {committed}, target {self.target}: "
                     f"nothing to read again{self.note}")
         verb = "rewound to" if applied else "would rewind to"
+        if self.offsets.beyond_end:  # the offsets up to the committed one hold no record yet
+            high = self.offsets.high
+            return (f"partition {self.partition}: committed {committed}, beyond the log end "
+                    f"{high}, {verb} {self.target}: {max(0, high - self.target)} records "
+                    f"{'will' if applied else 'would'} be read again, and those that arrive "
+                    f"from {high} on read{self.note}")
         return (f"partition {self.partition}: committed {committed}, {verb} {self.target}: "
                 f"{self.records_again} records {'will' if applied else 'would'} be read "
                 f"again{self.note}")

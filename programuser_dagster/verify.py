@@ -75,10 +75,15 @@ def verify(
         snapshot = kafka.offsets(list(ranges) if ranges else kafka.chosen_partitions(partitions))
         bounds = {o.partition: (ranges or {}).get(o.partition) or (o.low, o.committed)
                   for o in snapshot}
+        # A committed offset beyond the log end: what is there is read, the state reported.
+        beyond = {} if ranges else {o.partition: o.beyond_end_warning()
+                                    for o in snapshot if o.beyond_end}
         with ExpectedCells(directory) as store:
             started = time.monotonic()
             for o in snapshot:
-                _read_retained(kafka, store, o.partition, *bounds[o.partition])
+                low, end = bounds[o.partition]
+                _read_retained(kafka, store, o.partition, low,
+                               min(end, o.high) if o.partition in beyond else end)
             store.flush()
             read_s = time.monotonic() - started
             # Reading only: a missing table is an error to report, not one to create.
@@ -93,7 +98,9 @@ def verify(
                 _read_since(kafka, store, after, settings.max_messages)
                 found = found.rechecked(_compare(store, reader, differing=True))
             report = store.report(
-                [PartitionReport(o.partition, *bounds[o.partition]) for o in snapshot], found)
+                [PartitionReport(o.partition, *bounds[o.partition],
+                                 beyond_end=beyond.get(o.partition, "")) for o in snapshot],
+                found)
             report.read_s, report.compare_s = read_s, time.monotonic() - started - read_s
             return report
     finally:
