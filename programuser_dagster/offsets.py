@@ -48,6 +48,22 @@ class PartitionOffsets:
                 f"replay --partition {self.partition} --to-offset {self.high} --apply`")
 
 
+def why_read_stalled(position: int, end: int, high: int | None) -> str:
+    """Why a read_committed reader got nothing at `position` of a range ending at `end`, from
+    the partition's high-water mark as a read_uncommitted reader sees it (None: the broker did
+    not answer for it either). Only then is the broker the suspect."""
+    if high is None:
+        return "and did not answer for the partition's offsets either. Is the broker up?"
+    if high <= position:
+        return (f"because the partition ends at {high}: offsets {high} to {end} hold no record "
+                "(a committed offset beyond the log end? `programuser-dagster lag` says).")
+    return (f"though records reach {high}: offset {position} is in a producer transaction "
+            "still open on the topic, and a read_committed reader waits until its producer "
+            "commits or aborts it (or the broker aborts it after the producer's "
+            "transaction.timeout.ms). Find the producer writing transactions to the topic, or "
+            "wait for its transaction to end.")
+
+
 @dataclass(frozen=True)
 class CommitState:
     """A partition's committed offset (None: never committed) and the token of that commit."""

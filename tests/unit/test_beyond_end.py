@@ -1,9 +1,10 @@
 """A committed offset beyond the log end (issue 24, item 3): a state of the pure offsets, which
-planning and verify's report show rather than calling the partition caught up."""
+planning and verify's report show rather than calling the partition caught up; and why a read
+got nothing (item 9), which names the broker only when it did not answer."""
 
 from __future__ import annotations
 
-from programuser_dagster.offsets import PartitionOffsets
+from programuser_dagster.offsets import PartitionOffsets, why_read_stalled
 from programuser_dagster.planning import decide
 from programuser_dagster.verification import PartitionReport, VerifyReport
 
@@ -41,3 +42,11 @@ def test_verify_fails_on_it_and_says_it() -> None:
     assert report.describe().splitlines()[0] == (
         f"partition 3: {WARNING}; 40 records (from 0), 7 keys checked, 0 rows missing, "
         "0 cells differ")
+
+
+def test_a_stalled_read_blames_the_broker_only_when_it_does_not_answer() -> None:
+    assert why_read_stalled(7, 9, None).endswith("Is the broker up?")
+    for high in (7, 9):  # at the position: the log ends there; past it: a transaction holds it
+        assert "broker up" not in why_read_stalled(7, 9, high)
+    assert why_read_stalled(7, 9, 7).startswith("because the partition ends at 7")
+    assert "producer transaction still open" in why_read_stalled(7, 9, 9)
