@@ -18,7 +18,7 @@ from datetime import datetime
 from .clock import now_us
 from .offsets import PartitionOffsets
 from .refusals import CouldNotComplete, Refused
-from .resources.kafka import KafkaResource, KafkaUnavailable, Superseded
+from .resources.kafka import CommitUnknown, KafkaResource, KafkaUnavailable, Superseded
 
 
 @dataclass(frozen=True)
@@ -164,8 +164,10 @@ def apply(
             before = ", ".join(str(r.partition) for r in done) or "none"
             why = ("a run committed it while replay ran" if isinstance(exc, Superseded)
                    else "the broker failed")
+            # An unknown outcome says so itself, with how to find out; otherwise none landed.
+            outcome = "" if isinstance(exc, CommitUnknown) else "; it was not rewound"
             raise CouldNotComplete(
-                f"partition {rewind.partition}: {why} ({exc}); it was not rewound. Rewound "
+                f"partition {rewind.partition}: {why} ({exc}){outcome}. Rewound "
                 f"before it: partitions {before}. Run replay again (its dry run shows the new "
                 "state)."
             ) from exc

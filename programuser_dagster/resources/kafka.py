@@ -74,6 +74,11 @@ class KafkaUnavailable(RuntimeError):
     """The broker did not answer or refused an operation; the message says what to check."""
 
 
+class CommitUnknown(KafkaUnavailable):
+    """The broker did not answer a commit, nor the read that would tell whether it landed: the
+    commit may have happened or not; the message says how to find out."""
+
+
 class Superseded(RuntimeError):
     """Another run of the partition committed (or began committing) since this run started;
     this run's commit was refused and nothing of it was committed."""
@@ -856,12 +861,20 @@ class FencedCommit:
             # timeout; it never commits twice.
             self.call("commit the transaction",
                       lambda: self.producer.commit_transaction(timeout), patience_s=self.timeout_s)
-        except KafkaUnavailable:
+        except KafkaUnavailable as exc:
             # Did it land all the same? Then the run committed, and must say so.
-            with suppress(KafkaUnavailable):
-                if self.kafka.offsets([self.partition], settled=True)[0].state == new:
-                    self.committed = True
-                    return new
+            try:
+                now = self.kafka.offsets([self.partition], settled=True)[0].state
+            except KafkaUnavailable:
+                before = "none" if self.expected.offset is None else self.expected.offset
+                raise CommitUnknown(
+                    f"{exc} Whether offset {end} of partition {self.partition} was committed is "
+                    "unknown (the broker did not answer the check either): check with "
+                    f"`programuser-dagster lag`. Committed {end}: it was; {before}: it was not."
+                ) from exc
+            if now == new:
+                self.committed = True
+                return new
             raise
         self.committed = True
         return new
