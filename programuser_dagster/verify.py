@@ -12,6 +12,8 @@ against them), and the differing keys are read again. A differing cell that a re
 committed yet writes again (the range [now committed, now committed + PROGRAMUSER_MAX_MESSAGES),
 which holds every record a run in flight may write) cannot be checked: it is counted as
 unverified, with that record's (partition, offset), and the verification does not pass.
+Nor does it on a partition whose committed offset is beyond the log end (offsets.py): its
+records are read up to the end, and the state is reported with the replay that repairs it.
 
 Memory is bounded by sqlite's page cache (64 MiB), 20,000 keys merged in memory, READ_BATCH
 records held at once and `concurrency` reads in flight, not by the topic; the store needs
