@@ -61,7 +61,8 @@ def build_asset_checks(settings: Settings) -> list[AssetChecksDefinition]:
         context: AssetCheckExecutionContext, kafka: KafkaResource
     ) -> AssetCheckResult:
         """Warns when a partition has lag but no successful run for longer than
-        PROGRAMUSER_STALL_WARN_S (default 900 s). The health sensor evaluates it every minute."""
+        PROGRAMUSER_STALL_WARN_S (default 900 s); fails (error) when a partition's committed
+        offset is beyond the log end. The health sensor evaluates it every minute."""
         return health.stalled_partitions(
             context.instance, JOB_NAME, kafka.offsets(), time.time(), settings.stall_warn_s
         ).result()

@@ -92,7 +92,12 @@ class BacklogPlan:
             clamped = sum(c for _, c in seconds.values())
             if clamped:
                 meta["lag_s_clamped"] = clamped
-        return AssetObservation(PROGRAM_ENROLLMENT, metadata=meta)
+        # Lag 0 there does not mean caught up: the records that arrive below will be skipped.
+        beyond = [o for o in self.offsets if o.beyond_end]
+        meta.update({f"beyond_end_partition_{o.partition}": (o.committed or 0) - o.high
+                     for o in beyond})
+        return AssetObservation(PROGRAM_ENROLLMENT, metadata=meta, description="; ".join(
+            f"partition {o.partition}: {o.beyond_end_warning()}" for o in beyond) or None)
 
     def summary(self) -> str:
         return self.decision.summary()

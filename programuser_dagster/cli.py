@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 import orjson
 
+from .offsets import PartitionOffsets
 from .resources import kafka_resource
 from .settings import INPUT_MAX_MESSAGE_BYTES, Settings
 
@@ -160,7 +161,16 @@ def _cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
               f"{shown:>10}")
     print(f"{'total':>9} {'':>10} {'':>10} {'':>10} {sum(o.lag for o in offsets):>10} "
           f"{worst:>10.1f}")
-    return 0
+    return _say_beyond_end(offsets)
+
+
+def _say_beyond_end(offsets: Sequence[PartitionOffsets]) -> int:
+    """Say each partition whose committed offset is beyond the log end (its lag 0 is not
+    caught up); 1 if there is one."""
+    beyond = [o for o in offsets if o.beyond_end]
+    for o in beyond:
+        print(f"partition {o.partition}: {o.beyond_end_warning()}")
+    return 1 if beyond else 0
 
 
 def default_dagster_home(cwd: Path | None = None) -> Path:
@@ -201,6 +211,13 @@ def _cmd_drain(args: argparse.Namespace, settings: Settings) -> int:
     if result.signal:
         return 128 + result.signal  # as a shell reports a process ended by the signal
     if not result.runs and not result.skipped:
+        kafka = kafka_resource(settings)
+        try:
+            offsets = kafka.offsets()
+        finally:
+            kafka.close()
+        if _say_beyond_end(offsets):
+            return 1
         print("nothing to drain: every partition is caught up")
     return 1 if result.failed else 0
 

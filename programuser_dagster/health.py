@@ -23,6 +23,7 @@ from .accounting import balances
 from .offsets import PartitionOffsets
 from .run_tags import PARTITION_TAG
 from .settings import Settings
+from .verification import unverified_line
 from .verify import VerifyReport, verify
 
 ACCOUNTING_CHECK = "accounting_balanced"
@@ -124,8 +125,11 @@ def stalled_partitions(
     now: float,
     max_age_s: float,
 ) -> Verdict:
-    """Partitions with lag whose last successful run is older than max_age_s (or never ran)."""
+    """Partitions with lag whose last successful run is older than max_age_s (or never ran),
+    and partitions whose committed offset is beyond the log end (no lag, and no progress ever:
+    an error, whatever the runs did)."""
     stalled: dict[str, int] = {}
+    beyond = [o for o in offsets if o.beyond_end]
     for o in offsets:
         if o.lag == 0:
             continue
@@ -140,17 +144,19 @@ def stalled_partitions(
         ended = (last[0].end_time or 0.0) if last else 0.0
         if now - ended > max_age_s:
             stalled[str(o.partition)] = o.lag
+    said = [f"partition {o.partition}: {o.beyond_end_warning()}." for o in beyond]
+    if stalled:
+        said.append(f"Partitions {sorted(stalled)} have lag but no successful run in the last "
+                    f"{max_age_s:.0f}s: is the sensor (or schedule) on, and are their runs "
+                    "failing?")
     return Verdict(
         STALLED_CHECK,
-        passed=not stalled,
-        severity=AssetCheckSeverity.WARN,
-        description=(
-            "Every partition with lag had a successful run recently."
-            if not stalled
-            else f"Partitions {sorted(stalled)} have lag but no successful run in the last "
-            f"{max_age_s:.0f}s: is the sensor (or schedule) on, and are their runs failing?"
-        ),
-        metadata={"stalled_partitions": stalled, "max_age_s": max_age_s},
+        passed=not stalled and not beyond,
+        severity=AssetCheckSeverity.ERROR if beyond else AssetCheckSeverity.WARN,
+        description=" ".join(said) or "Every partition with lag had a successful run recently.",
+        metadata={"stalled_partitions": stalled, "max_age_s": max_age_s,
+                  "beyond_end_partitions": {str(o.partition): (o.committed or 0) - o.high
+                                            for o in beyond}},
     )
 
 
@@ -171,6 +177,10 @@ def table_matches(report: VerifyReport, partition: int, start: int, end: int) ->
     if report.ok:
         description = (f"The {report.keys_checked} keys checked of the last run's range "
                        f"({where}) hold what its events wrote.")
+    elif not cells and not report.rows_missing:  # only cells a run may still be writing
+        description = (f"Of the {report.keys_checked} keys checked of the last run's range "
+                       f"({where}), " + unverified_line(report.cells_unverified,
+                                                        report.unverified_sample))
     else:
         columns = ", ".join(f"{c} {n}" for c, n in sorted(report.cells_differing.items()) if n)
         description = (
@@ -178,7 +188,9 @@ def table_matches(report: VerifyReport, partition: int, start: int, end: int) ->
             f"{report.rows_missing} rows are missing and {cells} cells differ"
             + (f" ({columns})" if columns else "")
             + ": run `programuser-dagster verify --partition "
-            f"{partition}` for the offsets concerned (a hand edit also shows here).")
+            f"{partition}` for the offsets concerned (a hand edit also shows here)."
+            + (f" {unverified_line(report.cells_unverified, report.unverified_sample)}"
+               if report.cells_unverified else ""))
     return Verdict(
         MATCHES_SOURCE_CHECK,
         passed=report.ok,
@@ -186,7 +198,7 @@ def table_matches(report: VerifyReport, partition: int, start: int, end: int) ->
         description=description,
         metadata={"partition": partition, "start_offset": start, "end_offset": end,
                   "keys_checked": report.keys_checked, "rows_missing": report.rows_missing,
-                  "cells_differing": cells, "cells_superseded": report.cells_superseded},
+                  "cells_differing": cells, "cells_unverified": report.cells_unverified},
     )
 
 

@@ -40,7 +40,13 @@ from .clock import WriteClock, now_us
 from .ingest_config import IngestConfig, run_config
 from .interrupts import DeferredSignals, interrupts_deferred
 from .range_rows import Chunking, RangeRows
-from .resources.kafka import CommitState, KafkaResource, KafkaUnavailable, Superseded
+from .resources.kafka import (
+    CommitState,
+    CommitUnknown,
+    KafkaResource,
+    KafkaUnavailable,
+    Superseded,
+)
 from .run_tags import (
     COMMITTED,
     DRAIN,
@@ -203,6 +209,9 @@ def commit_offsets(
     except Superseded as exc:
         _superseded(context, str(exc))
         return
+    except CommitUnknown as exc:  # not "not committed": it may have been (the message says)
+        raise Failure(description=f"{exc} If it was not: {_not_committed(context)}",
+                      metadata=report.metadata()) from exc
     except KafkaUnavailable as exc:
         raise Failure(description=f"{exc} {_uncommitted(context, report)}",
                       metadata=report.metadata()) from exc

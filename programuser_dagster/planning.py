@@ -64,7 +64,7 @@ class Plan:
         if not self.offsets:
             return "The input topic has no partitions."
         lag = sum(o.lag for o in self.offsets)
-        if lag == 0:
+        if lag == 0 and not self.waiting:
             return f"Every partition is caught up ({len(self.offsets)} partitions, lag 0)."
         parts = [f"{len(self.launches)} run(s) requested, total lag {lag}"]
         parts += [f"partition {p}: {why}" for p, why in sorted(self.waiting.items())]
@@ -85,6 +85,9 @@ def decide(
     """
     plan = Plan(offsets=list(offsets))
     for o in offsets:
+        if o.beyond_end:  # no lag, yet not caught up: said, never launched
+            plan.waiting[o.partition] = o.beyond_end_warning()
+            continue
         if o.lag == 0:
             continue
         if o.partition in in_flight:

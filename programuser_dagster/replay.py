@@ -18,7 +18,7 @@ from datetime import datetime
 from .clock import now_us
 from .offsets import PartitionOffsets
 from .refusals import CouldNotComplete, Refused
-from .resources.kafka import KafkaResource, KafkaUnavailable, Superseded
+from .resources.kafka import CommitUnknown, KafkaResource, KafkaUnavailable, Superseded
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,12 @@ class Rewind:
             return (f"partition {self.partition}: committed {committed}, target {self.target}: "
                     f"nothing to read again{self.note}")
         verb = "rewound to" if applied else "would rewind to"
+        if self.offsets.beyond_end:  # the offsets up to the committed one hold no record yet
+            high = self.offsets.high
+            return (f"partition {self.partition}: committed {committed}, beyond the log end "
+                    f"{high}, {verb} {self.target}: {max(0, high - self.target)} records "
+                    f"{'will' if applied else 'would'} be read again, and those that arrive "
+                    f"from {high} on read{self.note}")
         return (f"partition {self.partition}: committed {committed}, {verb} {self.target}: "
                 f"{self.records_again} records {'will' if applied else 'would'} be read "
                 f"again{self.note}")
@@ -158,8 +164,10 @@ def apply(
             before = ", ".join(str(r.partition) for r in done) or "none"
             why = ("a run committed it while replay ran" if isinstance(exc, Superseded)
                    else "the broker failed")
+            # An unknown outcome says so itself, with how to find out; otherwise none landed.
+            outcome = "" if isinstance(exc, CommitUnknown) else "; it was not rewound"
             raise CouldNotComplete(
-                f"partition {rewind.partition}: {why} ({exc}); it was not rewound. Rewound "
+                f"partition {rewind.partition}: {why} ({exc}){outcome}. Rewound "
                 f"before it: partitions {before}. Run replay again (its dry run shows the new "
                 "state)."
             ) from exc

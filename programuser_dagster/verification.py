@@ -143,8 +143,9 @@ class Differences:
     missing_sample: list[Place] = field(default_factory=list)
     cells_differing: Counter[str] = field(default_factory=Counter)  # by column
     cell_samples: dict[str, list[Place]] = field(default_factory=dict)  # by column
-    # Cells a record after the snapshot wrote (a run was writing): not checked.
-    cells_superseded: int = 0
+    # Cells a record not committed yet writes again (a run may be writing it): not checkable.
+    cells_unverified: int = 0
+    unverified_sample: list[Place] = field(default_factory=list)  # those records' places
     partitions: dict[int, PartitionCounts] = field(default_factory=dict)
     differing_keys: int = 0
 
@@ -158,7 +159,8 @@ class Differences:
         self.cells_differing.update(other.cells_differing)
         for column, places in other.cell_samples.items():
             self.cell_samples[column] = _merge_sample(self.cell_samples.get(column, []), places)
-        self.cells_superseded += other.cells_superseded
+        self.cells_unverified += other.cells_unverified
+        self.unverified_sample = _merge_sample(self.unverified_sample, other.unverified_sample)
         self.differing_keys += other.differing_keys
         for p, counts in other.partitions.items():
             mine = self._partition(p)
@@ -176,7 +178,8 @@ class Differences:
             missing_sample=list(again.missing_sample),
             cells_differing=Counter(again.cells_differing),
             cell_samples={c: list(s) for c, s in again.cell_samples.items()},
-            cells_superseded=again.cells_superseded,
+            cells_unverified=again.cells_unverified,
+            unverified_sample=list(again.unverified_sample),
             differing_keys=again.differing_keys,
         )
         for p, counts in self.partitions.items():
@@ -195,8 +198,13 @@ class PartitionReport:
     keys: int = 0
     rows_missing: int = 0
     cells_differing: int = 0
+    beyond_end: str = ""  # the committed offset is beyond the log end: what to do (offsets.py)
 
     def describe(self) -> str:
+        if self.beyond_end:
+            return (f"partition {self.partition}: {self.beyond_end}; {self.records} records "
+                    f"(from {self.low}), {self.keys} keys checked, {self.rows_missing} rows "
+                    f"missing, {self.cells_differing} cells differ")
         if self.committed is None:
             return f"partition {self.partition}: never committed, nothing to check"
         if self.committed <= self.low:
@@ -223,14 +231,20 @@ class VerifyReport:
     missing_sample: list[Place]
     cells_differing: dict[str, int]
     cell_samples: dict[str, list[Place]]
-    cells_superseded: int
+    cells_unverified: int  # differing cells a record not committed yet writes again
+    unverified_sample: list[Place]  # the places of those records
     keys_in_several_partitions: int
     read_s: float = 0.0  # reading Kafka and filling the store
     compare_s: float = 0.0  # reading Cassandra and comparing, re-check included
 
     @property
     def ok(self) -> bool:
-        return self.rows_missing == 0 and not any(self.cells_differing.values())
+        """Everything checked matches, and nothing was left unchecked: a cell that could not
+        be checked may be the very difference the operator is looking for, and a committed
+        offset beyond the log end skips what arrives below it."""
+        return (self.rows_missing == 0 and not any(self.cells_differing.values())
+                and self.cells_unverified == 0
+                and not any(p.beyond_end for p in self.partitions))
 
     def describe(self) -> str:
         lines = [p.describe() for p in self.partitions]
@@ -247,9 +261,8 @@ class VerifyReport:
             if n:
                 lines.append(f"{column}: {n} cells differ, written by (partition, offset): "
                              f"{_places(self.cell_samples.get(column, []))}")
-        if self.cells_superseded:
-            lines.append(f"{self.cells_superseded} cells written again after the snapshot "
-                         "(a run was writing): not checked")
+        if self.cells_unverified:
+            lines.append(unverified_line(self.cells_unverified, self.unverified_sample))
         if self.keys_in_several_partitions:
             lines.append(f"{self.keys_in_several_partitions} keys have events in several "
                          "partitions (producers should key by programId:userId)")
@@ -264,17 +277,25 @@ def _places(places: list[Place]) -> str:
     return " ".join(f"{p}/{o}" for p, o in places)
 
 
+def unverified_line(cells: int, sample: list[Place]) -> str:
+    return (f"{cells} differing cells could not be checked: records not committed yet write "
+            f"them again, at (partition, offset): {_places(sample)}. Run verify again once "
+            "they are committed (`programuser-dagster lag` shows the committed offsets).")
+
+
 # --- the store -------------------------------------------------------------------------------
 
 # A key's row in the file: `several` (it has events in more than one partition), `differs`
 # (the last comparison found a difference), `later` (a bit per group written again by a record
-# after the snapshot), its groups' writers packed (partition -1: no retained event writes the
-# group) and its checked columns' digests, 8 bytes each. Packed, because sqlite's conversion of
-# each column to a Python object cost more than the lookup itself.
+# not committed yet) and the place of the first such record, its groups' writers packed
+# (partition -1: no retained event writes the group) and its checked columns' digests, 8 bytes
+# each. Packed, because sqlite's conversion of each column to a Python object cost more than
+# the lookup itself.
 _SCHEMA = (
     "CREATE TABLE expected (program_id TEXT NOT NULL, user_id TEXT NOT NULL, "
     "several INTEGER NOT NULL, differs INTEGER NOT NULL DEFAULT 0, "
-    "later INTEGER NOT NULL DEFAULT 0, writers BLOB NOT NULL, digests BLOB NOT NULL, "
+    "later INTEGER NOT NULL DEFAULT 0, later_partition INTEGER NOT NULL DEFAULT -1, "
+    "later_offset INTEGER NOT NULL DEFAULT -1, writers BLOB NOT NULL, digests BLOB NOT NULL, "
     "PRIMARY KEY (program_id, user_id)) WITHOUT ROWID"
 )
 _WRITERS = struct.Struct("<" + "iqq" * len(COLUMN_GROUPS))
@@ -337,7 +358,8 @@ class ExpectedCells:
         self._db.execute(_SCHEMA)
         self._pending: dict[Key, _Cells] = {}
         self._pending_keys = pending_keys
-        self._later: dict[Key, int] = {}  # key -> groups written after the snapshot
+        # key -> (groups written by records not committed yet, the first such record's place)
+        self._later: dict[Key, tuple[int, Place]] = {}
         self.records: Counter[int] = Counter()  # partition -> records fed
         self.not_written: Counter[str] = Counter()  # outcome -> records that write no row
 
@@ -365,14 +387,19 @@ class ExpectedCells:
 
     # -- feeding -------------------------------------------------------------------------------
 
-    def add(self, partition: int, offset: int, timestamp_ms: int, value: bytes | None) -> None:
+    def add(self, partition: int, offset: int, timestamp_ms: int, value: bytes | None,
+            *, counted: bool = True) -> None:
         """One retained record below the snapshot, in any order of partitions (a partition's
-        own records in any order too: the higher offset wins)."""
-        self.records[partition] += 1
+        own records in any order too: the higher offset wins). `counted=False`: a record
+        committed after the snapshot (the re-check's newer expectation), not in the report's
+        counts of records read."""
+        if counted:
+            self.records[partition] += 1
         try:
             row = _message_row(value)
         except _Rejected as rejected:
-            self.not_written[rejected.outcome] += 1
+            if counted:
+                self.not_written[rejected.outcome] += 1
             return
         key = (row[0], row[1])
         cells = self._pending.get(key)
@@ -407,9 +434,13 @@ class ExpectedCells:
                 if earlier is not None:  # the key was flushed before: keep the later writers
                     cells.absorb(_Cells.unpack(*earlier))
                 rows.append((*key, *cells.pack()))
+            # An upsert, not a replace: a key's differs and later marks survive the records
+            # the re-check adds.
             self._db.executemany(
-                "INSERT OR REPLACE INTO expected (program_id, user_id, several, writers, "
-                "digests) VALUES (?, ?, ?, ?, ?)", rows)
+                "INSERT INTO expected (program_id, user_id, several, writers, digests) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (program_id, user_id) DO UPDATE SET "
+                "several = excluded.several, writers = excluded.writers, "
+                "digests = excluded.digests", rows)
 
     def _stored(self, keys: list[Key], columns: str) -> dict[Key, tuple[Any, ...]]:
         """The stored `columns` of those of `keys` the file has. One query per 400 keys: each
@@ -426,30 +457,35 @@ class ExpectedCells:
                 found[(row[0], row[1])] = row[2:]
         return found
 
-    def supersede(self, partition: int, offset: int, value: bytes | None) -> None:
-        """A record after the snapshot (read for the re-check): the groups it writes may have
-        changed since, so they are no longer checked for the keys that differed."""
+    def uncommitted(self, partition: int, offset: int, value: bytes | None) -> None:
+        """A record past the committed offset (read for the re-check), in offset order: a run
+        may be writing it, so the groups it writes cannot be checked on the keys that
+        differed; they are counted as unverified, with this record's place."""
         try:
             row = _message_row(value)
         except _Rejected:
             return
         key = (row[0], row[1])
-        mask = self._later.get(key, 0)
+        mask, place = self._later.get(key, (0, (partition, offset)))
         for g, group in enumerate(_GROUP_CELLS):
             if row[group[0][0]] is not NOT_WRITTEN:
                 mask |= 1 << g
-        self._later[key] = mask
+        self._later[key] = (mask, min(place, (partition, offset)))
         if len(self._later) >= self._pending_keys:
             self._flush_later()
 
     def _flush_later(self) -> None:
         if not self._later:
             return
-        rows = [(mask, *key) for key, mask in sorted(self._later.items())]
+        rows = [(mask, *place, *key) for key, (mask, place) in sorted(self._later.items())]
         self._later.clear()
         with self._transaction():
+            # The first place marked is kept (the UPDATE's expressions see the old `later`).
             self._db.executemany(
-                f"UPDATE expected SET later = later | ? {_WHERE_KEY} AND differs = 1", rows)
+                "UPDATE expected SET later = later | ?1, "
+                "later_partition = CASE WHEN later = 0 THEN ?2 ELSE later_partition END, "
+                "later_offset = CASE WHEN later = 0 THEN ?3 ELSE later_offset END "
+                "WHERE program_id = ?4 AND user_id = ?5 AND differs = 1", rows)
 
     # -- comparing -------------------------------------------------------------------------------
 
@@ -486,13 +522,14 @@ class ExpectedCells:
         self._flush_later()
         out = Differences()
         differing: list[Key] = []
-        stored = self._stored(list(key_rows), "later, writers, digests")
+        stored = self._stored(list(key_rows),
+                              "later, later_partition, later_offset, writers, digests")
         for key, row in key_rows.items():
             found = stored.get(key)
             if found is None:
                 raise KeyError("compare() was given a key that no record wrote")
-            later, digests = found[0], found[2]
-            writers = _WRITERS.unpack(found[1])  # p0, o0, t0, p1, ...
+            later, later_at, digests = found[0], (found[1], found[2]), found[4]
+            writers = _WRITERS.unpack(found[3])  # p0, o0, t0, p1, ...
             home = (writers[0], writers[1])  # the last event of the key (it writes group 0)
             out.keys_checked += 1
             counts = out._partition(home[0])
@@ -509,10 +546,11 @@ class ExpectedCells:
                 partition = writers[3 * g]
                 if partition < 0:  # no retained event writes the column: anything goes
                     continue
-                if later >> g & 1:
-                    out.cells_superseded += 1
-                    continue
                 if digest(row.get(column)) == digests[8 * slot:8 * slot + 8]:
+                    continue
+                if later >> g & 1:  # differs, but a record not committed yet writes it again
+                    out.cells_unverified += 1
+                    out.unverified_sample = _merge_sample(out.unverified_sample, [later_at])
                     continue
                 differs = True
                 place = (partition, writers[3 * g + 1])
@@ -544,7 +582,8 @@ class ExpectedCells:
             missing_sample=list(found.missing_sample),
             cells_differing={c: n for c, n in found.cells_differing.items() if n},
             cell_samples={c: list(s) for c, s in found.cell_samples.items()},
-            cells_superseded=found.cells_superseded,
+            cells_unverified=found.cells_unverified,
+            unverified_sample=list(found.unverified_sample),
             keys_in_several_partitions=self.keys_in_several_partitions(),
         )
 

@@ -6,10 +6,14 @@ retained records [low watermark, committed) of each into an on-disk store of exp
 from Cassandra by primary key, and reports rows missing and cells that differ, by count and by
 column, with the (partition, offset) of the events concerned: never a key or a value.
 
-A difference is re-checked once before it is reported: after `recheck_delay_s` the differing
-keys are read again, and a cell that a record after the snapshot wrote since (a run was writing:
-the range [snapshot's committed, now committed + PROGRAMUSER_MAX_MESSAGES), which holds every
-record a run in flight may write) is counted as superseded rather than checked.
+A difference is re-checked once before it is reported: after `recheck_delay_s` the records
+committed since the snapshot are added to the expected cells (a cell they write is checked
+against them), and the differing keys are read again. A differing cell that a record not
+committed yet writes again (the range [now committed, now committed + PROGRAMUSER_MAX_MESSAGES),
+which holds every record a run in flight may write) cannot be checked: it is counted as
+unverified, with that record's (partition, offset), and the verification does not pass.
+Nor does it on a partition whose committed offset is beyond the log end (offsets.py): its
+records are read up to the end, and the state is reported with the replay that repairs it.
 
 Memory is bounded by sqlite's page cache (64 MiB), 20,000 keys merged in memory, READ_BATCH
 records held at once and `concurrency` reads in flight, not by the topic; the store needs
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from cassandra.cluster import ResponseFuture, Session
+from confluent_kafka import Message
 
 from .events import COLUMNS
 from .resources import cassandra_io_manager, kafka_resource
@@ -72,10 +77,15 @@ def verify(
         snapshot = kafka.offsets(list(ranges) if ranges else kafka.chosen_partitions(partitions))
         bounds = {o.partition: (ranges or {}).get(o.partition) or (o.low, o.committed)
                   for o in snapshot}
+        # A committed offset beyond the log end: what is there is read, the state reported.
+        beyond = {} if ranges else {o.partition: o.beyond_end_warning()
+                                    for o in snapshot if o.beyond_end}
         with ExpectedCells(directory) as store:
             started = time.monotonic()
             for o in snapshot:
-                _read_retained(kafka, store, o.partition, *bounds[o.partition])
+                low, end = bounds[o.partition]
+                _read_retained(kafka, store, o.partition, low,
+                               min(end, o.high) if o.partition in beyond else end)
             store.flush()
             read_s = time.monotonic() - started
             # Reading only: a missing table is an error to report, not one to create.
@@ -87,10 +97,12 @@ def verify(
                          found.differing_keys, recheck_delay_s)
                 time.sleep(recheck_delay_s)
                 after = {o.partition: bounds[o.partition][1] for o in snapshot}
-                _supersede_later(kafka, store, after, settings.max_messages)
+                _read_since(kafka, store, after, settings.max_messages)
                 found = found.rechecked(_compare(store, reader, differing=True))
             report = store.report(
-                [PartitionReport(o.partition, *bounds[o.partition]) for o in snapshot], found)
+                [PartitionReport(o.partition, *bounds[o.partition],
+                                 beyond_end=beyond.get(o.partition, "")) for o in snapshot],
+                found)
             report.read_s, report.compare_s = read_s, time.monotonic() - started - read_s
             return report
     finally:
@@ -106,8 +118,7 @@ def _read_retained(kafka: KafkaResource, store: ExpectedCells, partition: int, l
     read = 0
     for chunk in kafka.iter_range(partition, low, committed, batch_size=READ_BATCH):
         for m in chunk:
-            kind, ts = m.timestamp()
-            store.add(partition, m.offset(), ts if kind else -1, m.value())
+            store.add(partition, m.offset(), _time_ms(m), m.value())
         read += len(chunk)
         if read % PROGRESS_EVERY < len(chunk):  # a long read says how far it is
             log.info("verify: partition %d at offset %d of %d", partition,
@@ -115,20 +126,32 @@ def _read_retained(kafka: KafkaResource, store: ExpectedCells, partition: int, l
     log.info("verify: partition %d read up to %d", partition, committed)
 
 
-def _supersede_later(
+def _read_since(
     kafka: KafkaResource, store: ExpectedCells, checked_to: dict[int, int | None],
     max_messages: int,
 ) -> None:
-    """Mark the cells records after the checked ones wrote: those committed since, and those a
-    run in flight may be writing (at most max_messages past the committed offset)."""
+    """The records after the checked ones: those committed since are added to the expected
+    cells (the newer expectation); those a run in flight may be writing (at most max_messages
+    past the committed offset, not committed yet) mark the cells they write unverified."""
     now = {o.partition: o for o in kafka.offsets(list(checked_to))}
     for partition, end_checked in checked_to.items():
         later = now[partition]
         start = later.low if end_checked is None else max(end_checked, later.low)
-        end = min(later.high, later.next_offset + max_messages)
-        for chunk in kafka.iter_range(partition, start, end, batch_size=READ_BATCH):
+        committed = min(later.next_offset, later.high) if later.committed is not None else start
+        for chunk in kafka.iter_range(partition, start, committed, batch_size=READ_BATCH):
             for m in chunk:
-                store.supersede(partition, m.offset(), m.value())
+                store.add(partition, m.offset(), _time_ms(m), m.value(), counted=False)
+        end = min(later.high, later.next_offset + max_messages)
+        for chunk in kafka.iter_range(partition, max(start, committed), end,
+                                      batch_size=READ_BATCH):
+            for m in chunk:
+                store.uncommitted(partition, m.offset(), m.value())
+
+
+def _time_ms(m: Message) -> int:
+    """The record's timestamp for the store (-1: it has none)."""
+    kind, ts = m.timestamp()
+    return ts if kind else -1
 
 
 def _compare(store: ExpectedCells, reader: _RowReader, *, differing: bool,

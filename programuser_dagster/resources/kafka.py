@@ -37,7 +37,7 @@ from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from ..client_logs import kafka_logger
-from ..offsets import CommitState, PartitionOffsets
+from ..offsets import CommitState, PartitionOffsets, why_read_stalled
 from ..settings import DEFAULTS, INPUT_MAX_MESSAGE_BYTES, local_stack_hint
 from .dead_letters import BATCH_OVERHEAD, Source, letter, room_warning
 from .secrets import reveal
@@ -72,6 +72,11 @@ _UNDESCRIBED_DEAD_LETTER_BYTES = 1_000_000
 
 class KafkaUnavailable(RuntimeError):
     """The broker did not answer or refused an operation; the message says what to check."""
+
+
+class CommitUnknown(KafkaUnavailable):
+    """The broker did not answer a commit, nor the read that would tell whether it landed: the
+    commit may have happened or not; the message says how to find out."""
 
 
 class Superseded(RuntimeError):
@@ -244,6 +249,15 @@ class KafkaResource(ConfigurableResource):
                 "KAFKA_SASL_PASSWORD."
         return heard + " If the broker requires a login, set KAFKA_SECURITY_PROTOCOL, " \
             "KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD."
+
+    def _high_or_none(self, topic: str, partition: int) -> int | None:
+        """The partition's high-water mark as a read_uncommitted reader sees it (past any open
+        transaction); None when the broker does not answer."""
+        try:
+            return self.observer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=self.request_timeout_s, cached=False)[1]
+        except KafkaException:
+            return None
 
     def _retrying(self, call: Callable[[], T]) -> T:
         """Retry errors Kafka marks retriable (a group coordinator loading or moving, as on a
@@ -471,7 +485,9 @@ class KafkaResource(ConfigurableResource):
                         raise KafkaUnavailable(
                             f"{self._where()} returned nothing for {idle_timeout_s:.0f}s while "
                             f"reading {topic!r} partition {partition} at offset "
-                            f"{position} (range ends at {end}). Is the broker up?"
+                            f"{position} (range ends at {end}), "
+                            + why_read_stalled(position, end, self._high_or_none(topic,
+                                                                                  partition))
                         )
         finally:
             # A reader left suspended by a failed write ends when it is collected, maybe after
@@ -845,12 +861,20 @@ class FencedCommit:
             # timeout; it never commits twice.
             self.call("commit the transaction",
                       lambda: self.producer.commit_transaction(timeout), patience_s=self.timeout_s)
-        except KafkaUnavailable:
+        except KafkaUnavailable as exc:
             # Did it land all the same? Then the run committed, and must say so.
-            with suppress(KafkaUnavailable):
-                if self.kafka.offsets([self.partition], settled=True)[0].state == new:
-                    self.committed = True
-                    return new
+            try:
+                now = self.kafka.offsets([self.partition], settled=True)[0].state
+            except KafkaUnavailable:
+                before = "none" if self.expected.offset is None else self.expected.offset
+                raise CommitUnknown(
+                    f"{exc} Whether offset {end} of partition {self.partition} was committed is "
+                    "unknown (the broker did not answer the check either): check with "
+                    f"`programuser-dagster lag`. Committed {end}: it was; {before}: it was not."
+                ) from exc
+            if now == new:
+                self.committed = True
+                return new
             raise
         self.committed = True
         return new

@@ -75,9 +75,9 @@ def test_a_drained_partition_matches_and_hand_edits_are_reported(
     assert (report.rows_missing, report.missing_sample) == (1, [(0, 4)])
     assert report.cells_differing == {"organisation_id": 1}
     assert report.cell_samples == {"organisation_id": [(0, 1)]}
-    # the record above the snapshot rewrote p1/u1's always-written group: those 3 cells are
-    # no longer checked by the re-check, the organisation still is
-    assert report.cells_superseded == 3
+    # the record above the committed offset writes p1/u1's always-written group again, but
+    # those cells match what is committed: nothing is left unverified
+    assert report.cells_unverified == 0
     assert [p.partition for p in report.partitions] == [0]
     text = report.describe() + repr(report)
     assert "organisation_id: 1 cells differ, written by (partition, offset): 0/1" in text
@@ -105,7 +105,8 @@ def test_a_difference_a_run_wrote_meanwhile_is_not_reported(
     report = verify(s, [0], recheck_delay_s=0.1)
     assert ran == [True]
     assert report.ok, report.describe()
-    assert (report.records_read, report.keys_checked, report.cells_superseded) == (1, 1, 3)
+    # the record committed since the snapshot is the expectation the re-check checks against
+    assert (report.records_read, report.keys_checked, report.cells_unverified) == (1, 1, 0)
 
 
 def test_the_recheck_reports_what_persists_only(
@@ -115,17 +116,40 @@ def test_the_recheck_reports_what_persists_only(
     cassandra_session.execute(f"DELETE FROM {table(s)} WHERE program_id = 'p1' AND user_id = 'u1'")
     cassandra_session.execute(f"DELETE FROM {table(s)} WHERE program_id = 'p1' AND user_id = 'u2'")
 
-    supersede_later = verify_module._supersede_later
+    read_since = verify_module._read_since
 
     def one_row_back_first(*args: Any) -> None:  # after the delay, before the re-check
         produce(s, [EVENT_1])
         assert run_partition(instance, s).success
-        supersede_later(*args)
+        read_since(*args)
 
-    monkeypatch.setattr(verify_module, "_supersede_later", one_row_back_first)
+    monkeypatch.setattr(verify_module, "_read_since", one_row_back_first)
     report = verify(s, [0], recheck_delay_s=0.1)
     # p1/u1 is written again by offset 2, after the snapshot; p1/u2 is still missing
     assert (report.keys_checked, report.rows_missing, report.missing_sample) == (2, 1, [(0, 1)])
+
+
+def test_a_wrong_cell_behind_a_record_not_committed_yet_is_not_a_match(
+    instance, kafka_topics: Settings, cassandra_session, capsys
+) -> None:
+    """Issue 24: the re-check skipped every cell a later record writes, committed or not, and
+    called a corrupted cell a match while a record of its key waited (lag)."""
+    s = kafka_topics
+    produce(s, [EVENT_1])
+    assert run_partition(instance, s).success
+    produce(s, [event("p1", "u1", programName="Later")])  # offset 1: not committed
+    cassandra_session.execute(f"UPDATE {table(s)} SET program_name = 'corrupted' "
+                              "WHERE program_id = 'p1' AND user_id = 'u1'")
+    with temporary_env(cli_env(s)):
+        assert main(["verify", "--partition", "0"]) == 1
+    out = capsys.readouterr().out
+    assert "0 cells differ" in out  # the cell is not counted as differing ...
+    assert ("1 differing cells could not be checked: records not committed yet write them "
+            "again, at (partition, offset): 0/1.") in out  # ... but as unverified
+    verdict = matches_source(s, 0, 0, 1)
+    assert not verdict.passed
+    assert verdict.metadata["cells_unverified"] == 1
+    assert "could not be checked" in verdict.description and "0/1" in verdict.description
 
 
 def test_the_verify_command_exits_0_on_a_match_1_on_a_difference_2_on_bad_arguments(

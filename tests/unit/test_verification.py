@@ -263,14 +263,56 @@ def test_the_recheck_sees_only_the_keys_that_differed(store: ExpectedCells) -> N
     assert final.partitions[0].keys == 3
 
 
-def test_cells_written_after_the_snapshot_are_not_checked(store: ExpectedCells) -> None:
+def test_a_record_committed_after_the_snapshot_is_the_newer_expectation(
+    store: ExpectedCells,
+) -> None:
     store.add(0, 0, 0, full())
     assert compare(store, {KEY: cassandra_row(program_name="newer", organisation_id="x")}
                    ).differing_keys == 1
-    store.supersede(0, 5, ev(programName="newer"))  # the always-written group only
-    found = compare(store, {KEY: cassandra_row(program_name="newer", organisation_id="x")})
-    assert found.cells_differing == {"organisation_id": 1}
-    assert found.cells_superseded == 3
+    # committed since the snapshot, merged in the file: the key's difference mark survives it
+    store.add(0, 5, 0, ev(programName="newer"), counted=False)
+    store.flush()
+    assert keys(store, differing=True) == [KEY]
+    newer = {"program_name": "newer", "program_externalid": None, "pii_consent_required": False}
+    found = compare(store, {KEY: cassandra_row(**newer, organisation_id="x")})
+    assert found.cells_differing == {"organisation_id": 1}  # still checked, and still wrong
+    assert found.cell_samples == {"organisation_id": [(0, 0)]}
+    # ... and a value the newer record does not hold differs from it
+    found = compare(store, {KEY: cassandra_row(**{**newer, "program_name": "Name A"})})
+    assert found.cells_differing == {"program_name": 1}
+    assert found.cell_samples == {"program_name": [(0, 5)]}
+    assert store.records == {0: 1}  # the report's records read: the snapshot's only
+
+
+def test_a_differing_cell_a_record_not_committed_yet_writes_is_unverified(
+    store: ExpectedCells,
+) -> None:
+    store.add(0, 0, 0, full())
+    first = compare(store, {KEY: cassandra_row(program_name="wrong", organisation_id="x")})
+    assert first.differing_keys == 1
+    # not committed: a run may be writing it, or nothing ever will
+    store.uncommitted(0, 7, ev(programName="newer"))  # the always-written group only
+    store.uncommitted(0, 9, ev(programName="newest"))
+    again = compare(store, {KEY: cassandra_row(program_name="wrong", organisation_id="x")})
+    # the cells it writes that still match are fine; the one that differs cannot be checked
+    assert again.cells_differing == {"organisation_id": 1}
+    assert (again.cells_unverified, again.unverified_sample) == (1, [(0, 7)])
+    report = store.report([PartitionReport(0, 0, 1)], first.rechecked(again))
+    assert (report.cells_unverified, report.unverified_sample) == (1, [(0, 7)])
+    assert not report.ok
+    assert ("1 differing cells could not be checked: records not committed yet write them "
+            "again, at (partition, offset): 0/7.") in report.describe()
+
+
+def test_unverified_cells_alone_fail_the_verification(store: ExpectedCells) -> None:
+    store.add(0, 0, 0, full())
+    first = compare(store, {KEY: cassandra_row(program_name="wrong")})
+    store.uncommitted(0, 3, ev(programName="newer"))
+    report = store.report([PartitionReport(0, 0, 1)],
+                          first.rechecked(compare(store, {KEY: cassandra_row(
+                              program_name="wrong")})))
+    assert (report.rows_missing, report.cells_differing, report.cells_unverified) == (0, {}, 1)
+    assert not report.ok
 
 
 def test_keys_batches_cover_every_key_once_in_order(tmp_path) -> None:
