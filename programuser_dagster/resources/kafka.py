@@ -196,7 +196,11 @@ class KafkaResource(ConfigurableResource):
         default), so committed() waits for a pending transaction's offsets to settle."""
         # One consumer per resource instance: it is only ever assigned, never subscribed.
         if self._consumer is None:
-            self._consumer = Consumer(self._consumer_config())
+            # An offset retention deleted before it was fetched is an error here, not a silent
+            # jump to the oldest record: iter_range counts what was skipped (records lost to
+            # retention), where a gap in the offsets alone cannot tell them from transaction
+            # markers, aborted records or compaction.
+            self._consumer = Consumer({**self._consumer_config(), "auto.offset.reset": "error"})
         return self._consumer
 
     @property
@@ -417,13 +421,16 @@ class KafkaResource(ConfigurableResource):
         batch_size: int = 10_000,
         topic: str | None = None,
         until_end_of_partition: bool = False,
+        lost: Callable[[int, int], None] | None = None,
     ) -> Iterator[list[Message]]:
         """Chunks of the records of [start, end) of the input topic (or `topic`), in offset
         order; `until_end_of_partition`: or up to where the partition ends for this reader
         (a read_committed reader stops before a transaction still open).
 
-        Offsets may have holes (compaction, transaction markers), so completion is judged by
-        the consumer's position, not by counting records.
+        Offsets may have holes (compaction, transaction markers, aborted transactions), so
+        completion is judged by the consumer's position, not by counting records. Records
+        retention deletes before they are fetched are skipped, the reader going on from the
+        new oldest record; `lost(first, end)` is told each such run of offsets [first, end).
         """
         topic = topic or self.input_topic
         if end <= start:
@@ -450,6 +457,13 @@ class KafkaResource(ConfigurableResource):
                             if until_end_of_partition:
                                 position = end
                             continue
+                        if err.code() == KafkaError._AUTO_OFFSET_RESET:
+                            # The fetch at `position` found it deleted: nothing after it in
+                            # this batch (the fetch stopped there).
+                            position = self._past_deleted(consumer, topic, partition, position,
+                                                          end, lost)
+                            last_progress = time.monotonic()
+                            break
                         raise KafkaUnavailable(
                             f"{self._where()} failed while reading partition {partition} at "
                             f"offset {position}: {err.str()}"
@@ -478,6 +492,28 @@ class KafkaResource(ConfigurableResource):
             # the resource closed its consumer at the run's end: only a live one is unassigned.
             if self._consumer is consumer:
                 consumer.unassign()
+
+    def _past_deleted(
+        self, consumer: Consumer, topic: str, partition: int, position: int, end: int,
+        lost: Callable[[int, int], None] | None,
+    ) -> int:
+        """The reader's next position once `position` was found out of range: the partition's
+        oldest record (reassigned there), or `end` when none is left below it. The offsets
+        skipped are below the new low watermark: deleted by retention, reported to `lost`."""
+        low, high = self._watermarks(topic, partition)
+        if low <= position:
+            # Out of range above the end of the log: the offsets went back.
+            raise KafkaUnavailable(
+                f"{self._where()} has no offset {position} in {topic!r} partition {partition} "
+                f"any more (its records now run from {low} to {high}): the topic was deleted "
+                "and recreated, or its log truncated, while it was read. Check the topic; "
+                "the range cannot be read past that offset.")
+        resume = min(low, end)
+        if lost is not None:
+            lost(position, resume)
+        if resume < end:
+            consumer.assign([TopicPartition(topic, partition, resume)])
+        return resume
 
     # -- writing -------------------------------------------------------------------------------
 
