@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import orjson
 import pytest
@@ -25,6 +26,7 @@ from programuser_dagster.jobs import PAUSE_BEFORE_WRITE_ENV, commit_offsets
 from programuser_dagster.range_rows import Chunking, RangeRows
 from programuser_dagster.resources import build_resources, kafka_resource
 from programuser_dagster.resources.cassandra import CassandraWriteFailed
+from programuser_dagster.resources.kafka import KafkaResource
 from programuser_dagster.run_tags import PARTITION_TAG, START_TAG
 from programuser_dagster.settings import Settings
 from tests.support.faults import RunInThread, job_env, logged, runs_of, wait_for
@@ -321,6 +323,44 @@ def test_records_deleted_while_a_run_reads_are_counted_lost_and_markers_are_not(
     assert logged(instance, result.run_id, "while this run read it, before it got them: "
                   "offsets [0, 2)")
     assert offsets(s).committed == 10
+
+
+class _ShortFetches(KafkaResource):
+    """A reader that fetches one record at a time and keeps almost none ahead, so that records
+    it has not fetched yet can be deleted in the middle of its range."""
+
+    def _consumer_config(self) -> dict[str, Any]:
+        return {**super()._consumer_config(), "fetch.max.bytes": 1024, "message.max.bytes": 1024,
+                "max.partition.fetch.bytes": 1, "queued.max.messages.kbytes": 1,
+                "queued.min.messages": 1}
+
+
+def test_records_deleted_in_the_middle_of_a_range_being_read_are_counted_lost(
+    kafka_topics: Settings,
+) -> None:
+    s = kafka_topics
+    produce(s, [event("p", f"u{i}", programName="n" * 300) for i in range(30)])
+    kafka = _ShortFetches(bootstrap_servers=s.kafka_bootstrap_servers,
+                          input_topic=s.kafka_input_topic, group_id=s.kafka_group_id,
+                          dlq_topic=s.kafka_dlq_topic)
+    report = RangeReport(partition=0, start=0, end=30, high_watermark=30, write_base=now_us())
+    rows = RangeRows(kafka, report, Chunking(1, 1 << 20, 1 << 20), "")
+    read: list[int] = []
+    try:
+        for frame in rows:
+            read += [o for offsets in frame["offsets"] for o in offsets]
+            if len(read) == 1:  # the reader is at the range's start: retention takes 0-19
+                admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+                for fut in admin.delete_records(
+                        [TopicPartition(s.kafka_input_topic, 0, 20)]).values():
+                    fut.result(30)
+    finally:
+        kafka.close()
+    [(first, end)] = report.lost_offsets
+    assert 1 <= first < end == 20, report.lost_offsets  # found inside the range, not at its start
+    assert read == [*range(first), *range(20, 30)]
+    assert (report.read, report.lost_to_retention, report.read_to_end) == (
+        first + 10, 20 - first, True)
 
 
 def test_the_range_ends_at_the_given_end_offset_and_max_messages(
