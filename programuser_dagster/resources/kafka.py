@@ -731,11 +731,11 @@ class KafkaResource(ConfigurableResource):
     ) -> Iterator[tuple[int, Message | None]]:
         """The records at these offsets (sorted) of the input topic (or `topic`), one by one;
         None for an offset that no longer holds a record (deleted by retention or compaction
-        since it was read)."""
+        since it was read, or past the end of a topic recreated since)."""
         topic = topic or self.input_topic
         wanted = sorted(set(offsets))
         # Once: the low watermark only rises, and a record deleted later is simply not found.
-        low = self._watermarks(topic, partition)[0] if wanted else 0
+        low, high = self._watermarks(topic, partition) if wanted else (0, 0)
         i = 0
         while i < len(wanted):
             j = i
@@ -743,9 +743,9 @@ class KafkaResource(ConfigurableResource):
                 j += 1
             segment = set(wanted[i:j + 1])
             found: set[int] = set()
-            start = max(wanted[i], low)
-            if start <= wanted[j]:
-                for chunk in self.iter_range(partition, start, wanted[j] + 1, batch_size=256,
+            start, stop = max(wanted[i], low), min(wanted[j] + 1, high)
+            if start < stop:
+                for chunk in self.iter_range(partition, start, stop, batch_size=256,
                                              topic=topic):
                     for m in chunk:
                         if m.offset() in segment:

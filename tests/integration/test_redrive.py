@@ -205,15 +205,17 @@ def test_a_too_large_letter_whose_offset_now_holds_another_record_is_unrecoverab
     s = kafka_topics
     _shrink_dead_letter_topic(s)
     big = {**BAD, "_ignored": "x" * 6000}
-    produce(s, [big])
+    produce(s, [big, {**big, "userId": "v"}])
     with pytest.MonkeyPatch.context() as today:
         today.delitem(events._CONSENT, "maybe")
         assert run_partition(instance, s).success
-    [sent] = dead_letters(s, expected=1)
+    sent, _ = sorted(dead_letters(s, expected=2), key=lambda m: dict(m.headers())[
+        "source_offset"])
     headers = dict(sent.headers())
-    assert (headers["reason"], sent.key()) == (b"too_large", b"k")
+    assert (headers["reason"], headers["source_offset"], sent.key()) == (b"too_large", b"0", b"k")
     # The input topic is recreated (CreateTime, so the record's time can be the original's):
-    # offset 0 now holds another user's event of the same size and time, under another key.
+    # offset 0 now holds another user's event of the same size and time, under another key;
+    # offset 1 holds nothing.
     delete_topics(s.kafka_bootstrap_servers, [s.kafka_input_topic])
     admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
     config = {**INPUT_TOPIC_CONFIG, "message.timestamp.type": "CreateTime"}
@@ -234,12 +236,13 @@ def test_a_too_large_letter_whose_offset_now_holds_another_record_is_unrecoverab
     code, lines = _redrive(s, _home(tmp_path), "--apply", capsys=capsys)
     assert code == 0
     assert lines[0] == (
-        "source partition 0: 1 letters match, 0 older copies dropped, 0 already re-driven; "
-        "0 re-driven, 0 still fail, 1 unrecoverable (too_large: another record is now at the "
+        "source partition 0: 2 letters match, 0 older copies dropped, 0 already re-driven; "
+        "0 re-driven, 0 still fail, 2 unrecoverable (too_large: another record is now at the "
         "original's offset (its key differs from the letter's: the input topic was recreated, "
-        "or is a mirror): 1)")
-    assert row(cassandra_session, s, "p", "w") is None
-    assert row(cassandra_session, s, "p", "u") is None
+        "or is a mirror): 1, too_large: the original is no longer retained in the input "
+        "topic: 1)")
+    for user in ("u", "v", "w"):
+        assert row(cassandra_session, s, "p", user) is None
 
 
 def test_the_redrive_job_dry_runs_then_applies(
