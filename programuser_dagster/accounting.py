@@ -21,13 +21,21 @@ def balances(read: int, written: int, skipped: int, dead_lettered: int) -> bool:
     return read == written + skipped + dead_lettered
 
 
+def offset_runs(runs: list[tuple[int, int]]) -> str:
+    """Runs of offsets as an operator reads them: "[4, 6), [9, 10)"."""
+    return ", ".join(f"[{a}, {b})" for a, b in runs)
+
+
 @dataclass
 class RangeReport:
     partition: int
     start: int
     end: int  # exclusive; may end up below requested_end (see cut_at)
     high_watermark: int
+    # Records deleted by retention before this run read them (see lose): how many, and their
+    # offsets, as [first, end) runs.
     lost_to_retention: int = 0
+    lost_offsets: list[tuple[int, int]] = field(default_factory=list)
     # The partition's committed state when the run started (offset, fence token): the commit
     # lands only if it is still this (resources/kafka.py: fenced_commit).
     committed_before: int | None = None
@@ -60,6 +68,19 @@ class RangeReport:
     # reading (the UI shows it beside the run's start).
     first_read_at: float | None = None
 
+    def lose(self, first: int, end: int) -> None:
+        """Offsets [first, end) were deleted by retention before this run read them: below its
+        start (committed offset to low watermark, when it planned), or inside its range (while
+        it read). They are not read, so not in the balance: counted here instead."""
+        if end > first:
+            self.lost_offsets.append((first, end))
+            self.lost_to_retention += end - first
+
+    @property
+    def lost_while_reading(self) -> list[tuple[int, int]]:
+        """The lost offsets inside the range: deleted after the run planned it."""
+        return [(a, b) for a, b in self.lost_offsets if a >= self.start]
+
     def cut_at(self, end: int) -> None:
         """End the range early at `end` (the rest is the next run's); no cut at or past its end."""
         if end >= self.end:
@@ -67,6 +88,10 @@ class RangeReport:
         if self.requested_end is None:
             self.requested_end = self.end
         self.end = end
+        # Losses past the cut are the next run's (it finds them below its start when it plans).
+        lost, self.lost_offsets, self.lost_to_retention = self.lost_offsets, [], 0
+        for first, last in lost:
+            self.lose(first, min(last, end))
 
     def to_bytes(self) -> bytes:
         """The report as compressed JSON (offsets, counts and reasons: no message content)."""
@@ -79,6 +104,7 @@ class RangeReport:
         # left out rather than refused; the ones it needs are all in every receipt.
         fields = {k: v for k, v in stored.items() if k in cls.__dataclass_fields__}
         fields["dead_letters"] = [(int(o), str(r)) for o, r in fields["dead_letters"]]
+        fields["lost_offsets"] = [(int(a), int(b)) for a, b in fields.get("lost_offsets", ())]
         return cls(**fields)
 
     @property
@@ -107,7 +133,8 @@ class RangeReport:
             f"skipped {self.skipped_total}, dead-lettered {self.dead_lettered_total}"
         )
         if self.lost_to_retention:
-            text += f", {self.lost_to_retention} lost to retention before they were read"
+            text += (f", {self.lost_to_retention} lost to retention before they were read "
+                     f"(offsets {offset_runs(self.lost_offsets)})")
         return text
 
     def metadata(self) -> dict[str, Any]:
@@ -123,6 +150,8 @@ class RangeReport:
             "rows_upserted": self.rows_upserted,
             "lost_to_retention": self.lost_to_retention,
         }
+        if self.lost_offsets:
+            meta["lost_to_retention_offsets"] = offset_runs(self.lost_offsets)
         if self.skipped:
             meta["skipped_by_reason"] = dict(sorted(self.skipped.items()))
         if self.dead_lettered:

@@ -33,7 +33,7 @@ from dagster import (
     op,
 )
 
-from .accounting import RangeReport
+from .accounting import RangeReport, offset_runs
 from .ages import lag_seconds
 from .assets import ACCOUNTING_CHECK, JOB_NAME, PROGRAM_ENROLLMENT
 from .clock import WriteClock, now_us
@@ -112,7 +112,6 @@ def flatten_events(
         start=start,
         end=end,
         high_watermark=offsets.high,
-        lost_to_retention=offsets.lost_to_retention,
         committed_before=offsets.committed,
         token_before=offsets.token,
         clock_before=offsets.clock,
@@ -136,6 +135,8 @@ def flatten_events(
         )
         return RangeRows.nothing(report, on_failure)
     if offsets.lost_to_retention:
+        assert offsets.committed is not None  # lost only past a committed offset
+        report.lose(offsets.committed, offsets.low)
         context.log.warning(
             f"{offsets.lost_to_retention} records of partition {partition} were deleted by "
             f"retention before they were read (committed {offsets.committed}, oldest retained "
@@ -169,6 +170,13 @@ def commit_offsets(
             f"{report.requested_end}: its dead letters reached {len(report.dead_letters)} "
             f"letters, {report.letter_bytes} bytes, as many as one run sends; the next run goes "
             "on from there."
+        )
+    if report.lost_while_reading:
+        context.log.warning(
+            f"Partition {report.partition}: retention deleted records of the range while this "
+            f"run read it, before it got them: offsets {offset_runs(report.lost_while_reading)} "
+            "(counted lost_to_retention, not read). Retention is outrunning ingestion: raise "
+            "the input topic's retention.ms or retention.bytes, or ingest faster."
         )
     if report.superseded:
         _superseded(context, report.superseded)

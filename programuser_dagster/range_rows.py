@@ -81,7 +81,8 @@ class RangeRows:
         # Nothing is written before the first chunk is flattened: a small first chunk starts
         # Cassandra's work sooner, the rest come in full chunks, whatever each fetch returned.
         size, limit = max(1, c.messages // 5), max(1, c.bytes // 5)
-        for messages in kafka.iter_range(r.partition, r.start, r.end, batch_size=c.messages):
+        for messages in kafka.iter_range(r.partition, r.start, r.end, batch_size=c.messages,
+                                         lost=r.lose):
             if r.first_read_at is None:
                 r.first_read_at = time.time()
             for m in messages:

@@ -2,14 +2,17 @@
 
 A letter is re-driven at its `write_time` header (clock.py), so it changes exactly the columns
 that no later event of its key wrote; a letter without one (older, or another tool's) at its
-`source_timestamp`. In two passes, so that memory holds offsets and times, never the letters:
+`source_timestamp`. In two passes, so that memory holds offsets and times, never the letters
+(of a too_large letter's key, a digest):
 1. scan the dead-letter topic (read_committed); among copies of one source offset keep the one
    with the highest write time (re-runs and replays deliver later copies), then the filters
    decide on that copy (so a filter never re-drives an older copy than another run would);
 2. per source partition, drop what an earlier redrive recorded (by source offset and write
    time, in the keyspace), re-read the chosen letters in batches (a `too_large` letter's value
-   from the input topic while it is retained), flatten them with today's rules, and with
-   --apply write those that pass and record them. Those that still fail stay, by reason.
+   from the input topic while it is retained, if the record at its offset has the letter's
+   key, timestamp and size: else another record is there), flatten them with today's rules,
+   and with --apply write those that pass and record them. Those that still fail stay, by
+   reason.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import pandas as pd
 from .events import flatten
 from .refusals import Refused
 from .resources.cassandra import WRITE_TIMES, CassandraIOManager
-from .resources.dead_letters import Origin, origin
-from .resources.kafka import KafkaResource
+from .resources.dead_letters import Origin, key_digest, not_the_original, origin
+from .resources.kafka import KafkaResource, record_time_ms
 
 # Letters flattened and written together; each batch's values are all that is held at once.
 BATCH = 2_000
@@ -58,6 +61,15 @@ class Filters:
             self.until_ms is None or ts < self.until_ms)
 
 
+def original_replaced(differs: Sequence[str]) -> str:
+    """Why a too_large letter is unrecoverable when another record is at its original's offset:
+    what told them apart (not_the_original)."""
+    what = " and ".join([", ".join(differs[:-1]), differs[-1]] if len(differs) > 1 else differs)
+    return (f"too_large: another record is now at the original's offset (its {what} "
+            f"differ{'s' if len(differs) == 1 else ''} from the letter's: the input topic was "
+            "recreated, or is a mirror)")
+
+
 def write_time(letter: Origin) -> int | None:
     """What a letter is re-driven at: its event's write time, else its append time (us)."""
     if letter.write_time_us is not None:
@@ -74,6 +86,8 @@ class _Chosen:
     letter_partition: int  # where the letter itself is, in the dead-letter topic
     letter_offset: int
     copies: int = 1
+    # A too_large letter's key, as key_digest: its original is recognised by it (not_the_original).
+    key: bytes | None = None
 
     @property
     def value_kept(self) -> bool:
@@ -126,7 +140,8 @@ def scan(kafka: KafkaResource, filters: Filters) -> tuple[dict[int, dict[int, _C
                     foreign += 1
                     continue
                 mine = chosen.setdefault(letter.source_partition, {})
-                candidate = _Chosen(letter, write_time(letter), letter_partition, m.offset())
+                candidate = _Chosen(letter, write_time(letter), letter_partition, m.offset(),
+                                    key=None if letter.value_kept else key_digest(m.key()))
                 best = mine.get(letter.source_offset)
                 if best is None:
                     mine[letter.source_offset] = candidate
@@ -195,21 +210,26 @@ def _values(kafka: KafkaResource, partition: int, batch: Sequence[tuple[int, _Ch
     topic (absent when it is gone)."""
     values: dict[int, bytes | None] = {}
     by_letter_partition: dict[int, dict[int, int]] = {}
-    originals = []
+    originals: dict[int, _Chosen] = {}
     for source_offset, c in batch:
         if c.value_kept:
             by_letter_partition.setdefault(c.letter_partition, {})[c.letter_offset] = source_offset
         else:
-            originals.append(source_offset)
+            originals[source_offset] = c
     for letter_partition, wanted in by_letter_partition.items():
         for offset, m in kafka.iter_offsets(letter_partition, list(wanted), topic=kafka.dlq_topic):
             if m is None:  # deleted by retention between the two passes
                 counts.unrecoverable[LETTER_GONE] += 1
             else:
                 values[wanted[offset]] = m.value()
-    for source_offset, m in kafka.iter_offsets(partition, originals):
+    for source_offset, m in kafka.iter_offsets(partition, list(originals)):
         if m is None:
             counts.unrecoverable[STILL_RETAINED] += 1
+            continue
+        c = originals[source_offset]
+        differs = not_the_original(c.letter, c.key, m.key(), record_time_ms(m), m.value())
+        if differs:  # the offset alone would re-drive another record as this letter's
+            counts.unrecoverable[original_replaced(differs)] += 1
         else:
             values[source_offset] = m.value()
     return values

@@ -9,6 +9,7 @@ a value far above the uncompressed limit), so a letter too large for the topic l
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -119,6 +120,7 @@ class Origin:
     write_time_us: int | None  # None: a letter from before write times, or another tool's
     original_reason: str | None  # a too_large letter's reason for being refused
     original_deleted: bool = False  # the record was gone when its letter was sent
+    original_bytes: int | None = None  # a too_large letter's: the size of the original value
 
     @property
     def value_kept(self) -> bool:
@@ -146,6 +148,7 @@ def origin(headers: Sequence[tuple[str, bytes | None]] | None) -> Origin | None:
             write_time_us=_number(found.get("write_time")),
             original_reason=found.get("original_reason"),
             original_deleted=any(name == "original_deleted" for name, _ in listed[:starts[-1]]),
+            original_bytes=_number(found.get("original_bytes")),
         )
     except (KeyError, ValueError):
         return None
@@ -153,3 +156,33 @@ def origin(headers: Sequence[tuple[str, bytes | None]] | None) -> Origin | None:
 
 def _number(text: str | None) -> int | None:
     return None if text is None else int(text)
+
+
+def key_digest(key: bytes | None) -> bytes | None:
+    """What is kept of a letter's key to recognise its original: a digest, not the key (which
+    may be personal data) nor its size; None for no key."""
+    return None if key is None else hashlib.blake2b(key, digest_size=16).digest()
+
+
+def not_the_original(
+    letter: Origin, letter_key: bytes | None, key: bytes | None, timestamp_ms: int | None,
+    value: bytes | None,
+) -> list[str]:
+    """What of the record now at a too_large letter's source offset differs from the letter's
+    original (empty: it is the original): after the input topic was recreated, or on a mirror,
+    that offset holds another record.
+
+    `letter_key` is key_digest of the letter's key. The key is compared only when the letter
+    kept one: a letter without (steps 2-3 of "Too large" drop it) cannot tell a dropped key
+    from an original without one. The timestamp is compared always (a letter without
+    source_timestamp had an original without one), and the value's size whenever the letter
+    says it (original_bytes): on a letter without its key, these two decide alone.
+    """
+    differs = []
+    if letter_key is not None and key_digest(key) != letter_key:
+        differs.append("key")
+    if timestamp_ms != letter.source_timestamp_ms:
+        differs.append("timestamp")
+    if letter.original_bytes is not None and len(value or b"") != letter.original_bytes:
+        differs.append("size")
+    return differs

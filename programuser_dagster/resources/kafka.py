@@ -201,7 +201,11 @@ class KafkaResource(ConfigurableResource):
         default), so committed() waits for a pending transaction's offsets to settle."""
         # One consumer per resource instance: it is only ever assigned, never subscribed.
         if self._consumer is None:
-            self._consumer = Consumer(self._consumer_config())
+            # An offset retention deleted before it was fetched is an error here, not a silent
+            # jump to the oldest record: iter_range counts what was skipped (records lost to
+            # retention), where a gap in the offsets alone cannot tell them from transaction
+            # markers, aborted records or compaction.
+            self._consumer = Consumer({**self._consumer_config(), "auto.offset.reset": "error"})
         return self._consumer
 
     @property
@@ -431,13 +435,16 @@ class KafkaResource(ConfigurableResource):
         batch_size: int = 10_000,
         topic: str | None = None,
         until_end_of_partition: bool = False,
+        lost: Callable[[int, int], None] | None = None,
     ) -> Iterator[list[Message]]:
         """Chunks of the records of [start, end) of the input topic (or `topic`), in offset
         order; `until_end_of_partition`: or up to where the partition ends for this reader
         (a read_committed reader stops before a transaction still open).
 
-        Offsets may have holes (compaction, transaction markers), so completion is judged by
-        the consumer's position, not by counting records.
+        Offsets may have holes (compaction, transaction markers, aborted transactions), so
+        completion is judged by the consumer's position, not by counting records. Records
+        retention deletes before they are fetched are skipped, the reader going on from the
+        new oldest record; `lost(first, end)` is told each such run of offsets [first, end).
         """
         topic = topic or self.input_topic
         if end <= start:
@@ -464,6 +471,13 @@ class KafkaResource(ConfigurableResource):
                             if until_end_of_partition:
                                 position = end
                             continue
+                        if err.code() == KafkaError._AUTO_OFFSET_RESET:
+                            # The fetch at `position` found it deleted: nothing after it in
+                            # this batch (the fetch stopped there).
+                            position = self._past_deleted(consumer, topic, partition, position,
+                                                          end, lost)
+                            last_progress = time.monotonic()
+                            break
                         raise KafkaUnavailable(
                             f"{self._where()} failed while reading partition {partition} at "
                             f"offset {position}: {err.str()}"
@@ -494,6 +508,28 @@ class KafkaResource(ConfigurableResource):
             # the resource closed its consumer at the run's end: only a live one is unassigned.
             if self._consumer is consumer:
                 consumer.unassign()
+
+    def _past_deleted(
+        self, consumer: Consumer, topic: str, partition: int, position: int, end: int,
+        lost: Callable[[int, int], None] | None,
+    ) -> int:
+        """The reader's next position once `position` was found out of range: the partition's
+        oldest record (reassigned there), or `end` when none is left below it. The offsets
+        skipped are below the new low watermark: deleted by retention, reported to `lost`."""
+        low, high = self._watermarks(topic, partition)
+        if low <= position:
+            # Out of range above the end of the log: the offsets went back.
+            raise KafkaUnavailable(
+                f"{self._where()} has no offset {position} in {topic!r} partition {partition} "
+                f"any more (its records now run from {low} to {high}): the topic was deleted "
+                "and recreated, or its log truncated, while it was read. Check the topic; "
+                "the range cannot be read past that offset.")
+        resume = min(low, end)
+        if lost is not None:
+            lost(position, resume)
+        if resume < end:
+            consumer.assign([TopicPartition(topic, partition, resume)])
+        return resume
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -711,11 +747,11 @@ class KafkaResource(ConfigurableResource):
     ) -> Iterator[tuple[int, Message | None]]:
         """The records at these offsets (sorted) of the input topic (or `topic`), one by one;
         None for an offset that no longer holds a record (deleted by retention or compaction
-        since it was read)."""
+        since it was read, or past the end of a topic recreated since)."""
         topic = topic or self.input_topic
         wanted = sorted(set(offsets))
         # Once: the low watermark only rises, and a record deleted later is simply not found.
-        low = self._watermarks(topic, partition)[0] if wanted else 0
+        low, high = self._watermarks(topic, partition) if wanted else (0, 0)
         i = 0
         while i < len(wanted):
             j = i
@@ -723,9 +759,9 @@ class KafkaResource(ConfigurableResource):
                 j += 1
             segment = set(wanted[i:j + 1])
             found: set[int] = set()
-            start = max(wanted[i], low)
-            if start <= wanted[j]:
-                for chunk in self.iter_range(partition, start, wanted[j] + 1, batch_size=256,
+            start, stop = max(wanted[i], low), min(wanted[j] + 1, high)
+            if start < stop:
+                for chunk in self.iter_range(partition, start, stop, batch_size=256,
                                              topic=topic):
                     for m in chunk:
                         if m.offset() in segment:

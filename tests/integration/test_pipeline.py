@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from dagster import (
     AssetKey,
@@ -21,13 +22,14 @@ from dagster import (
 from programuser_dagster.accounting import RangeReport
 from programuser_dagster.bench import cassandra_io_manager as bench_io_manager
 from programuser_dagster.clock import now_us
-from programuser_dagster.jobs import commit_offsets
+from programuser_dagster.jobs import PAUSE_BEFORE_WRITE_ENV, commit_offsets
 from programuser_dagster.range_rows import Chunking, RangeRows
 from programuser_dagster.resources import build_resources, kafka_resource
 from programuser_dagster.resources.cassandra import CassandraWriteFailed
-from programuser_dagster.run_tags import PARTITION_TAG
+from programuser_dagster.resources.kafka import KafkaResource
+from programuser_dagster.run_tags import PARTITION_TAG, START_TAG
 from programuser_dagster.settings import Settings
-from tests.support.faults import job_env
+from tests.support.faults import RunInThread, job_env, logged, runs_of, wait_for
 from tests.support.jobs import reconstructable_job_from_env
 from tests.support.pipeline import (
     SEED_EVENT,
@@ -279,6 +281,86 @@ def test_records_deleted_before_they_were_read_are_reported_lost_to_retention(
     md = step_metadata(result)
     assert (md["start_offset"], md["end_offset"], md["lost_to_retention"]) == (4, 6, 2)
     assert offsets(s).committed == 6
+
+
+def test_records_deleted_while_a_run_reads_are_counted_lost_and_markers_are_not(
+    instance, kafka_topics: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = kafka_topics
+    # Transactions leave offsets a read_committed reader skips without loss: a committed one
+    # (0-2, its marker 3), an aborted one (4-5, marker 6), a committed one (7-8, marker 9).
+    producer = Producer({"bootstrap.servers": s.kafka_bootstrap_servers,
+                         "transactional.id": f"{s.kafka_input_topic}-test"})
+    producer.init_transactions(30)
+    for users, commit in ((["a", "b", "c"], True), (["x", "y"], False), (["d", "e"], True)):
+        producer.begin_transaction()
+        for user in users:
+            producer.produce(s.kafka_input_topic, orjson.dumps(event("p", user)), b"k",
+                             partition=0)
+        producer.flush(30)
+        (producer.commit_transaction if commit else producer.abort_transaction)(30)
+    assert offsets(s).high == 10
+    # The run plans [0, 10), then waits; retention (delete_records) takes 0-1 meanwhile.
+    monkeypatch.setenv(PAUSE_BEFORE_WRITE_ENV, "5")
+    run = RunInThread(lambda: run_partition(instance, s))
+    wait_for("the run to plan its range",
+             lambda: any(START_TAG in r.tags for r in runs_of(instance)), timeout=60)
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+    for fut in admin.delete_records([TopicPartition(s.kafka_input_topic, 0, 2)]).values():
+        fut.result(30)
+    result = run.join()
+    assert result.success, failure_text(result)
+    md = step_metadata(result)
+    assert (md["start_offset"], md["end_offset"], md["messages_read"]) == (0, 10, 3)
+    assert md["lost_to_retention"] == 2
+    assert md["lost_to_retention_offsets"] == "[0, 2)"
+    [mat] = [e.event_specific_data.materialization for e in result.all_events
+             if e.event_type_value == "ASSET_MATERIALIZATION"]
+    assert "2 lost to retention before they were read (offsets [0, 2))" in mat.description
+    [check] = [e.event_specific_data for e in result.all_events
+               if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert check.passed and check.metadata["lost_to_retention"].value == 2
+    assert logged(instance, result.run_id, "while this run read it, before it got them: "
+                  "offsets [0, 2)")
+    assert offsets(s).committed == 10
+
+
+class _ShortFetches(KafkaResource):
+    """A reader that fetches one record at a time and keeps almost none ahead, so that records
+    it has not fetched yet can be deleted in the middle of its range."""
+
+    def _consumer_config(self) -> dict[str, Any]:
+        return {**super()._consumer_config(), "fetch.max.bytes": 1024, "message.max.bytes": 1024,
+                "max.partition.fetch.bytes": 1, "queued.max.messages.kbytes": 1,
+                "queued.min.messages": 1}
+
+
+def test_records_deleted_in_the_middle_of_a_range_being_read_are_counted_lost(
+    kafka_topics: Settings,
+) -> None:
+    s = kafka_topics
+    produce(s, [event("p", f"u{i}", programName="n" * 300) for i in range(30)])
+    kafka = _ShortFetches(bootstrap_servers=s.kafka_bootstrap_servers,
+                          input_topic=s.kafka_input_topic, group_id=s.kafka_group_id,
+                          dlq_topic=s.kafka_dlq_topic)
+    report = RangeReport(partition=0, start=0, end=30, high_watermark=30, write_base=now_us())
+    rows = RangeRows(kafka, report, Chunking(1, 1 << 20, 1 << 20), "")
+    read: list[int] = []
+    try:
+        for frame in rows:
+            read += [o for offsets in frame["offsets"] for o in offsets]
+            if len(read) == 1:  # the reader is at the range's start: retention takes 0-19
+                admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+                for fut in admin.delete_records(
+                        [TopicPartition(s.kafka_input_topic, 0, 20)]).values():
+                    fut.result(30)
+    finally:
+        kafka.close()
+    [(first, end)] = report.lost_offsets
+    assert 1 <= first < end == 20, report.lost_offsets  # found inside the range, not at its start
+    assert read == [*range(first), *range(20, 30)]
+    assert (report.read, report.lost_to_retention, report.read_to_end) == (
+        first + 10, 20 - first, True)
 
 
 def test_the_range_ends_at_the_given_end_offset_and_max_messages(

@@ -2,7 +2,7 @@
 their events' write time, so they change exactly the columns no later event of their key
 wrote; a dry run writes nothing; what was re-driven is recorded, so nothing is written twice
 whatever the filters; among copies of a source offset the latest is kept; a too_large letter's
-value is re-read from the input topic."""
+value is re-read from the input topic, and only if the record there is still its original."""
 
 from __future__ import annotations
 
@@ -10,8 +10,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
 from dagster import AssetKey, DagsterEventType, DagsterInstance, EventRecordsFilter
 
 from programuser_dagster import events
@@ -19,7 +27,9 @@ from programuser_dagster.cli import main
 from programuser_dagster.incident_jobs import redrive_job
 from programuser_dagster.resources import build_resources
 from programuser_dagster.settings import Settings
+from programuser_dagster.stack import INPUT_TOPIC_CONFIG, delete_topics
 from tests.support.dagster_dev import REPO
+from tests.support.faults import wait_for
 from tests.support.pipeline import (
     cli_env,
     dead_letters,
@@ -58,6 +68,15 @@ def _redrive(s: Settings, home: Path, *args: str, capsys: Any) -> tuple[int, lis
     out, err = capsys.readouterr()
     assert not err.strip() or code != 0, err
     return code, out.splitlines()
+
+
+def _shrink_dead_letter_topic(s: Settings) -> None:
+    """Letters of records over 4000 bytes lose their value (reason too_large)."""
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+    resource = ConfigResource("TOPIC", s.kafka_dlq_topic, incremental_configs=[ConfigEntry(
+        "max.message.bytes", "4000", incremental_operation=AlterConfigOpType.SET)])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(30)
 
 
 def _write_time(session: Any, s: Settings, column: str) -> int:
@@ -160,11 +179,7 @@ def test_a_too_large_letter_is_reread_from_the_input_topic_and_one_still_bad_sta
     instance, kafka_topics: Settings, cassandra_session, tmp_path: Path, capsys, fixed_rule
 ) -> None:
     s = kafka_topics
-    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
-    resource = ConfigResource("TOPIC", s.kafka_dlq_topic, incremental_configs=[ConfigEntry(
-        "max.message.bytes", "4000", incremental_operation=AlterConfigOpType.SET)])
-    for future in admin.incremental_alter_configs([resource]).values():
-        future.result(30)
+    _shrink_dead_letter_topic(s)
     big = {**BAD, "_ignored": "x" * 6000}
     produce(s, [big, event("p", "v", createdAt="12/01/2023")])
     with pytest.MonkeyPatch.context() as today:
@@ -182,6 +197,52 @@ def test_a_too_large_letter_is_reread_from_the_input_topic_and_one_still_bad_sta
     code, lines = _redrive(s, _home(tmp_path), "--reason", "wrong_type:requestForPIIConsent",
                            capsys=capsys)
     assert lines[0].startswith("source partition 0: 1 letters match")
+
+
+def test_a_too_large_letter_whose_offset_now_holds_another_record_is_unrecoverable(
+    instance, kafka_topics: Settings, cassandra_session, tmp_path: Path, capsys, fixed_rule
+) -> None:
+    s = kafka_topics
+    _shrink_dead_letter_topic(s)
+    big = {**BAD, "_ignored": "x" * 6000}
+    produce(s, [big, {**big, "userId": "v"}])
+    with pytest.MonkeyPatch.context() as today:
+        today.delitem(events._CONSENT, "maybe")
+        assert run_partition(instance, s).success
+    sent, _ = sorted(dead_letters(s, expected=2), key=lambda m: dict(m.headers())[
+        "source_offset"])
+    headers = dict(sent.headers())
+    assert (headers["reason"], headers["source_offset"], sent.key()) == (b"too_large", b"0", b"k")
+    # The input topic is recreated (CreateTime, so the record's time can be the original's):
+    # offset 0 now holds another user's event of the same size and time, under another key;
+    # offset 1 holds nothing.
+    delete_topics(s.kafka_bootstrap_servers, [s.kafka_input_topic])
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+    config = {**INPUT_TOPIC_CONFIG, "message.timestamp.type": "CreateTime"}
+
+    def recreated() -> bool:
+        future = admin.create_topics([NewTopic(s.kafka_input_topic, s.kafka_partitions, 1,
+                                               config=config)])[s.kafka_input_topic]
+        try:
+            future.result(30)
+        except KafkaException:  # the deletion is still under way
+            return False
+        return True
+
+    wait_for("the input topic to be created again", recreated, timeout=60, every=1.0)
+    other = {**big, "userId": "w"}
+    assert len(orjson.dumps(other)) == len(orjson.dumps(big))
+    assert produce(s, [other], key=b"j", timestamp=int(headers["source_timestamp"])) == [0]
+    code, lines = _redrive(s, _home(tmp_path), "--apply", capsys=capsys)
+    assert code == 0
+    assert lines[0] == (
+        "source partition 0: 2 letters match, 0 older copies dropped, 0 already re-driven; "
+        "0 re-driven, 0 still fail, 2 unrecoverable (too_large: another record is now at the "
+        "original's offset (its key differs from the letter's: the input topic was recreated, "
+        "or is a mirror): 1, too_large: the original is no longer retained in the input "
+        "topic: 1)")
+    for user in ("u", "v", "w"):
+        assert row(cassandra_session, s, "p", user) is None
 
 
 def test_the_redrive_job_dry_runs_then_applies(

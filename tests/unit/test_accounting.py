@@ -46,3 +46,21 @@ def test_the_balance_rule() -> None:
     assert report.balanced
     report.written = 6
     assert not report.balanced
+
+
+def test_lost_offsets_are_counted_kept_and_cut_with_the_range() -> None:
+    report = _report()
+    report.lose(7, 10)  # below the start: found when the run planned
+    report.lose(12, 14)  # inside the range: deleted while it read
+    report.lose(17, 23)  # past the cut below: the next run's
+    report.lose(5, 5)  # nothing
+    assert (report.lost_to_retention, report.lost_while_reading) == (11, [(12, 14), (17, 23)])
+    assert RangeReport.from_bytes(report.to_bytes()) == report
+    report.cut_at(18)
+    assert report.lost_offsets == [(7, 10), (12, 14), (17, 18)]
+    assert report.lost_to_retention == 6
+    report.cut_at(12)  # a run is not cut below a read offset; losses never go negative
+    assert (report.lost_offsets, report.lost_to_retention) == ([(7, 10)], 3)
+    md = report.metadata()
+    assert (md["lost_to_retention"], md["lost_to_retention_offsets"]) == (3, "[7, 10)")
+    assert "3 lost to retention before they were read (offsets [7, 10))" in report.describe()

@@ -8,10 +8,17 @@ import pytest
 from programuser_dagster.backlog import BacklogPlan
 from programuser_dagster.offsets import PartitionOffsets
 from programuser_dagster.planning import Plan
-from programuser_dagster.redrive import Filters, write_time
+from programuser_dagster.redrive import Filters, original_replaced, write_time
 from programuser_dagster.refusals import Refused
 from programuser_dagster.replay import Target, parse_time, plan_rewind
-from programuser_dagster.resources.dead_letters import Origin, Source, letter, origin
+from programuser_dagster.resources.dead_letters import (
+    Origin,
+    Source,
+    key_digest,
+    letter,
+    not_the_original,
+    origin,
+)
 
 
 def _origin(**fields: object) -> Origin:
@@ -38,6 +45,30 @@ def test_a_too_large_letter_keeps_its_original_reason_and_a_deleted_one_says_so(
     gone = Source("t", 0, 2, None, None, [("original_deleted", b"true")], None, None)
     deleted = origin(letter(gone, "not_json", 1000).headers)
     assert deleted is not None and deleted.original_deleted
+
+
+def test_a_too_large_letters_original_is_recognised_by_key_timestamp_and_size() -> None:
+    value = b"x" * 5000
+    kept = letter(Source("t", 0, 1, b"k", value, [], 5, 9), "wrong_type:userId", 1000)
+    assert kept.reason == "too_large" and kept.key == b"k"
+    found = origin(kept.headers)
+    assert found is not None and found.original_bytes == 5000
+    key = key_digest(kept.key)
+    assert not_the_original(found, key, b"k", 5, value) == []
+    assert not_the_original(found, key, b"other", 5, value) == ["key"]
+    assert not_the_original(found, key, None, 6, value) == ["key", "timestamp"]
+    assert not_the_original(found, key, b"k", None, b"y" * 10) == ["timestamp", "size"]
+    # Its key dropped to fit: any key may be the original's; timestamp and size still decide.
+    keyless = letter(Source("t", 0, 1, b"k" * 900, value, [], 5, 9), "not_json", 1000)
+    assert keyless.key is None
+    found = origin(keyless.headers)
+    assert found is not None
+    assert not_the_original(found, key_digest(keyless.key), b"anything", 5, value) == []
+    assert not_the_original(found, None, b"anything", 5, value[1:]) == ["size"]
+    assert original_replaced(["key", "timestamp", "size"]).startswith(
+        "too_large: another record is now at the original's offset (its key, timestamp and "
+        "size differ from the letter's")
+    assert "(its size differs from" in original_replaced(["size"])
 
 
 def test_a_letter_is_redriven_at_its_write_time_else_its_append_time() -> None:
