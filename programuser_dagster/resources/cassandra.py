@@ -375,7 +375,8 @@ class CassandraIOManager(ConfigurableIOManager):
             if receipt is not None:
                 self._fail(receipt, exc)
             raise CassandraWriteFailed(
-                f"{self.where()} refused the write ({type(exc).__name__}: {exc})."
+                self._refuses_every_write(exc)
+                or f"{self.where()} refused the write ({type(exc).__name__}: {exc})."
             ) from exc
 
     def execution(self, concurrency: int | None = None) -> BoundedExecution:
@@ -441,15 +442,23 @@ class CassandraIOManager(ConfigurableIOManager):
         if systemic_cause(str(refusal)) is not None:
             self._fail(receipt, refusal)
 
+    def _refuses_every_write(self, failure: BaseException) -> str | None:
+        """What a refusal any write would get means and how to fix it (write_refusals.py);
+        None for other failures."""
+        cause = systemic_cause(str(failure)) if isinstance(failure, InvalidRequest) else None
+        if cause is None:
+            return None
+        return (f"{self.where()} refuses every write, whatever the row: {cause}. Cassandra "
+                f"said: {failure}.")
+
     def _fail(self, receipt: WriteReceipt, failure: BaseException) -> NoReturn:
         unwritten = receipt.rows_sent - receipt.rows_upserted
-        cause = systemic_cause(str(failure)) if isinstance(failure, InvalidRequest) else None
-        if cause is not None:
+        refused = self._refuses_every_write(failure)
+        if refused is not None:
             raise CassandraWriteFailed(
-                f"{self.where()} refuses every write, whatever the row: {cause}. Cassandra "
-                f"said: {failure}. {unwritten} of {receipt.rows_sent} writes sent were not "
-                "written, and none was dead-lettered: once this is fixed, the next run of the "
-                "partition writes them."
+                f"{refused} {unwritten} of {receipt.rows_sent} writes sent were not written, "
+                "and none was dead-lettered: once this is fixed, the next run of the partition "
+                "writes them."
             ) from failure
         raise CassandraWriteFailed(
             f"{self.where()} failed {unwritten} of {receipt.rows_sent} writes sent "

@@ -1,0 +1,151 @@
+"""A guardrail that refuses every write, switched on mid-stream on a real Cassandra 5.0 node:
+the run fails without committing and names the cause; nothing is dead-lettered; once the
+guardrail is off again the next run writes everything (docs/contract.md, "Outcome of a
+message", step 7; issue 24).
+
+Guardrails are node-wide, so the switch happens on a private node (its own data folder and
+ports, ~15-60 s to start), not on the shared one other tests write to at the same time; Kafka
+is the shared broker. The guardrail is changed at runtime over JMX with Cassandra's own
+nodetool (setguardrailsconfig), on a local-only JMX port.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from programuser_dagster.settings import Settings
+from programuser_dagster.stack import down, up
+from programuser_dagster.stack.launcher import (
+    _CASSANDRA_JDK17_FLAGS,
+    cassandra_cluster,
+    ensure_libs,
+    ensure_schema,
+    find_java17,
+)
+from tests.support.dagster_dev import free_port
+from tests.support.pipeline import (
+    dead_letters,
+    event,
+    failure_text,
+    offsets,
+    produce,
+    row,
+    run_partition,
+    step_metadata,
+)
+
+pytestmark = pytest.mark.stack
+
+
+@dataclass(frozen=True)
+class PrivateNode:
+    cql_port: int
+    jmx_port: int
+    lib: Path  # the node's jars (nodetool is among them)
+
+    def set_guardrail(self, setter: str, *values: str) -> None:
+        """`nodetool setguardrailsconfig <setter> <values>` on this node, at runtime."""
+        env = {k: v for k, v in os.environ.items() if k != "JDK_JAVA_OPTIONS"}
+        subprocess.run(
+            [str(find_java17() / "bin" / "java"), *_CASSANDRA_JDK17_FLAGS, "-cp", f"{self.lib}/*",
+             "org.apache.cassandra.tools.NodeTool", "-h", "127.0.0.1", "-p", str(self.jmx_port),
+             "setguardrailsconfig", setter, *values],
+            check=True, capture_output=True, timeout=120, env=env,
+        )
+
+
+@pytest.fixture(scope="module")
+def private_node() -> Iterator[PrivateNode]:
+    """A Cassandra node of this module's own (temporary data folder, free ports), stopped and
+    removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="programuser-guardrails-"))
+    cql, jmx = free_port(), free_port()
+    env = {
+        "PROGRAMUSER_STACK_DIR": str(folder),
+        "CASSANDRA_PORT": str(cql),
+        "PROGRAMUSER_CASSANDRA_STORAGE_PORT": str(free_port()),
+        # Read by the java launcher: JMX on 127.0.0.1 only (Cassandra's local JMX), for nodetool.
+        "JDK_JAVA_OPTIONS": f"-Dcassandra.jmx.local.port={jmx}",
+    }
+
+    @contextmanager
+    def private_env() -> Iterator[None]:
+        with pytest.MonkeyPatch.context() as mp:
+            for name, value in env.items():
+                mp.setenv(name, value)
+            yield
+
+    try:
+        with private_env():
+            up(Settings.from_env(), which=["cassandra"], timeout=240)
+            lib = ensure_libs("cassandra")
+        yield PrivateNode(cql, jmx, lib)
+    finally:
+        with private_env():
+            down(["cassandra"])
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# (nodetool setter, its value switching the guardrail on, the value switching it off, words of
+# the run's failure that name the cause and the fix)
+GUARDRAILS = {
+    "user_timestamps": ("user_timestamps_enabled", ["false"], ["true"],
+                        ["guardrail user_timestamps", "user_timestamps_enabled: true"]),
+    # The pipeline writes at LOCAL_QUORUM (CASSANDRA_CONSISTENCY's default).
+    "write_consistency_levels": ("write_consistency_levels_disallowed", ["LOCAL_QUORUM"],
+                                 ["[]"], ["guardrail write_consistency_levels",
+                                          "CASSANDRA_CONSISTENCY"]),
+}
+
+
+@pytest.mark.parametrize(("setter", "on", "off", "words"), GUARDRAILS.values(),
+                         ids=GUARDRAILS.keys())
+def test_a_guardrail_refusing_every_write_fails_the_run_and_dead_letters_nothing(
+    setter: str, on: list[str], off: list[str], words: list[str],
+    private_node: PrivateNode, kafka_topics: Settings, instance,
+) -> None:
+    s = dataclasses.replace(kafka_topics, cassandra_port=private_node.cql_port)
+    ensure_schema(s.cassandra_hosts, s.cassandra_keyspace, s.cassandra_table,
+                  s.cassandra_replication, port=s.cassandra_port)
+    produce(s, [event("p", f"u{i}") for i in range(2)])
+    assert run_partition(instance, s).success
+    assert offsets(s).committed == 2
+
+    # Mid-stream: more events arrive, and the cluster now refuses every write of the pipeline's.
+    produce(s, [event("p", f"u{i}") for i in range(2, 5)])
+    private_node.set_guardrail(setter, *on)
+    try:
+        failed = run_partition(instance, s)
+    finally:
+        private_node.set_guardrail(setter, *off)
+    assert not failed.success
+    message = failure_text(failed)
+    assert "refuses every write, whatever the row" in message
+    for word in words:
+        assert word in message
+    assert "Nothing of partition 0 offsets [2, 5) was committed" in message
+    assert offsets(s).committed == 2
+    assert dead_letters(s, expected=0, timeout_s=3) == []
+
+    rerun = run_partition(instance, s)
+    assert rerun.success
+    md = step_metadata(rerun)
+    assert (md["messages_written"], md["messages_dead_lettered"]) == (3, 0)
+    assert offsets(s).committed == 5
+    assert dead_letters(s, expected=0, timeout_s=3) == []
+    cluster = cassandra_cluster(s.cassandra_hosts, s.cassandra_port)
+    try:
+        session = cluster.connect()
+        assert all(row(session, s, "p", f"u{i}") is not None for i in range(5))
+    finally:
+        cluster.shutdown()
