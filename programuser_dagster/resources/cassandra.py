@@ -455,10 +455,11 @@ class CassandraIOManager(ConfigurableIOManager):
         unwritten = receipt.rows_sent - receipt.rows_upserted
         refused = self._refuses_every_write(failure)
         if refused is not None:
+            sent = (f"{unwritten} of {receipt.rows_sent} writes sent were not written, and none "
+                    "was dead-lettered" if receipt.rows_sent else "Nothing was written")
             raise CassandraWriteFailed(
-                f"{refused} {unwritten} of {receipt.rows_sent} writes sent were not written, "
-                "and none was dead-lettered: once this is fixed, the next run of the partition "
-                "writes them."
+                f"{refused} {sent}: once this is fixed, the next run of the partition writes "
+                "them."
             ) from failure
         raise CassandraWriteFailed(
             f"{self.where()} failed {unwritten} of {receipt.rows_sent} writes sent "

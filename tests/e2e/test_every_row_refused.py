@@ -1,12 +1,13 @@
-"""A guardrail that refuses every write, switched on mid-stream on a real Cassandra 5.0 node:
-the run fails without committing and names the cause; nothing is dead-lettered; once the
-guardrail is off again the next run writes everything (docs/contract.md, "Outcome of a
-message", step 7; issue 24).
+"""Cassandra refusing every write, whatever the row, on real servers: a guardrail switched on
+mid-stream, a column dropped mid-stream. The run fails without committing and names the cause;
+nothing is dead-lettered; once the cause is gone the next run writes everything
+(docs/contract.md, "Outcome of a message", step 7; issue 24).
 
-Guardrails are node-wide, so the switch happens on a private node (its own data folder and
-ports, ~15-60 s to start), not on the shared one other tests write to at the same time; Kafka
-is the shared broker. The guardrail is changed at runtime over JMX with Cassandra's own
-nodetool (setguardrailsconfig), on a local-only JMX port.
+Guardrails are node-wide, so they are switched on a private node (its own data folder and
+ports, ~15-40 s to start here), not on the shared one other tests write to at the same time;
+Kafka is the shared broker. The guardrail is changed at runtime over JMX with Cassandra's own
+nodetool (setguardrailsconfig), on a local-only JMX port. A dropped column touches only the
+test's own keyspace, so that test uses the shared node.
 """
 
 from __future__ import annotations
@@ -149,3 +150,30 @@ def test_a_guardrail_refusing_every_write_fails_the_run_and_dead_letters_nothing
         assert all(row(session, s, "p", f"u{i}") is not None for i in range(5))
     finally:
         cluster.shutdown()
+
+
+def test_a_column_dropped_mid_stream_fails_the_run_and_dead_letters_nothing(
+    kafka_topics: Settings, cassandra_session, instance
+) -> None:
+    s = kafka_topics
+    table = f"{s.cassandra_keyspace}.{s.cassandra_table}"
+    produce(s, [event("p", f"u{i}") for i in range(2)])
+    assert run_partition(instance, s).success
+
+    produce(s, [event("p", f"u{i}") for i in range(2, 4)])
+    cassandra_session.execute(f"ALTER TABLE {table} DROP user_sub_type", timeout=60)
+    failed = run_partition(instance, s)
+    assert not failed.success
+    message = failure_text(failed)
+    assert "refuses every write, whatever the row" in message
+    assert "dropped or altered while running" in message
+    assert "Undefined column name user_sub_type" in message
+    assert offsets(s).committed == 2
+    assert dead_letters(s, expected=0, timeout_s=3) == []
+
+    cassandra_session.execute(f"ALTER TABLE {table} ADD user_sub_type text", timeout=60)
+    rerun = run_partition(instance, s)
+    assert rerun.success
+    assert step_metadata(rerun)["messages_dead_lettered"] == 0
+    assert offsets(s).committed == 4
+    assert all(row(cassandra_session, s, "p", f"u{i}") is not None for i in range(4))
