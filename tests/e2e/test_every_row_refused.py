@@ -21,9 +21,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from dagster import ExecuteInProcessResult
 
+from programuser_dagster.resources import cassandra as cassandra_io
 from programuser_dagster.settings import Settings
 from programuser_dagster.stack import down, up
 from programuser_dagster.stack.launcher import (
@@ -97,6 +100,46 @@ def private_node() -> Iterator[PrivateNode]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _on_private_node(node: PrivateNode, settings: Settings) -> Settings:
+    """The test's topics (shared broker) and keyspace, the keyspace on the private node."""
+    s = dataclasses.replace(settings, cassandra_port=node.cql_port)
+    ensure_schema(s.cassandra_hosts, s.cassandra_keyspace, s.cassandra_table,
+                  s.cassandra_replication, port=s.cassandra_port)
+    return s
+
+
+def _failed_without_a_trace(failed: ExecuteInProcessResult, s: Settings, words: list[str],
+                            committed: int | None) -> None:
+    """The run failed naming the cause, committed nothing and dead-lettered nothing."""
+    assert not failed.success
+    message = failure_text(failed)
+    for word in ["refuses every write, whatever the row", *words]:
+        assert word in message
+    assert offsets(s).committed == committed
+    assert dead_letters(s, expected=0, timeout_s=3) == []
+
+
+def _next_run_writes_everything(instance: Any, s: Settings, session: Any,
+                                keys: list[tuple[str, str]], written: int) -> None:
+    """Once the cause is gone, the next run writes the range: every key, no dead letter."""
+    rerun = run_partition(instance, s)
+    assert rerun.success
+    md = step_metadata(rerun)
+    assert (md["messages_written"], md["messages_dead_lettered"]) == (written, 0)
+    assert offsets(s).committed == len(keys)
+    assert dead_letters(s, expected=0, timeout_s=3) == []
+    assert [k for k in keys if row(session, s, *k) is None] == []
+
+
+@contextmanager
+def _session(s: Settings) -> Iterator[Any]:
+    cluster = cassandra_cluster(s.cassandra_hosts, s.cassandra_port)
+    try:
+        yield cluster.connect()
+    finally:
+        cluster.shutdown()
+
+
 # (nodetool setter, its value switching the guardrail on, the value switching it off, words of
 # the run's failure that name the cause and the fix)
 GUARDRAILS = {
@@ -115,41 +158,49 @@ def test_a_guardrail_refusing_every_write_fails_the_run_and_dead_letters_nothing
     setter: str, on: list[str], off: list[str], words: list[str],
     private_node: PrivateNode, kafka_topics: Settings, instance,
 ) -> None:
-    s = dataclasses.replace(kafka_topics, cassandra_port=private_node.cql_port)
-    ensure_schema(s.cassandra_hosts, s.cassandra_keyspace, s.cassandra_table,
-                  s.cassandra_replication, port=s.cassandra_port)
-    produce(s, [event("p", f"u{i}") for i in range(2)])
+    s = _on_private_node(private_node, kafka_topics)
+    keys = [("p", f"u{i}") for i in range(5)]
+    produce(s, [event(*k) for k in keys[:2]])
     assert run_partition(instance, s).success
     assert offsets(s).committed == 2
 
     # Mid-stream: more events arrive, and the cluster now refuses every write of the pipeline's.
-    produce(s, [event("p", f"u{i}") for i in range(2, 5)])
+    produce(s, [event(*k) for k in keys[2:]])
     private_node.set_guardrail(setter, *on)
     try:
         failed = run_partition(instance, s)
     finally:
         private_node.set_guardrail(setter, *off)
-    assert not failed.success
-    message = failure_text(failed)
-    assert "refuses every write, whatever the row" in message
-    for word in words:
-        assert word in message
-    assert "Nothing of partition 0 offsets [2, 5) was committed" in message
-    assert offsets(s).committed == 2
-    assert dead_letters(s, expected=0, timeout_s=3) == []
+    _failed_without_a_trace(
+        failed, s, [*words, "Nothing of partition 0 offsets [2, 5) was committed"], committed=2)
+    with _session(s) as session:
+        _next_run_writes_everything(instance, s, session, keys, written=3)
 
-    rerun = run_partition(instance, s)
-    assert rerun.success
-    md = step_metadata(rerun)
-    assert (md["messages_written"], md["messages_dead_lettered"]) == (3, 0)
-    assert offsets(s).committed == 5
-    assert dead_letters(s, expected=0, timeout_s=3) == []
-    cluster = cassandra_cluster(s.cassandra_hosts, s.cassandra_port)
+
+def test_a_guardrail_switched_on_during_a_run_fails_it_and_dead_letters_nothing(
+    private_node: PrivateNode, kafka_topics: Settings, instance, monkeypatch
+) -> None:
+    s = _on_private_node(private_node, kafka_topics)
+    keys = [(f"p{i}", "u") for i in range(6)]
+    produce(s, [event(*k) for k in keys])
+    chunks: list[None] = []
+
+    def switch_on_after_the_first_chunk() -> None:
+        chunks.append(None)
+        if len(chunks) == 2:  # the first chunk is sent, the second not yet read
+            private_node.set_guardrail("user_timestamps_enabled", "false")
+
+    # The IO manager calls it between chunks (resources/cassandra.py: handle_output).
+    monkeypatch.setattr(cassandra_io, "collect_between_chunks", switch_on_after_the_first_chunk)
     try:
-        session = cluster.connect()
-        assert all(row(session, s, "p", f"u{i}") is not None for i in range(5))
+        failed = run_partition(instance, s, chunk_messages=2)
     finally:
-        cluster.shutdown()
+        private_node.set_guardrail("user_timestamps_enabled", "true")
+    assert len(chunks) >= 2  # the guardrail went on while the run was writing
+    _failed_without_a_trace(failed, s, ["guardrail user_timestamps"], committed=None)
+    monkeypatch.undo()
+    with _session(s) as session:
+        _next_run_writes_everything(instance, s, session, keys, written=6)
 
 
 def test_a_column_dropped_mid_stream_fails_the_run_and_dead_letters_nothing(
@@ -157,23 +208,14 @@ def test_a_column_dropped_mid_stream_fails_the_run_and_dead_letters_nothing(
 ) -> None:
     s = kafka_topics
     table = f"{s.cassandra_keyspace}.{s.cassandra_table}"
-    produce(s, [event("p", f"u{i}") for i in range(2)])
+    keys = [("p", f"u{i}") for i in range(4)]
+    produce(s, [event(*k) for k in keys[:2]])
     assert run_partition(instance, s).success
 
-    produce(s, [event("p", f"u{i}") for i in range(2, 4)])
+    produce(s, [event(*k) for k in keys[2:]])
     cassandra_session.execute(f"ALTER TABLE {table} DROP user_sub_type", timeout=60)
     failed = run_partition(instance, s)
-    assert not failed.success
-    message = failure_text(failed)
-    assert "refuses every write, whatever the row" in message
-    assert "dropped or altered while running" in message
-    assert "Undefined column name user_sub_type" in message
-    assert offsets(s).committed == 2
-    assert dead_letters(s, expected=0, timeout_s=3) == []
-
+    _failed_without_a_trace(failed, s, ["dropped or altered while running",
+                                        "Undefined column name user_sub_type"], committed=2)
     cassandra_session.execute(f"ALTER TABLE {table} ADD user_sub_type text", timeout=60)
-    rerun = run_partition(instance, s)
-    assert rerun.success
-    assert step_metadata(rerun)["messages_dead_lettered"] == 0
-    assert offsets(s).committed == 4
-    assert all(row(cassandra_session, s, "p", f"u{i}") is not None for i in range(4))
+    _next_run_writes_everything(instance, s, cassandra_session, keys, written=2)
