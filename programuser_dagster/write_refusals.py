@@ -28,8 +28,8 @@ _GUARDRAIL = re.compile(r"Guardrail (\w+) violated: ")
 _DISK = ("a replica's data disk is fuller than the cluster's data_disk_usage_percentage_fail_"
          "threshold (or data_disk_usage_max_disk_size): free disk space or add nodes, or "
          "raise the threshold")
-_CLOCK = ("the partition's clock (docs/contract.md, \"Write times\") and check the clocks of "
-          "the hosts that run the pipeline, or relax the threshold")
+_CLOCK = ("check the clocks of the hosts that run the pipeline against the cluster's, or "
+          "relax the threshold")
 
 # What the pipeline cannot do under a guardrail, and what the operator can do about it.
 _GUARDRAIL_CAUSES: dict[str, str] = {
@@ -40,10 +40,13 @@ _GUARDRAIL_CAUSES: dict[str, str] = {
         "`nodetool setguardrailsconfig user_timestamps_enabled true`)"),
     "maximum_timestamp": (
         "guardrail maximum_timestamp refuses write times this far ahead of the node's clock "
-        f"(maximum_timestamp_fail_threshold): see whether a replay ran ahead of {_CLOCK}"),
+        "(maximum_timestamp_fail_threshold); the partition's clock (docs/contract.md, \"Write "
+        "times\") runs ahead of the wall clock by up to a replay's length in microseconds, or a "
+        f"pipeline host's clock is ahead: {_CLOCK}"),
     "minimum_timestamp": (
         "guardrail minimum_timestamp refuses write times this far behind the node's clock "
-        f"(minimum_timestamp_fail_threshold): compare {_CLOCK}"),
+        "(minimum_timestamp_fail_threshold); the write times follow the clock of the host that "
+        f"runs the pipeline: {_CLOCK}"),
     "replica_disk_usage": f"guardrail replica_disk_usage: {_DISK}",
     "local_data_disk_usage": f"guardrail local_data_disk_usage: {_DISK}",
     "write_consistency_levels": (
