@@ -8,8 +8,10 @@ Rows are grouped by partition key (program_id) into small UNLOGGED batches: a ba
 one partition is one mutation on one replica (no coordinator fan-out, no batch log), and it
 cuts the driver's per-request Python work (a future, a frame, a callback) by the batch size
 (README: Performance). A batch Cassandra refuses as invalid is replayed row by row, so only the
-rows it refuses become dead letters. Rows are encoded a column at a time (cql_encoding.py)
-rather than bound by the driver row by row: the same bytes for a third of the client's CPU.
+rows it refuses become dead letters; a refusal that is not about the rows (a guardrail on
+every write, a dropped table: write_refusals.py) fails the run instead. Rows are encoded a
+column at a time (cql_encoding.py) rather than bound by the driver row by row: the same bytes
+for a third of the client's CPU.
 
 The IO manager's record of what it wrote (the range's report: offsets, counts and reasons) is
 kept in a small table beside the data, write_receipts, and is what load_input gives the
@@ -54,6 +56,7 @@ from ..settings import (
     check_identifier,
     local_stack_hint,
 )
+from ..write_refusals import systemic_cause
 from .cassandra_policies import cluster_options, profile_options
 from .cql_encoding import Encoded, bound, encode_columns
 from .secrets import reveal
@@ -372,7 +375,8 @@ class CassandraIOManager(ConfigurableIOManager):
             if receipt is not None:
                 self._fail(receipt, exc)
             raise CassandraWriteFailed(
-                f"{self.where()} refused the write ({type(exc).__name__}: {exc})."
+                self._refuses_every_write(exc)
+                or f"{self.where()} refused the write ({type(exc).__name__}: {exc})."
             ) from exc
 
     def execution(self, concurrency: int | None = None) -> BoundedExecution:
@@ -410,6 +414,7 @@ class CassandraIOManager(ConfigurableIOManager):
                 receipt.rows_upserted += len(group)
                 receipt.messages_written += sum(chunk.counts[i] for i in group)
             elif isinstance(outcome, InvalidRequest):
+                self._unless_every_row_refused(receipt, outcome)
                 invalid.extend(group)
             else:
                 self._fail(receipt, outcome)
@@ -425,13 +430,37 @@ class CassandraIOManager(ConfigurableIOManager):
                 receipt.rows_upserted += 1
                 receipt.messages_written += chunk.counts[i]
             elif isinstance(outcome, InvalidRequest):
+                self._unless_every_row_refused(receipt, outcome)
                 # No retry can fix an invalid row: its messages become dead letters.
                 receipt.rejected_offsets.extend(chunk.offsets[i])
             else:
                 self._fail(receipt, outcome)
 
+    def _unless_every_row_refused(self, receipt: WriteReceipt, refusal: InvalidRequest) -> None:
+        """Fail the run when Cassandra's refusal is not about the row (write_refusals.py):
+        every row would be refused, and dead-lettering them would commit past the backlog."""
+        if systemic_cause(str(refusal)) is not None:
+            self._fail(receipt, refusal)
+
+    def _refuses_every_write(self, failure: BaseException) -> str | None:
+        """What a refusal any write would get means and how to fix it (write_refusals.py);
+        None for other failures."""
+        cause = systemic_cause(str(failure)) if isinstance(failure, InvalidRequest) else None
+        if cause is None:
+            return None
+        return (f"{self.where()} refuses every write, whatever the row: {cause}. Cassandra "
+                f"said: {failure}.")
+
     def _fail(self, receipt: WriteReceipt, failure: BaseException) -> NoReturn:
         unwritten = receipt.rows_sent - receipt.rows_upserted
+        refused = self._refuses_every_write(failure)
+        if refused is not None:
+            sent = (f"{unwritten} of {receipt.rows_sent} writes sent were not written, and none "
+                    "was dead-lettered" if receipt.rows_sent else "Nothing was written")
+            raise CassandraWriteFailed(
+                f"{refused} {sent}: once this is fixed, the next run of the partition writes "
+                "them."
+            ) from failure
         raise CassandraWriteFailed(
             f"{self.where()} failed {unwritten} of {receipt.rows_sent} writes sent "
             f"({type(failure).__name__}: {failure}).{self._quorum_hint(failure)}"
@@ -462,6 +491,7 @@ class CassandraIOManager(ConfigurableIOManager):
     def _table_refuses_writes(self) -> BaseException | None:
         """Tell a row Cassandra refuses (dead-letter it) from a table that refuses every row
         (dropped or altered while running: fail the run instead of dead-lettering everything).
+        The refusals write_refusals.py knows fail the run at once; this catches the others.
         """
         try:
             self.session().prepare(self.insert_cql())
