@@ -358,7 +358,8 @@ class KafkaResource(ConfigurableResource):
             with suppress(Superseded), self.fenced_commit(claim.partition,
                                                           claim.expected) as txn:
                 txn.commit(claim.offset, claim.clock, claim.partitions, claim.barrier)
-        return self.offsets([o.partition for o in topic]) if pending else topic
+        # Settled: a claim's offset is visible only once its transaction's markers are written.
+        return self.offsets([o.partition for o in topic], settled=True) if pending else topic
 
     def record_times(
         self, positions: dict[int, int], wait_s: float = 1.0

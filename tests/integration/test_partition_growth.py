@@ -1,0 +1,105 @@
+"""Partitions added to the input topic (growth.py), against the real broker and Cassandra: a key's
+row ends as its latest event, whatever order the old and the new partitions' runs come in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewPartitions
+
+from programuser_dagster.drain import drain
+from programuser_dagster.jobs import kafka_partitions
+from programuser_dagster.settings import Settings
+from tests.support.pipeline import event, offsets, produce, row, run_partition, tick
+
+pytestmark = pytest.mark.stack
+
+
+def _grown(make_test_settings: Callable[..., Settings], instance) -> Settings:
+    """A one-partition topic that ingestion has committed on (v0), with v1 of the key in its
+    backlog; then a second partition, which holds v2 of the key (the broker appended it last)."""
+    s = make_test_settings(partitions=1)
+    produce(s, [event("p", "u", programName="v0")], partition=0)
+    assert run_partition(instance, s, partition=0).success
+    produce(s, [event("p", "u", programName="v1")], partition=0)
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
+    for fut in admin.create_partitions([NewPartitions(s.kafka_input_topic, 2)]).values():
+        fut.result(30)
+    # Keyed by programId:userId, a producer with the new count may send the key to partition
+    # 1: produced there explicitly so the test does not depend on the hash.
+    produce(s, [event("p", "u", programName="v2")], partition=1)
+    instance.add_dynamic_partitions(kafka_partitions.name or "", ["1"])
+    return s
+
+
+def _name(cassandra_session, s: Settings) -> str | None:
+    found = row(cassandra_session, s, "p", "u")
+    return None if found is None else found["program_name"]
+
+
+@pytest.mark.parametrize("new_first", [True, False], ids=["new-partition-first", "old-first"])
+def test_runs_in_either_order_end_with_the_latest_event(
+    instance, make_test_settings, cassandra_session, new_first: bool
+) -> None:
+    s = _grown(make_test_settings, instance)
+    if new_first:
+        # Launched directly (the Launchpad, a re-execution): held, it reads and commits nothing.
+        held = run_partition(instance, s, partition=1)
+        assert held.success
+        assert instance.get_run_by_id(held.run_id).tags["programuser/outcome"] == "held"
+        assert _name(cassandra_session, s) == "v0"
+        claim = offsets(s, 1)
+        assert (claim.committed, claim.barrier, claim.partitions) == (0, ((0, 2),), 2)
+    assert run_partition(instance, s, partition=0).success
+    assert _name(cassandra_session, s) == "v1"
+    assert run_partition(instance, s, partition=1).success
+    assert _name(cassandra_session, s) == "v2"
+    after = offsets(s, 1)
+    assert (after.committed, after.barrier, after.partitions) == (1, (), 2)
+
+
+def test_the_sensor_launches_the_new_partition_once_the_old_backlog_is_committed(
+    instance, make_test_settings, cassandra_session
+) -> None:
+    s = _grown(make_test_settings, instance)
+    first = tick(instance, s)
+    assert [r.partition_key for r in first.run_requests] == ["0"]
+    [request] = first.run_requests
+    assert run_partition(instance, s, partition=0,
+                         end_offset=request.run_config["ops"]["flatten_events"]["config"]
+                         ["end_offset"]).success
+    second = tick(instance, s)
+    assert [r.partition_key for r in second.run_requests] == ["1"]
+    assert run_partition(instance, s, partition=1).success
+    assert _name(cassandra_session, s) == "v2"
+
+
+def test_drain_holds_the_new_partition_until_the_old_backlog_is_committed(
+    instance, make_test_settings, cassandra_session
+) -> None:
+    s = _grown(make_test_settings, instance)
+    lines: list[str] = []
+    alone = drain(instance, s, say=lines.append, only={1})
+    assert alone.runs == [] and alone.failed == 0
+    assert alone.skipped[1].startswith("held until partition 0 commits offset 2 (it is at 1)")
+    assert lines == [f"partition 1: skipped, {alone.skipped[1]}"]
+    assert _name(cassandra_session, s) == "v0"
+    both = drain(instance, s, say=lines.append)
+    assert [(p, ok) for p, ok, _ in both.runs] == [(0, True), (1, True)]
+    assert _name(cassandra_session, s) == "v2"
+
+
+def test_a_fresh_topic_holds_no_partition(
+    instance, make_test_settings, cassandra_session
+) -> None:
+    """The first commits of a deployment record the count: the other partitions' first runs
+    are not held behind the backlog that partition 0 still has."""
+    s = make_test_settings(partitions=2)
+    produce(s, [event("p", "a"), event("p", "b")], partition=0)
+    produce(s, [event("p", "c")], partition=1)
+    assert run_partition(instance, s, partition=0, end_offset=1).success
+    assert offsets(s, 0).partitions == 2
+    result = run_partition(instance, s, partition=1)
+    assert instance.get_run_by_id(result.run_id).tags["programuser/outcome"] == "committed"
+    assert offsets(s, 1).committed == 1
