@@ -3,6 +3,7 @@ row ends as its latest event, whatever order the old and the new partitions' run
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -26,6 +27,11 @@ def _grown(make_test_settings: Callable[..., Settings], instance) -> Settings:
     admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
     for fut in admin.create_partitions([NewPartitions(s.kafka_input_topic, 2)]).values():
         fut.result(30)
+    deadline = time.monotonic() + 30  # the new partition has a leader before we produce to it
+    while 1 not in admin.list_topics(s.kafka_input_topic, timeout=10).topics[
+            s.kafka_input_topic].partitions:
+        assert time.monotonic() < deadline, "partition 1 did not appear"
+        time.sleep(0.2)
     # Keyed by programId:userId, a producer with the new count may send the key to partition
     # 1: produced there explicitly so the test does not depend on the hash.
     produce(s, [event("p", "u", programName="v2")], partition=1)
