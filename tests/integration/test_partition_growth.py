@@ -9,20 +9,34 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka.admin import AdminClient, NewPartitions
 
+from programuser_dagster.clock import now_us
 from programuser_dagster.drain import drain
 from programuser_dagster.jobs import kafka_partitions
+from programuser_dagster.resources import kafka_resource
 from programuser_dagster.settings import Settings
 from tests.support.pipeline import event, offsets, produce, row, run_partition, tick
 
 pytestmark = pytest.mark.stack
 
 
-def _grown(make_test_settings: Callable[..., Settings], instance) -> Settings:
+def _grown(make_test_settings: Callable[..., Settings], instance,
+           ahead_us: int = 0) -> Settings:
     """A one-partition topic that ingestion has committed on (v0), with v1 of the key in its
-    backlog; then a second partition, which holds v2 of the key (the broker appended it last)."""
+    backlog; then a second partition, which holds v2 of the key (the broker appended it last).
+    `ahead_us`: partition 0's committed clock is that far ahead of the wall clock (a replay ran
+    it ahead), and its backlog has two events of other keys before v1."""
     s = make_test_settings(partitions=1)
     produce(s, [event("p", "u", programName="v0")], partition=0)
     assert run_partition(instance, s, partition=0).success
+    if ahead_us:
+        kafka = kafka_resource(s)
+        try:
+            o = kafka.partition_offsets(0)
+            with kafka.fenced_commit(0, o.state) as txn:
+                txn.commit(o.next_offset, clock=now_us() + ahead_us, partitions=1)
+        finally:
+            kafka.close()
+        produce(s, [event("p", "a"), event("p", "b")], partition=0)
     produce(s, [event("p", "u", programName="v1")], partition=0)
     admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap_servers})
     for fut in admin.create_partitions([NewPartitions(s.kafka_input_topic, 2)]).values():
@@ -109,3 +123,19 @@ def test_a_fresh_topic_holds_no_partition(
     result = run_partition(instance, s, partition=1)
     assert instance.get_run_by_id(result.run_id).tags["programuser/outcome"] == "committed"
     assert offsets(s, 1).committed == 1
+
+
+def test_the_new_partition_writes_after_an_old_partition_whose_clock_ran_ahead(
+    instance, make_test_settings, cassandra_session
+) -> None:
+    """Partition 0's clock is a minute ahead of the wall clock, so v1 is written a minute
+    ahead: the new partition's first run starts its clock above partition 0's, and v2 wins."""
+    s = _grown(make_test_settings, instance, ahead_us=60_000_000)
+    assert run_partition(instance, s, partition=0).success
+    assert _name(cassandra_session, s) == "v1"
+    assert run_partition(instance, s, partition=1).success
+    assert _name(cassandra_session, s) == "v2"
+    written = cassandra_session.execute(
+        f"SELECT WRITETIME(program_name) AS t FROM {s.cassandra_keyspace}.{s.cassandra_table} "
+        "WHERE program_id='p' AND user_id='u'").one().t
+    assert written > offsets(s, 0).clock  # above every write of partition 0's runs
