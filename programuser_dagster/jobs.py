@@ -94,7 +94,8 @@ def _not_committed(context: OpExecutionContext) -> str:
 def flatten_events(
     context: OpExecutionContext, config: IngestConfig, kafka: KafkaResource
 ) -> RangeRows:
-    """Plan one partition's range from its committed state, and hand it to the IO manager."""
+    """Plan one partition's range from its committed state, and hand it to the IO manager; a
+    partition added to the topic reads nothing while it is held (growth.py)."""
     partition = int(context.partition_key)
     # Re-read on every (re-)execution: never process records below the committed offset, so a
     # stale run re-executed after newer ones cannot overwrite newer values. The state read
