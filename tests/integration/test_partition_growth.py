@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka.admin import AdminClient, NewPartitions
 
+from programuser_dagster import replay
 from programuser_dagster.clock import now_us
 from programuser_dagster.drain import drain
 from programuser_dagster.jobs import kafka_partitions
@@ -139,3 +140,18 @@ def test_the_new_partition_writes_after_an_old_partition_whose_clock_ran_ahead(
         f"SELECT WRITETIME(program_name) AS t FROM {s.cassandra_keyspace}.{s.cassandra_table} "
         "WHERE program_id='p' AND user_id='u'").one().t
     assert written > offsets(s, 0).clock  # above every write of partition 0's runs
+
+
+def test_a_replay_keeps_the_known_count(instance, make_test_settings) -> None:
+    """A rewind commits through the fence too: it carries the count forward, so partitions
+    added after it are still recognised as new."""
+    s = make_test_settings(partitions=1)
+    produce(s, [event("p", "a"), event("p", "b")], partition=0)
+    assert run_partition(instance, s, partition=0).success
+    kafka = kafka_resource(s)
+    try:
+        replay.apply(kafka, replay.plan(kafka, [0], replay.Target(offset=0)), lambda _: None)
+    finally:
+        kafka.close()
+    rewound = offsets(s, 0)
+    assert (rewound.committed, rewound.partitions) == (0, 1)
