@@ -54,6 +54,10 @@ class RangeReport:
     dead_letters: list[tuple[int, str]] = field(default_factory=list)
     # Why this run has nothing to commit: its range was committed by another run first.
     superseded: str | None = None
+    # Why this run read nothing: its partition is new and held (growth.py).
+    held: str | None = None
+    # The topic's partition count when the range was planned: its commit records it (growth.py).
+    partitions: int = 0
     # Bytes of the values to dead-letter: a range whose letters reach the run's
     # dead_letter_bytes (or has settings.DEAD_LETTERS_PER_RUN letters) is cut short (the end its
     # run was planned for stays in requested_end).

@@ -202,8 +202,11 @@ def plan_backlog(
     """The runs to request now (all partitions of the topic, or `partitions`), and the topic's
     partitions not yet known to the job (the caller adds them)."""
     now = time.time() if now is None else now
-    all_partitions, new = sync_partitions(instance, kafka)
-    offsets = kafka.offsets(all_partitions if partitions is None else partitions)
+    _, new = sync_partitions(instance, kafka)
+    # All of them, even for some: a new partition's hold depends on the old ones (growth.py).
+    topic = kafka.claimed_offsets()
+    chosen = None if partitions is None else set(partitions)
+    offsets = [o for o in topic if chosen is None or o.partition in chosen]
     lagging = [o for o in offsets if o.lag > 0]  # only these need the instance's run records
     in_flight = {o.partition for o in lagging if runs_in_flight(instance, o.partition)}
     failed_ends = {
@@ -211,7 +214,7 @@ def plan_backlog(
         for o in lagging
         if o.partition not in in_flight
     }
-    decision = decide(offsets, in_flight, failed_ends, now)
+    decision = decide(offsets, in_flight, failed_ends, now, topic)
     return BacklogPlan(
         decision=decision,
         new_partitions=new,

@@ -36,6 +36,7 @@ from dagster._core.storage.tags import REPOSITORY_LABEL_TAG  # not exported publ
 
 from . import client_logs
 from .backlog import launch_request, process_token, runs_in_flight, sync_partitions
+from .growth import hold
 from .instance import add_partitions, hold_connections
 from .interrupts import STOP_SIGNALS
 from .jobs import program_user_info
@@ -45,7 +46,7 @@ from .planning import Launch
 from .resources import build_resources
 from .resources.cassandra import keep_connections
 from .resources.kafka import KafkaUnavailable
-from .run_tags import DRAIN, DRAIN_PROCESS_TAG, LAUNCHED_BY_TAG, OUTCOME_TAG, SUPERSEDED
+from .run_tags import DRAIN, DRAIN_PROCESS_TAG, HELD, LAUNCHED_BY_TAG, OUTCOME_TAG, SUPERSEDED
 from .settings import Settings
 
 # What a finished run did to its partition (judge()).
@@ -66,7 +67,7 @@ def judge(
     """
     if not succeeded:
         return FAILED
-    if outcome == SUPERSEDED:
+    if outcome in (SUPERSEDED, HELD):  # nothing committed, nothing wrong: see it next pass
         return SUPERSEDED_RUN
     if after.next_offset > before.next_offset or after.lag == 0:
         return PROGRESS
@@ -265,13 +266,25 @@ def _drain(
         while True:
             if stop.check():
                 return _stopped(result, stop, lag, done)
-            offsets = kafka.offsets(partitions)
+            # Every partition, even when draining some: a new one's hold is on the old ones.
+            topic = kafka.claimed_offsets()
+            offsets = [o for o in topic if o.partition in partitions]
             lag.update((o.partition, o.lag) for o in offsets)
             pending = [o for o in offsets if o.lag > 0 and o.partition not in done]
             if not pending:
                 return result
+            held = {o.partition: why for o in pending if (why := hold(o, topic))}
+            if len(held) == len(pending):
+                # Only new partitions whose old partitions' backlog is not in: it failed here,
+                # or it is not this drain's (`only`, another worker's share).
+                for p, why in sorted(held.items()):
+                    result.skipped[p] = why
+                    say(f"partition {p}: skipped, {why}")
+                return result
             for before in pending:
                 p = before.partition
+                if p in held:  # its old partitions run first in this pass; the next sees it
+                    continue
                 if stop.check():
                     return _stopped(result, stop, lag, done)
                 if runs_in_flight(instance, p):

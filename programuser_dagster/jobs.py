@@ -37,6 +37,7 @@ from .accounting import RangeReport, offset_runs
 from .ages import lag_seconds
 from .assets import ACCOUNTING_CHECK, JOB_NAME, PROGRAM_ENROLLMENT
 from .clock import WriteClock, now_us
+from .growth import hold, start_clock
 from .ingest_config import IngestConfig, run_config
 from .interrupts import DeferredSignals, interrupts_deferred
 from .range_rows import Chunking, RangeRows
@@ -51,6 +52,7 @@ from .run_tags import (
     COMMITTED,
     DRAIN,
     END_TAG,
+    HELD,
     LAUNCHED_BY_TAG,
     NO_PROGRESS,
     OUTCOME_TAG,
@@ -98,12 +100,23 @@ def _not_committed(context: OpExecutionContext) -> str:
 def flatten_events(
     context: OpExecutionContext, config: IngestConfig, kafka: KafkaResource
 ) -> RangeRows:
-    """Plan one partition's range from its committed state, and hand it to the IO manager."""
+    """Plan one partition's range from its committed state, and hand it to the IO manager; a
+    partition added to the topic reads nothing while it is held (growth.py)."""
     partition = int(context.partition_key)
     # Re-read on every (re-)execution: never process records below the committed offset, so a
     # stale run re-executed after newer ones cannot overwrite newer values. The state read
     # here is what the commit is fenced on.
     offsets = kafka.partition_offsets(partition)
+    count = len(kafka.partitions())
+    held, committed_clock = None, offsets.clock
+    if offsets.partitions != count or offsets.barrier:
+        # The topic grew since this partition's commit, or this is its first run, or it is a
+        # new partition's: claim what was added (so the count this run records is safe) and
+        # check the hold, whoever launched the run (growth.py).
+        topic = kafka.claimed_offsets()
+        offsets = topic[[o.partition for o in topic].index(partition)]
+        held, committed_clock = hold(offsets, topic), start_clock(offsets, topic)
+        count = len(topic)
     start = offsets.next_offset
     end = offsets.high if config.end_offset is None else min(config.end_offset, offsets.high)
     end = max(start, min(end, start + config.max_messages))
@@ -116,7 +129,9 @@ def flatten_events(
         token_before=offsets.token,
         clock_before=offsets.clock,
         # From the same read that fixed the start: see clock.py.
-        write_base=WriteClock.starting(start, offsets.clock, now_us()).base,
+        write_base=WriteClock.starting(start, committed_clock, now_us()).base,
+        held=held,
+        partitions=count,
     )
     # Tag the run with the range it really reads, however it was launched, for the UI and for
     # the sensor's count of failed attempts at a start offset.
@@ -125,6 +140,8 @@ def flatten_events(
         {START_TAG: str(start), START_TOKEN_TAG: str(offsets.token), END_TAG: str(end)},
     )
     on_failure = _not_committed(context)
+    if held:
+        return RangeRows.nothing(report, on_failure)
     if (config.end_offset is not None and offsets.committed is not None
             and offsets.committed >= config.end_offset):
         # Requested for a range another run committed since (a late launch, a second trigger).
@@ -181,6 +198,10 @@ def commit_offsets(
     if report.superseded:
         _superseded(context, report.superseded)
         return
+    if report.held:
+        context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: HELD})
+        context.log.warning(f"Partition {report.partition} read nothing: {report.held}")
+        return
     if report.end <= report.start:
         # Nothing read, nothing to commit: committing would only bump the token. Records left
         # past the start make it no progress (a failed attempt for the sensor's back-off).
@@ -212,7 +233,8 @@ def commit_offsets(
                 report.dead_letters, write_time=clock.at if report.write_base else None)
             if report.balanced:
                 _pause(context, PAUSE_BEFORE_COMMIT_ENV, "before the commit")
-                committed = txn.commit(report.end, clock=_committed_clock(clock, report))
+                committed = txn.commit(report.end, clock=_committed_clock(clock, report),
+                                       partitions=report.partitions)
             # Unbalanced: the block is left without commit(), so the transaction aborts.
     except Superseded as exc:
         _superseded(context, str(exc))

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# A new partition's claim: (old partition, the offset it must commit first), growth.py.
+Barrier = tuple[tuple[int, int], ...]
+
 
 @dataclass(frozen=True)
 class PartitionOffsets:
@@ -14,6 +17,10 @@ class PartitionOffsets:
     committed: int | None  # None: the group never committed on this partition
     token: int = 0  # the fence's token of that commit (0: none, or not ours)
     clock: int = 0  # the write clock recorded with that commit, us (0: none; clock.py)
+    # Recorded with that commit (growth.py): the topic's partition count its run saw (0:
+    # none), and the barrier of a new partition's claim (empty once a run committed it).
+    partitions: int = 0
+    barrier: Barrier = ()
 
     @property
     def state(self) -> CommitState:

@@ -7,6 +7,7 @@ each failed attempt at the same committed state (offset and fence token): the ca
 the failed attempts at each partition's current state, so a commit (a new token) starts the
 count afresh. What counts as a failed attempt (a failure, a cancel, a run that succeeded without
 moving the offset; not a superseded run) is the caller's reading of the run records (backlog.py).
+A partition added to the topic waits for the old partitions' backlog (growth.py).
 
 No I/O and no client library here (no dagster, confluent_kafka or cassandra): backlog.py reads
 the broker and the instance, and turns the launches into Dagster run requests.
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .growth import hold
 from .offsets import PartitionOffsets
 
 RETRY_BASE_S = 30.0
@@ -76,12 +78,14 @@ def decide(
     in_flight: Collection[int],
     failed_ends: Mapping[int, Sequence[float | None]],
     now: float,
+    topic: Sequence[PartitionOffsets] = (),
 ) -> Plan:
     """The plan for these partitions at time `now` (seconds since the epoch).
 
     `in_flight`: the partitions with a run queued or in progress. `failed_ends`: per partition,
     the end times of its failed attempts at its current committed state (None: unknown, taken as
-    long ago); a partition missing from it has none.
+    long ago); a partition missing from it has none. `topic`: every partition's offsets, read
+    with `offsets` (default: `offsets` are all of them), for the holds of new partitions.
     """
     plan = Plan(offsets=list(offsets))
     for o in offsets:
@@ -89,6 +93,10 @@ def decide(
             plan.waiting[o.partition] = o.beyond_end_warning()
             continue
         if o.lag == 0:
+            continue
+        held = hold(o, topic or offsets)
+        if held:
+            plan.waiting[o.partition] = f"lag {o.lag}, {held}"
             continue
         if o.partition in in_flight:
             plan.waiting[o.partition] = f"lag {o.lag}, a run is queued or in progress"

@@ -49,7 +49,7 @@ class RangeRows:
 
     @classmethod
     def nothing(cls, report: RangeReport, on_failure: str) -> RangeRows:
-        """A range with nothing to read (superseded): no reader, so no chunk."""
+        """A range with nothing to read (superseded, or held): no reader, so no chunk."""
         return cls(None, report, Chunking(1, 1, 1), on_failure)
 
     def failed(self, what: str) -> str:

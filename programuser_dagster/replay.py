@@ -159,7 +159,10 @@ def apply(
         state = rewind.offsets
         try:
             with kafka.fenced_commit(rewind.partition, state.state) as txn:
-                txn.commit(rewind.target, clock=max(state.clock, now_us()))
+                # The count and a claim's barrier go forward too: a rewind releases no hold
+                # (growth.py).
+                txn.commit(rewind.target, clock=max(state.clock, now_us()),
+                           partitions=state.partitions, barrier=state.barrier)
         except (Superseded, KafkaUnavailable) as exc:
             before = ", ".join(str(r.partition) for r in done) or "none"
             why = ("a run committed it while replay ran" if isinstance(exc, Superseded)

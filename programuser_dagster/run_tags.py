@@ -14,10 +14,12 @@ START_TOKEN_TAG = "programuser/start_token"
 # How a run that succeeded ended: "committed"; "superseded" when another run of the partition
 # committed first and this run's commit was refused (it committed nothing); "no_progress" when
 # its range was empty though the partition has records (a bug or a bad setting: the sensor
-# counts it as a failed attempt, drain stops on the partition).
+# counts it as a failed attempt, drain stops on the partition); "held" when its partition, added
+# to the topic, waits for the old partitions' backlog (growth.py: it read and committed nothing).
 OUTCOME_TAG = "programuser/outcome"
 COMMITTED = "committed"
 SUPERSEDED = "superseded"
+HELD = "held"
 NO_PROGRESS = "no_progress"
 # Who launched a run ("drain"; unset for the daemon's and the UI's runs).
 LAUNCHED_BY_TAG = "programuser/launched_by"

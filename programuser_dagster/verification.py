@@ -9,8 +9,9 @@ the key, the always-written columns and each group it does not leave alone
 
   * within one partition, the higher offset wins (the table ends as if a partition's events
     were applied in offset order: docs/contract.md);
-  * across partitions (a key should live in one: producers key by programId:userId), the later
-    record timestamp wins, ties by (partition, offset). Cassandra itself orders such writes by
+  * across partitions (a key lives in one while producers key by programId:userId and the
+    partition count stays; partitions added to the topic move keys), the later record
+    timestamp wins, ties by (partition, offset). Cassandra itself orders such writes by
     the partitions' write clocks (clock.py), i.e. by when each partition was drained, so this is
     an estimate: such keys are counted (`keys_in_several_partitions`) so that a difference on
     one can be read as a producer's keying fault rather than a loss.
@@ -265,7 +266,9 @@ class VerifyReport:
             lines.append(unverified_line(self.cells_unverified, self.unverified_sample))
         if self.keys_in_several_partitions:
             lines.append(f"{self.keys_in_several_partitions} keys have events in several "
-                         "partitions (producers should key by programId:userId)")
+                         "partitions: expected for keys moved by partitions added to the topic "
+                         "(docs/contract.md: Partitions added to the input topic); otherwise "
+                         "producers do not key by programId:userId")
         read = self.records_read / self.read_s if self.read_s else 0.0
         rows = self.keys_checked / self.compare_s if self.compare_s else 0.0
         lines.append(f"cost: read {self.read_s:.1f}s ({read:,.0f} records/s), "

@@ -37,7 +37,8 @@ from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from ..client_logs import kafka_logger
-from ..offsets import CommitState, PartitionOffsets, why_read_stalled
+from ..growth import claims
+from ..offsets import Barrier, CommitState, PartitionOffsets, why_read_stalled
 from ..settings import DEFAULTS, INPUT_MAX_MESSAGE_BYTES, local_stack_hint
 from .dead_letters import BATCH_OVERHEAD, Source, letter, room_warning
 from .secrets import reveal
@@ -57,10 +58,13 @@ _COORDINATOR_ERRORS = frozenset(
 _FENCED_ERRORS = frozenset(
     {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 )
-# The commit metadata string carries the fence's token and the partition's write clock:
-# "programuser-dagster token=N clock=C".
+# The commit metadata string carries the fence's token, the partition's write clock, the
+# topic's partition count and, on a new partition's claim, its barrier (growth.py):
+# "programuser-dagster token=N clock=C partitions=P[ barrier=Q:M,...]".
 _TOKEN = re.compile(r"\btoken=(\d+)\b")
 _CLOCK = re.compile(r"\bclock=(\d+)\b")
+_PARTITIONS = re.compile(r"\bpartitions=(\d+)\b")
+_BARRIER = re.compile(r"\bbarrier=(\d+:\d+(?:,\d+:\d+)*)")
 # Dead-letter offsets at most this far apart are re-read in one pass rather than two.
 _READ_GAP = 1_000
 # A produce request is one batch plus its request framing: the producer's request limit.
@@ -348,6 +352,8 @@ class KafkaResource(ConfigurableResource):
                         else tp.offset,
                         token=_token(tp.metadata),
                         clock=_clock(tp.metadata),
+                        partitions=_number(_PARTITIONS, tp.metadata),
+                        barrier=_barrier(tp.metadata),
                     )
                 )
         except KafkaException as exc:
@@ -359,6 +365,19 @@ class KafkaResource(ConfigurableResource):
 
     def partition_offsets(self, partition: int) -> PartitionOffsets:
         return self.offsets([partition])[0]
+
+    def claimed_offsets(self) -> list[PartitionOffsets]:
+        """Every partition's offsets, after claiming the partitions added to the topic since
+        a commit recorded its count (growth.py): each through the fence, so that of two
+        claimers (the sensor, drain, a run) one claims and the other finds it claimed."""
+        topic = self.offsets()
+        pending = claims(topic)
+        for claim in pending:
+            with suppress(Superseded), self.fenced_commit(claim.partition,
+                                                          claim.expected) as txn:
+                txn.commit(claim.offset, claim.clock, claim.partitions, claim.barrier)
+        # Settled: a claim's offset is visible only once its transaction's markers are written.
+        return self.offsets([o.partition for o in topic], settled=True) if pending else topic
 
     def record_times(
         self, positions: dict[int, int], wait_s: float = 1.0
@@ -879,15 +898,18 @@ class FencedCommit:
             )
         return delivered
 
-    def commit(self, end: int, clock: int = 0) -> CommitState:
+    def commit(self, end: int, clock: int = 0, partitions: int = 0,
+               barrier: Barrier = ()) -> CommitState:
         """Commit `end` with the next token, together with the letters delivered; the write
-        clock recorded is `clock`, never below the one committed (it only moves forward)."""
+        clock recorded is `clock`, never below the one committed (it only moves forward).
+        `partitions`: the topic's partition count the run saw; `barrier`: a claim's
+        (growth.py)."""
         assert self.state is not None
         new = CommitState(end, self.state.token + 1)
         recorded = max(clock, self.clock)
         offsets = [TopicPartition(
             self.kafka.input_topic, self.partition, end,
-            metadata=f"programuser-dagster token={new.token} clock={recorded}")]
+            metadata=commit_metadata(new.token, recorded, partitions, barrier))]
         group = self.kafka.consumer.consumer_group_metadata()
         timeout = self.kafka.request_timeout_s
         self.call("commit the offset", lambda: self.producer.send_offsets_to_transaction(
@@ -950,11 +972,32 @@ def _kafka_exception(raised: BaseException) -> KafkaException:
     raise raised
 
 
-def _token(metadata: str | None) -> int:
-    match = _TOKEN.search(metadata or "")
+def _number(pattern: re.Pattern[str], metadata: str | None) -> int:
+    match = pattern.search(metadata or "")
     return int(match.group(1)) if match else 0
+
+
+def _token(metadata: str | None) -> int:
+    return _number(_TOKEN, metadata)
 
 
 def _clock(metadata: str | None) -> int:
-    match = _CLOCK.search(metadata or "")
-    return int(match.group(1)) if match else 0
+    return _number(_CLOCK, metadata)
+
+
+def _barrier(metadata: str | None) -> Barrier:
+    match = _BARRIER.search(metadata or "")
+    if not match:
+        return ()
+    return tuple((int(q), int(mark)) for q, mark in
+                 (pair.split(":") for pair in match.group(1).split(",")))
+
+
+def commit_metadata(token: int, clock: int, partitions: int = 0, barrier: Barrier = ()) -> str:
+    """The metadata of a commit (parsed back by KafkaResource.offsets)."""
+    text = f"programuser-dagster token={token} clock={clock}"
+    if partitions:
+        text += f" partitions={partitions}"
+    if barrier:
+        text += " barrier=" + ",".join(f"{q}:{mark}" for q, mark in barrier)
+    return text
