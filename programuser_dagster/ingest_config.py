@@ -12,7 +12,7 @@ from typing import Any
 from dagster import Config
 from pydantic import Field
 
-from .settings import DEFAULTS, Settings
+from .settings import DEFAULTS, MAX_RANGE_MESSAGES, Settings
 
 FLATTEN_STEP = "flatten_events"
 
@@ -24,8 +24,9 @@ class IngestConfig(Config):
         "Unset: the partition's current high-water mark.",
     )
     max_messages: int = Field(
-        default=DEFAULTS.max_messages, gt=0,
-        description="At most this many offsets per run (PROGRAMUSER_MAX_MESSAGES).",
+        default=DEFAULTS.max_messages, gt=0, le=MAX_RANGE_MESSAGES,
+        description="At most this many offsets per run (PROGRAMUSER_MAX_MESSAGES; at most "
+        f"{MAX_RANGE_MESSAGES}).",
     )
     chunk_messages: int = Field(
         default=DEFAULTS.chunk_messages, gt=0,

@@ -38,7 +38,7 @@ from pydantic import Field, PrivateAttr
 
 from ..client_logs import kafka_logger
 from ..offsets import CommitState, PartitionOffsets
-from ..settings import DEFAULTS, INPUT_MAX_MESSAGE_BYTES, local_stack_hint
+from ..settings import DEFAULTS, INPUT_MAX_MESSAGE_BYTES, TRANSACTION_EXTRA_S, local_stack_hint
 from .dead_letters import BATCH_OVERHEAD, Source, letter, room_warning
 from .secrets import reveal
 from .tls_check import verification_failure
@@ -617,7 +617,7 @@ class KafkaResource(ConfigurableResource):
         read_committed reader, and the offset stays.
         """
         limit, _ = self.dead_letter_room()
-        timeout_s = self.delivery_timeout_s + 30  # settings.py keeps it below the broker's cap
+        timeout_s = self.delivery_timeout_s + TRANSACTION_EXTRA_S  # below the broker's cap
         producer = Producer(
             {
                 **self._common_config(),
