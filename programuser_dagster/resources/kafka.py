@@ -61,6 +61,9 @@ _FENCED_ERRORS = frozenset(
 # "programuser-dagster token=N clock=C".
 _TOKEN = re.compile(r"\btoken=(\d+)\b")
 _CLOCK = re.compile(r"\bclock=(\d+)\b")
+# ... and `id=2`: committed under the escaped transactional id (see transactional_id).
+_ID_2 = re.compile(r"\bid=2\b")
+_TXN_PREFIX = "programuser-dagster"
 # Dead-letter offsets at most this far apart are re-read in one pass rather than two.
 _READ_GAP = 1_000
 # A produce request is one batch plus its request framing: the producer's request limit.
@@ -561,8 +564,30 @@ class KafkaResource(ConfigurableResource):
 
     def transactional_id(self, partition: int) -> str:
         """One per (group, topic, partition): every committer of a partition shares it, so each
-        one's init_transactions() fences the ones before it."""
-        return f"programuser-dagster.{self.group_id}.{self.input_topic}.{partition}"
+        one's init_transactions() fences the ones before it (see transactional_id below)."""
+        return transactional_id(self.group_id, self.input_topic, partition)
+
+    def _fence_id(self, partition: int) -> str:
+        """The id this commit fences on. Until the partition has a commit made under the
+        escaped id (metadata `id=2`), a group whose id changed in issue 24 commits under its
+        old id: a run of the code before the upgrade (a zombie) that read the same state uses
+        that id, so the two fence each other as before; the commit that writes `id=2` moves
+        the partition over, and a zombie that read an earlier state is superseded at its check.
+        """
+        escaped = self.transactional_id(partition)
+        legacy = legacy_transactional_id(self.group_id, self.input_topic, partition)
+        if legacy == escaped:
+            return escaped
+        tp = TopicPartition(self.input_topic, partition)
+        try:
+            [got] = self._retrying(
+                lambda: self.observer.committed([tp], timeout=self.request_timeout_s))
+        except KafkaException as exc:
+            raise KafkaUnavailable(
+                f"{self._where()} did not return the committed offset of {self.input_topic!r} "
+                f"partition {partition} for group {self.group_id!r}: {exc}."
+                + self._login_hint()) from exc
+        return escaped if _ID_2.search(got.metadata or "") else legacy
 
     def dead_letter_room(self) -> tuple[int, list[str]]:
         """The dead-letter topic's max.message.bytes, and warnings for the operator: the topic
@@ -621,7 +646,7 @@ class KafkaResource(ConfigurableResource):
         producer = Producer(
             {
                 **self._common_config(),
-                "transactional.id": self.transactional_id(partition),
+                "transactional.id": self._fence_id(partition),
                 # Short: a committer that dies mid-transaction blocks read_committed readers of
                 # the partition's letters (and committed() waiters) until the next committer's
                 # init_transactions() aborts it, or this timeout.
@@ -835,7 +860,7 @@ class FencedCommit:
         recorded = max(clock, self.clock)
         offsets = [TopicPartition(
             self.kafka.input_topic, self.partition, end,
-            metadata=f"programuser-dagster token={new.token} clock={recorded}")]
+            metadata=commit_metadata(new.token, recorded))]
         group = self.kafka.consumer.consumer_group_metadata()
         timeout = self.kafka.request_timeout_s
         self.call("commit the offset", lambda: self.producer.send_offsets_to_transaction(
@@ -898,3 +923,23 @@ def _token(metadata: str | None) -> int:
 def _clock(metadata: str | None) -> int:
     match = _CLOCK.search(metadata or "")
     return int(match.group(1)) if match else 0
+
+
+def commit_metadata(token: int, clock: int) -> str:
+    """The metadata committed with an offset: the fence's token, the write clock (clock.py),
+    and the mark of a commit under the escaped transactional id."""
+    return f"{_TXN_PREFIX} token={token} clock={clock} id=2"
+
+
+def transactional_id(group: str, topic: str, partition: int) -> str:
+    """`programuser-dagster.<group>.<topic>.<partition>`, with '%' and '.' of the group written
+    %25 and %2E: the group then holds no '.', so no two (group, topic, partition) share an id
+    (before issue 24, group 'a.b' + topic 'c' and group 'a' + topic 'b.c' did, and fenced each
+    other's commits). A group with neither character keeps the id it had, and its fence."""
+    escaped = group.replace("%", "%25").replace(".", "%2E")
+    return f"{_TXN_PREFIX}.{escaped}.{topic}.{partition}"
+
+
+def legacy_transactional_id(group: str, topic: str, partition: int) -> str:
+    """The id before issue 24 (ambiguous): committers of the code before the upgrade use it."""
+    return f"{_TXN_PREFIX}.{group}.{topic}.{partition}"
