@@ -1,4 +1,4 @@
-"""programuser-dagster: stack | produce | drain | lag | replay | redrive | verify."""
+"""programuser-dagster: stack | produce | drain | lag | replay | redrive | verify | reset-clock."""
 
 from __future__ import annotations
 
@@ -246,6 +246,26 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         kafka.close()
 
 
+def _cmd_reset_clock(args: argparse.Namespace, settings: Settings) -> int:
+    from . import reset_clock
+
+    kafka = kafka_resource(settings)
+    try:
+        resets = reset_clock.plan(kafka, args.partition)
+        if not args.apply:
+            for reset in resets:
+                print(reset.line(applied=False))
+            return 0
+        done = reset_clock.apply(kafka, resets, lambda r: print(r.line(applied=True)))
+        for reset in resets:
+            if not reset.wrong:
+                print(reset.line(applied=True))
+        print(f"reset the clock of {len(done)} partitions")
+        return 0
+    finally:
+        kafka.close()
+
+
 def _cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:
     from . import redrive
     from .incident_jobs import redrive_filters, redrive_observation
@@ -334,13 +354,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "verify", help="is every retained record below the committed offsets in Cassandra?")
     verify_p.add_argument("--partition", type=int, action="append", default=[],
                           help="a partition to verify (repeat it; default: all)")
+    reset_p = sub.add_parser(
+        "reset-clock", help="set partitions' committed write clock back to this host's clock "
+        "where it is wrong, far ahead (dry run unless --apply)")
+    reset_p.add_argument("--partition", type=int, action="append", default=[],
+                         help="a partition to reset (repeat it; default: all)")
+    reset_p.add_argument("--apply", action="store_true", help="reset (default: dry run)")
     args = parser.parse_args(argv)
-    incident = args.command in ("replay", "redrive", "verify")
+    incident = args.command in ("replay", "redrive", "verify", "reset-clock")
     try:
         settings = Settings.from_env()
         handler: Callable[[argparse.Namespace, Settings], int] = {
             "produce": _cmd_produce, "drain": _cmd_drain, "lag": _cmd_lag,
             "replay": _cmd_replay, "redrive": _cmd_redrive, "verify": _cmd_verify,
+            "reset-clock": _cmd_reset_clock,
         }[args.command]
         return handler(args, settings)
     except ValueError as exc:  # bad arguments or settings (Refused is one): nothing was done

@@ -37,6 +37,11 @@ class IngestConfig(Config):
         description="At most about this many bytes of message values per chunk "
         "(PROGRAMUSER_CHUNK_BYTES).",
     )
+    clock_skew_max_s: float = Field(
+        default=DEFAULTS.clock_skew_max_s, gt=0,
+        description="A run refuses to write when its host's clock is this far from the "
+        "partition's committed clock or the broker's (PROGRAMUSER_CLOCK_SKEW_MAX_S).",
+    )
     dead_letter_bytes: int = Field(
         default=DEFAULTS.dead_letter_bytes, gt=0,
         description="A run ends its range early once its dead letters reach about this many "
@@ -51,6 +56,7 @@ def run_config(settings: Settings, end_offset: int | None = None) -> dict[str, A
         "chunk_messages": settings.chunk_messages,
         "chunk_bytes": settings.chunk_bytes,
         "dead_letter_bytes": settings.dead_letter_bytes,
+        "clock_skew_max_s": settings.clock_skew_max_s,
     }
     if end_offset is not None:
         config["end_offset"] = end_offset

@@ -14,6 +14,7 @@ class PartitionOffsets:
     committed: int | None  # None: the group never committed on this partition
     token: int = 0  # the fence's token of that commit (0: none, or not ours)
     clock: int = 0  # the write clock recorded with that commit, us (0: none; clock.py)
+    clock_host: str = ""  # the host that committed it ("": unknown; clock_skew.py)
 
     @property
     def state(self) -> CommitState:

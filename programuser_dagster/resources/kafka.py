@@ -17,6 +17,7 @@ read_committed reader sees each range's letters once, with its commit.
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_INVALID,
+    TIMESTAMP_LOG_APPEND_TIME,
     Consumer,
     KafkaError,
     KafkaException,
@@ -61,8 +63,10 @@ _FENCED_ERRORS = frozenset(
 # "programuser-dagster token=N clock=C".
 _TOKEN = re.compile(r"\btoken=(\d+)\b")
 _CLOCK = re.compile(r"\bclock=(\d+)\b")
-# ... and `id=2`: committed under the escaped transactional id (see transactional_id).
+# ... and `id=2`: committed under the escaped transactional id (see transactional_id), and
+# `host=H`: the host whose clock the commit's clock came from (clock_skew.py names it).
 _ID_2 = re.compile(r"\bid=2\b")
+_HOST = re.compile(r"\bhost=(\S+)")
 _TXN_PREFIX = "programuser-dagster"
 # Dead-letter offsets at most this far apart are re-read in one pass rather than two.
 _READ_GAP = 1_000
@@ -333,6 +337,7 @@ class KafkaResource(ConfigurableResource):
                         else tp.offset,
                         token=_token(tp.metadata),
                         clock=_clock(tp.metadata),
+                        clock_host=_host(tp.metadata),
                     )
                 )
         except KafkaException as exc:
@@ -346,10 +351,11 @@ class KafkaResource(ConfigurableResource):
         return self.offsets([partition])[0]
 
     def record_times(
-        self, positions: dict[int, int], wait_s: float = 1.0
+        self, positions: dict[int, int], wait_s: float = 1.0, appended_only: bool = False
     ) -> dict[int, int | None]:
         """Per partition, the timestamp (ms) of the record at (or first after) its offset, all
-        read together within about `wait_s`; None where none arrived (or it has none)."""
+        read together within about `wait_s`; None where none arrived (or it has none).
+        `appended_only`: only a time the broker set (LogAppendTime), else None."""
         if not positions:
             return {}
         consumer = self._new_peeker()
@@ -361,7 +367,8 @@ class KafkaResource(ConfigurableResource):
             while len(found) < len(positions) and time.monotonic() < deadline:
                 for m in consumer.consume(num_messages=100, timeout=0.05):
                     if m.error() is None and m.partition() not in found:
-                        found[m.partition()] = record_time_ms(m)
+                        found[m.partition()] = (append_time_ms(m) if appended_only
+                                                else record_time_ms(m))
         except KafkaException as exc:
             raise KafkaUnavailable(
                 f"{self._where()} did not return the records at {positions} of "
@@ -852,15 +859,16 @@ class FencedCommit:
             )
         return delivered
 
-    def commit(self, end: int, clock: int = 0) -> CommitState:
+    def commit(self, end: int, clock: int = 0, lower_clock: bool = False) -> CommitState:
         """Commit `end` with the next token, together with the letters delivered; the write
-        clock recorded is `clock`, never below the one committed (it only moves forward)."""
+        clock recorded is `clock`, never below the one committed (it only moves forward) unless
+        `lower_clock` (reset-clock: the committed one is wrong)."""
         assert self.state is not None
         new = CommitState(end, self.state.token + 1)
-        recorded = max(clock, self.clock)
+        recorded = clock if lower_clock else max(clock, self.clock)
         offsets = [TopicPartition(
             self.kafka.input_topic, self.partition, end,
-            metadata=commit_metadata(new.token, recorded))]
+            metadata=commit_metadata(new.token, recorded, socket.gethostname()))]
         group = self.kafka.consumer.consumer_group_metadata()
         timeout = self.kafka.request_timeout_s
         self.call("commit the offset", lambda: self.producer.send_offsets_to_transaction(
@@ -903,6 +911,12 @@ def record_time_ms(message: Message) -> int | None:
     return ts if has_ts else None
 
 
+def append_time_ms(message: Message) -> int | None:
+    """The record's timestamp (ms) if the broker set it (LogAppendTime), else None."""
+    ts_type, ts = message.timestamp()
+    return ts if ts_type == TIMESTAMP_LOG_APPEND_TIME and ts is not None and ts >= 0 else None
+
+
 def _kafka_exception(raised: BaseException) -> KafkaException:
     """The KafkaException behind `raised`. A fatal error (a fenced producer) raised by flush()
     while it still serves delivery callbacks surfaces as a SystemError from the callback, with
@@ -925,10 +939,16 @@ def _clock(metadata: str | None) -> int:
     return int(match.group(1)) if match else 0
 
 
-def commit_metadata(token: int, clock: int) -> str:
+def _host(metadata: str | None) -> str:
+    match = _HOST.search(metadata or "")
+    return match.group(1) if match else ""
+
+
+def commit_metadata(token: int, clock: int, host: str = "") -> str:
     """The metadata committed with an offset: the fence's token, the write clock (clock.py),
-    and the mark of a commit under the escaped transactional id."""
-    return f"{_TXN_PREFIX} token={token} clock={clock} id=2"
+    the mark of a commit under the escaped transactional id, and the committing host."""
+    name = "".join(host.split())[:255]
+    return f"{_TXN_PREFIX} token={token} clock={clock} id=2" + (f" host={name}" if name else "")
 
 
 def transactional_id(group: str, topic: str, partition: int) -> str:

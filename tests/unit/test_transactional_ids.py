@@ -41,4 +41,5 @@ def test_a_group_without_dot_or_percent_keeps_its_id_and_its_fence(group: str) -
 def test_the_commit_metadata_says_it_was_made_under_the_escaped_id() -> None:
     metadata = commit_metadata(7, 123)
     assert metadata == "programuser-dagster token=7 clock=123 id=2"
+    assert commit_metadata(7, 123, "worker 7") == metadata + " host=worker7"
     assert (_token(metadata), _clock(metadata)) == (7, 123)
