@@ -74,3 +74,21 @@ def test_a_host_the_broker_vouches_for_names_the_committed_clock_as_the_wrong_on
     assert "This host agrees with the broker's append times, so the committed clock is wrong" \
         in why
     assert "a host this version does not name" in why  # a commit without host=
+
+
+def test_reset_clock_resets_only_a_clock_ahead_beyond_any_runs_lead() -> None:
+    from programuser_dagster.offsets import PartitionOffsets
+    from programuser_dagster.reset_clock import ClockReset
+
+    def at(clock: int, committed: int | None = 5) -> ClockReset:
+        return ClockReset(PartitionOffsets(0, 0, 9, committed, 3, clock, "fast-host"), NOW)
+
+    assert not at(NOW + MAX_RANGE_MESSAGES).wrong  # a healthy lead: lowering it would reorder
+    assert not at(NOW + 3600 * S, committed=None).wrong  # no commit to carry a clock
+    wrong = at(NOW + 3600 * S)
+    assert wrong.wrong
+    assert wrong.line(applied=False).startswith(
+        "partition 0: committed offset 5, clock 2027-01-15T09:00:00.000+00:00 (committed from "
+        "host fast-host), 3600.000 s ahead of this host's clock: would reset to this host's "
+        "clock (2027-01-15T08:00:00.000+00:00)")
+    assert "nothing to reset" in at(NOW).line(applied=False)
