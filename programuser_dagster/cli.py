@@ -15,7 +15,7 @@ from typing import BinaryIO
 import orjson
 
 from .resources import kafka_resource
-from .settings import INPUT_MAX_MESSAGE_BYTES, Settings
+from .settings import INPUT_MAX_MESSAGE_BYTES, MAX_RANGE_MESSAGES, Settings
 
 # Where `make run` keeps its instance (see the Makefile's run target), relative to the
 # repository: drain uses it when DAGSTER_HOME is not set.
@@ -30,6 +30,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def run_length(text: str) -> int:
+    """argparse type of --max-messages: a count, at most settings.MAX_RANGE_MESSAGES."""
+    value = positive_int(text)
+    if value > MAX_RANGE_MESSAGES:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {MAX_RANGE_MESSAGES} (a run writes up to its length in "
+            f"microseconds ahead of the wall clock), not {value}")
     return value
 
 
@@ -322,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          help="produce N realistic sample events")
     produce.add_argument("--seed", type=int, default=42, help="seed of --sample")
     drain_p = sub.add_parser("drain", help="run the job for every partition with lag")
-    drain_p.add_argument("--max-messages", type=positive_int,
+    drain_p.add_argument("--max-messages", type=run_length,
                          help="offsets per run (default: PROGRAMUSER_MAX_MESSAGES, 100000)")
     drain_p.add_argument("--processes", type=positive_int, default=1,
                          help="drain partitions in this many parallel processes (default 1)")

@@ -60,7 +60,7 @@ _FENCED_ERRORS = frozenset(
     {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 )
 # The commit metadata string carries the fence's token and the partition's write clock:
-# "programuser-dagster token=N clock=C".
+# "programuser-dagster token=N clock=C id=2 host=H" (commit_metadata).
 _TOKEN = re.compile(r"\btoken=(\d+)\b")
 _CLOCK = re.compile(r"\bclock=(\d+)\b")
 # ... and `id=2`: committed under the escaped transactional id (see transactional_id), and

@@ -476,3 +476,13 @@ def test_the_run_config_cannot_exceed_the_cap_on_a_runs_length() -> None:
     assert IngestConfig(max_messages=1_000_000).max_messages == 1_000_000
     with pytest.raises(ValidationError):
         IngestConfig(max_messages=1_000_001)
+
+
+def test_drain_max_messages_is_capped_like_the_setting() -> None:
+    import argparse
+
+    from programuser_dagster.cli import run_length
+
+    assert run_length("1000000") == 1_000_000
+    with pytest.raises(argparse.ArgumentTypeError, match="must be at most 1000000"):
+        run_length("1000001")
