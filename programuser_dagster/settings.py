@@ -51,9 +51,10 @@ TRANSACTION_EXTRA_S = 30
 # A run's dead letters are sent within that transaction: at this rate, which a healthy cluster
 # beats several times, the most a run may collect (PROGRAMUSER_DEAD_LETTER_BYTES) must fit.
 DEAD_LETTER_SEND_BYTES_PER_S = 10 * 1024 * 1024
-# Dagster abandons a sensor tick after 60 s (its default DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS);
-# a tick makes up to four Kafka calls one after another (metadata, committed offsets, which
-# retries for up to a timeout, watermarks), so one call may take at most a quarter of it.
+# Dagster abandons a sensor tick after 60 s (its default DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS),
+# and an abandoned tick reports nothing. A tick's Kafka calls run one after another (metadata;
+# committed offsets, retried for up to one more timeout; watermarks): a quarter of the tick
+# per call leaves a tick whose broker stalls room to fail with the broker's error instead.
 SENSOR_TICK_S = 60
 SENSOR_TICK_KAFKA_CALLS = 4
 
