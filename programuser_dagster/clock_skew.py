@@ -66,7 +66,7 @@ def skew_refusal(
         )
     lead = committed_clock_us - now_us
     if committed_clock_us and lead > lead_allowed_us + bound_us:
-        by = f"host {committed_by}" if committed_by else "a host this version does not name"
+        by = f"host {committed_by}" if committed_by else "a host the commit does not name"
         vouched = newest_us is not None and now_us - newest_us <= bound_us
         cause = (
             "This host agrees with the broker's append times, so the committed clock is wrong "
