@@ -1,4 +1,4 @@
-"""programuser-dagster: stack | produce | drain | lag | replay | redrive | verify."""
+"""programuser-dagster: stack | produce | drain | lag | replay | redrive | verify | reset-clock."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import orjson
 
 from .offsets import PartitionOffsets
 from .resources import kafka_resource
-from .settings import INPUT_MAX_MESSAGE_BYTES, Settings
+from .settings import INPUT_MAX_MESSAGE_BYTES, MAX_RANGE_MESSAGES, Settings
 
 # Where `make run` keeps its instance (see the Makefile's run target), relative to the
 # repository: drain uses it when DAGSTER_HOME is not set.
@@ -31,6 +31,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def run_length(text: str) -> int:
+    """argparse type of --max-messages: a count, at most settings.MAX_RANGE_MESSAGES."""
+    value = positive_int(text)
+    if value > MAX_RANGE_MESSAGES:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {MAX_RANGE_MESSAGES} (a run writes up to its length in "
+            f"microseconds ahead of the wall clock), not {value}")
     return value
 
 
@@ -263,6 +273,26 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         kafka.close()
 
 
+def _cmd_reset_clock(args: argparse.Namespace, settings: Settings) -> int:
+    from . import reset_clock
+
+    kafka = kafka_resource(settings)
+    try:
+        resets = reset_clock.plan(kafka, args.partition)
+        if not args.apply:
+            for reset in resets:
+                print(reset.line(applied=False))
+            return 0
+        done = reset_clock.apply(kafka, resets, lambda r: print(r.line(applied=True)))
+        for reset in resets:
+            if not reset.wrong:
+                print(reset.line(applied=True))
+        print(f"reset the clock of {len(done)} partitions")
+        return 0
+    finally:
+        kafka.close()
+
+
 def _cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:
     from . import redrive
     from .incident_jobs import redrive_filters, redrive_observation
@@ -319,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          help="produce N realistic sample events")
     produce.add_argument("--seed", type=int, default=42, help="seed of --sample")
     drain_p = sub.add_parser("drain", help="run the job for every partition with lag")
-    drain_p.add_argument("--max-messages", type=positive_int,
+    drain_p.add_argument("--max-messages", type=run_length,
                          help="offsets per run (default: PROGRAMUSER_MAX_MESSAGES, 100000)")
     drain_p.add_argument("--processes", type=positive_int, default=1,
                          help="drain partitions in this many parallel processes (default 1)")
@@ -351,13 +381,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "verify", help="is every retained record below the committed offsets in Cassandra?")
     verify_p.add_argument("--partition", type=int, action="append", default=[],
                           help="a partition to verify (repeat it; default: all)")
+    reset_p = sub.add_parser(
+        "reset-clock", help="set partitions' committed write clock back to this host's clock "
+        "where it is wrong, far ahead (dry run unless --apply)")
+    reset_p.add_argument("--partition", type=int, action="append", default=[],
+                         help="a partition to reset (repeat it; default: all)")
+    reset_p.add_argument("--apply", action="store_true", help="reset (default: dry run)")
     args = parser.parse_args(argv)
-    incident = args.command in ("replay", "redrive", "verify")
+    incident = args.command in ("replay", "redrive", "verify", "reset-clock")
     try:
         settings = Settings.from_env()
         handler: Callable[[argparse.Namespace, Settings], int] = {
             "produce": _cmd_produce, "drain": _cmd_drain, "lag": _cmd_lag,
             "replay": _cmd_replay, "redrive": _cmd_redrive, "verify": _cmd_verify,
+            "reset-clock": _cmd_reset_clock,
         }[args.command]
         return handler(args, settings)
     except ValueError as exc:  # bad arguments or settings (Refused is one): nothing was done

@@ -12,7 +12,7 @@ from typing import Any
 from dagster import Config
 from pydantic import Field
 
-from .settings import DEFAULTS, Settings
+from .settings import DEFAULTS, MAX_RANGE_MESSAGES, Settings
 
 FLATTEN_STEP = "flatten_events"
 
@@ -24,8 +24,9 @@ class IngestConfig(Config):
         "Unset: the partition's current high-water mark.",
     )
     max_messages: int = Field(
-        default=DEFAULTS.max_messages, gt=0,
-        description="At most this many offsets per run (PROGRAMUSER_MAX_MESSAGES).",
+        default=DEFAULTS.max_messages, gt=0, le=MAX_RANGE_MESSAGES,
+        description="At most this many offsets per run (PROGRAMUSER_MAX_MESSAGES; at most "
+        f"{MAX_RANGE_MESSAGES}).",
     )
     chunk_messages: int = Field(
         default=DEFAULTS.chunk_messages, gt=0,
@@ -35,6 +36,11 @@ class IngestConfig(Config):
         default=DEFAULTS.chunk_bytes, gt=0,
         description="At most about this many bytes of message values per chunk "
         "(PROGRAMUSER_CHUNK_BYTES).",
+    )
+    clock_skew_max_s: float = Field(
+        default=DEFAULTS.clock_skew_max_s, gt=0,
+        description="A run refuses to write when its host's clock is this far from the "
+        "partition's committed clock or the broker's (PROGRAMUSER_CLOCK_SKEW_MAX_S).",
     )
     dead_letter_bytes: int = Field(
         default=DEFAULTS.dead_letter_bytes, gt=0,
@@ -50,6 +56,7 @@ def run_config(settings: Settings, end_offset: int | None = None) -> dict[str, A
         "chunk_messages": settings.chunk_messages,
         "chunk_bytes": settings.chunk_bytes,
         "dead_letter_bytes": settings.dead_letter_bytes,
+        "clock_skew_max_s": settings.clock_skew_max_s,
     }
     if end_offset is not None:
         config["end_offset"] = end_offset

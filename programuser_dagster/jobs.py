@@ -15,6 +15,7 @@ step re-reads from Kafka the few messages it dead-letters.
 
 
 import os
+import socket
 import time
 from collections.abc import Iterator
 
@@ -37,9 +38,11 @@ from .accounting import RangeReport, offset_runs
 from .ages import lag_seconds
 from .assets import ACCOUNTING_CHECK, JOB_NAME, PROGRAM_ENROLLMENT
 from .clock import WriteClock, now_us
+from .clock_skew import skew_refusal
 from .growth import hold, start_clock
 from .ingest_config import IngestConfig, run_config
 from .interrupts import DeferredSignals, interrupts_deferred
+from .offsets import PartitionOffsets
 from .range_rows import Chunking, RangeRows
 from .resources.kafka import (
     CommitState,
@@ -60,7 +63,7 @@ from .run_tags import (
     START_TOKEN_TAG,
     SUPERSEDED,
 )
-from .settings import DEFAULTS, Settings
+from .settings import DEFAULTS, MAX_RANGE_MESSAGES, Settings
 
 # One dynamic partition per Kafka partition of the input topic ("0", "1", ...).
 kafka_partitions = DynamicPartitionsDefinition(name="kafka_partitions")
@@ -120,6 +123,7 @@ def flatten_events(
     start = offsets.next_offset
     end = offsets.high if config.end_offset is None else min(config.end_offset, offsets.high)
     end = max(start, min(end, start + config.max_messages))
+    now = now_us()
     report = RangeReport(
         partition=partition,
         start=start,
@@ -129,7 +133,7 @@ def flatten_events(
         token_before=offsets.token,
         clock_before=offsets.clock,
         # From the same read that fixed the start: see clock.py.
-        write_base=WriteClock.starting(start, committed_clock, now_us()).base,
+        write_base=WriteClock.starting(start, committed_clock, now).base,
         held=held,
         partitions=count,
     )
@@ -159,6 +163,10 @@ def flatten_events(
             f"retention before they were read (committed {offsets.committed}, oldest retained "
             f"{offsets.low})."
         )
+    if end > start:
+        skewed = _clock_skew(kafka, offsets, now, config.clock_skew_max_s)
+        if skewed:
+            raise Failure(description=f"{skewed} {on_failure}")
     context.log.info(f"Reading partition {partition} offsets [{start}, {end}).")
     chunking = Chunking(config.chunk_messages, config.chunk_bytes, config.dead_letter_bytes)
     _pause(context, PAUSE_BEFORE_WRITE_ENV, "before the writes")
@@ -286,6 +294,20 @@ def commit_offsets(
         description=report.describe(),
         metadata={**report.metadata(), "committed_offset": report.end, **lag},
     )
+
+
+def _clock_skew(kafka: KafkaResource, offsets: PartitionOffsets, now: int,
+                bound_s: float) -> str | None:
+    """Why this host's clock must not write the range (clock_skew.py), before any write: it is
+    compared with the committed clock and with the broker's append time of the range's first
+    record (only a topic with LogAppendTime has one)."""
+    partition = offsets.partition
+    appended = kafka.record_times({partition: offsets.next_offset}, appended_only=True)
+    return skew_refusal(
+        partition=partition, host=socket.gethostname(), now_us=now,
+        bound_us=round(bound_s * 1_000_000), committed_clock_us=offsets.clock,
+        committed_by=offsets.clock_host, lead_allowed_us=MAX_RANGE_MESSAGES,
+        append_times_ms=[t for t in (appended.get(partition),) if t is not None])
 
 
 def _committed_clock(clock: WriteClock, report: RangeReport) -> int:

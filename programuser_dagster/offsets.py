@@ -21,6 +21,7 @@ class PartitionOffsets:
     # none), and the barrier of a new partition's claim (empty once a run committed it).
     partitions: int = 0
     barrier: Barrier = ()
+    clock_host: str = ""  # the host that committed it ("": unknown; clock_skew.py)
 
     @property
     def state(self) -> CommitState:

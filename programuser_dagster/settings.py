@@ -42,6 +42,21 @@ REDRIVEN_TABLE = "redriven_letters"
 # A run also ends its range once it has this many dead letters: its receipt, which lists each
 # one's offset and reason, stays ~3 MB compressed, far below Cassandra's largest mutation.
 DEAD_LETTERS_PER_RUN = 1_000_000
+# A run's writes go in up to its range's length, in microseconds, ahead of the wall clock
+# (clock.py), and the clock-skew check allows a committed clock that far ahead of a host's:
+# at most this many offsets per run keeps that lead, and the allowance, within 1 s.
+MAX_RANGE_MESSAGES = 1_000_000
+# A commit's transaction may last KAFKA_DELIVERY_TIMEOUT_S + this (transaction.timeout.ms).
+TRANSACTION_EXTRA_S = 30
+# A run's dead letters are sent within that transaction: at this rate, which a healthy cluster
+# beats several times, the most a run may collect (PROGRAMUSER_DEAD_LETTER_BYTES) must fit.
+DEAD_LETTER_SEND_BYTES_PER_S = 10 * 1024 * 1024
+# Dagster abandons a sensor tick after 60 s (its default DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS),
+# and an abandoned tick reports nothing. A tick's Kafka calls run one after another (metadata;
+# committed offsets, retried for up to one more timeout; watermarks): a quarter of the tick
+# per call leaves a tick whose broker stalls room to fail with the broker's error instead.
+SENSOR_TICK_S = 60
+SENSOR_TICK_KAFKA_CALLS = 4
 
 
 def check_identifier(name: str, what: str) -> str:
@@ -252,8 +267,19 @@ class _Variable:
             raise ValueError(f"{self.name}={value!r} {why}") from None
 
 
-_WRITE_CONSISTENCY = ("ANY", "ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM",
+_WRITE_CONSISTENCY = ("ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM",
                       "EACH_QUORUM", "LOCAL_ONE")
+
+
+def _write_consistency(value: Any) -> str:
+    if isinstance(value, str) and value.strip().upper() == "ANY":
+        raise _Refused(
+            "is not allowed: ANY acknowledges a write kept only as a hint for a replica that is "
+            "down, which is not a durable write, and verify cannot read at ANY. Use one of "
+            + ", ".join(_WRITE_CONSISTENCY) + ".")
+    return _one_of(*_WRITE_CONSISTENCY)(value)
+
+
 _TOPIC_NAME = _kafka_name(_TOPIC_MAX, f"a Kafka topic name: 1 to {_TOPIC_MAX} of A-Z a-z 0-9 . _ -")
 
 # One row per variable. PROGRAMUSER_ENV comes first: the default topic names are made from it,
@@ -278,7 +304,11 @@ _TABLE: tuple[_Variable, ...] = (
     # transaction.max.timeout.ms (900 s), or no commit could begin.
     _Variable("KAFKA_DELIVERY_TIMEOUT_S", "kafka_delivery_timeout_s", _number,
               _seconds(at_most=600, allowed="seconds above 0, at most 600")),
-    _Variable("KAFKA_REQUEST_TIMEOUT_S", "kafka_request_timeout_s", _number, _seconds()),
+    _Variable("KAFKA_REQUEST_TIMEOUT_S", "kafka_request_timeout_s", _number, _seconds(
+        at_most=SENSOR_TICK_S / SENSOR_TICK_KAFKA_CALLS,
+        allowed=f"seconds above 0, at most {SENSOR_TICK_S / SENSOR_TICK_KAFKA_CALLS:g} (a "
+        f"sensor tick, which Dagster ends after {SENSOR_TICK_S} s, makes "
+        f"{SENSOR_TICK_KAFKA_CALLS} Kafka calls in a row)")),
     _Variable("CASSANDRA_HOSTS", "cassandra_hosts", _list, _hosts),
     _Variable("CASSANDRA_PORT", "cassandra_port", _whole,
               _count(at_most=65535, allowed="a port, 1 to 65535")),
@@ -287,7 +317,7 @@ _TABLE: tuple[_Variable, ...] = (
     _Variable("CASSANDRA_TABLE", "cassandra_table", _text, _table),
     _Variable("CASSANDRA_REPLICATION", "cassandra_replication", _text, _replication),
     _Variable("CASSANDRA_CONSISTENCY", "cassandra_consistency", _text,
-              _one_of(*_WRITE_CONSISTENCY)),
+              _write_consistency),
     _Variable("CASSANDRA_LOCAL_DC", "cassandra_local_dc", _text, _optional(_name)),
     _Variable("CASSANDRA_USERNAME", "cassandra_username", _text, _optional(_name)),
     _Variable("CASSANDRA_SSL_CA", "cassandra_ssl_ca", _text, _optional(_ca_file())),
@@ -297,7 +327,10 @@ _TABLE: tuple[_Variable, ...] = (
     _Variable("CASSANDRA_BATCH_BYTES", "cassandra_batch_bytes", _whole, _count(
         at_most=50 * 1024, allowed="a whole number of at least 1, at most 51200 (50 KiB)")),
     _Variable("CASSANDRA_REQUEST_TIMEOUT_S", "cassandra_request_timeout_s", _number, _seconds()),
-    _Variable("PROGRAMUSER_MAX_MESSAGES", "max_messages", _whole, _count()),
+    _Variable("PROGRAMUSER_MAX_MESSAGES", "max_messages", _whole, _count(
+        at_most=MAX_RANGE_MESSAGES, allowed=f"a whole number of at least 1, at most "
+        f"{MAX_RANGE_MESSAGES} (a run writes up to its length in microseconds ahead of the "
+        "wall clock)")),
     _Variable("PROGRAMUSER_CHUNK_MESSAGES", "chunk_messages", _whole, _count()),
     _Variable("PROGRAMUSER_CHUNK_BYTES", "chunk_bytes", _whole, _count()),
     _Variable("PROGRAMUSER_DEAD_LETTER_BYTES", "dead_letter_bytes", _whole, _count()),
@@ -307,6 +340,9 @@ _TABLE: tuple[_Variable, ...] = (
         at_most=1.0, allowed="a share above 0 and at most 1, e.g. 0.05")),
     _Variable("PROGRAMUSER_STALL_WARN_S", "stall_warn_s", _whole, _count()),
     _Variable("PROGRAMUSER_CODE_LOCATION", "code_location", _text, _name),
+    # Above it a run refuses to write (clock_skew.py); a few seconds is what NTP keeps easily.
+    _Variable("PROGRAMUSER_CLOCK_SKEW_MAX_S", "clock_skew_max_s", _number, _seconds(
+        at_most=3600, allowed="seconds above 0, at most 3600")),
 )
 
 # Every variable Settings reads -> the field it sets (e.g. to check that a deployment passes
@@ -372,6 +408,9 @@ class Settings:
     # The code location's name in the workspace (workspace.yaml): drain labels its runs with it
     # so the UI's job pages and Partitions page count them like the daemon's runs.
     code_location: str = "programuser_dagster"
+    # How far a run's host clock may be from the partition's clock or the broker's before the
+    # run refuses to write (docs/contract.md: Write times).
+    clock_skew_max_s: float = 2.0
 
     def __post_init__(self) -> None:
         # Topic and group names default from the environment name, as the Flink job's did.
@@ -386,6 +425,24 @@ class Settings:
         for variable in _TABLE:
             value = variable.checked(getattr(self, variable.field))
             object.__setattr__(self, variable.field, value)
+        self._check_together()
+
+    def _check_together(self) -> None:
+        """Rules between variables, each refusal naming the variable to change."""
+        if self.kafka_dlq_topic == self.kafka_input_topic:
+            raise ValueError(
+                f"KAFKA_DLQ_TOPIC={self.kafka_dlq_topic!r} is the input topic: every dead letter "
+                "would be read again as input, and dead-lettered again, forever. Set "
+                "KAFKA_DLQ_TOPIC to another topic (unset: the input topic + '.failed').")
+        transaction_s = self.kafka_delivery_timeout_s + TRANSACTION_EXTRA_S
+        most = int(transaction_s * DEAD_LETTER_SEND_BYTES_PER_S)
+        if self.dead_letter_bytes > most:
+            raise ValueError(
+                f"PROGRAMUSER_DEAD_LETTER_BYTES={self.dead_letter_bytes!r} is more than a run "
+                f"can send as dead letters within its transaction ({transaction_s:g} s: "
+                f"KAFKA_DELIVERY_TIMEOUT_S + {TRANSACTION_EXTRA_S} s, at "
+                f"{DEAD_LETTER_SEND_BYTES_PER_S // (1024 * 1024)} MiB/s): use at most {most}, "
+                "or raise KAFKA_DELIVERY_TIMEOUT_S.")
 
     def for_env(self, env: str, keyspace: str, partitions: int | None = None) -> Settings:
         """These settings for another environment name: its default topics and group (derived

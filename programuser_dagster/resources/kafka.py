@@ -17,6 +17,7 @@ read_committed reader sees each range's letters once, with its commit.
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_INVALID,
+    TIMESTAMP_LOG_APPEND_TIME,
     Consumer,
     KafkaError,
     KafkaException,
@@ -39,7 +41,7 @@ from pydantic import Field, PrivateAttr
 from ..client_logs import kafka_logger
 from ..growth import claims
 from ..offsets import Barrier, CommitState, PartitionOffsets, why_read_stalled
-from ..settings import DEFAULTS, INPUT_MAX_MESSAGE_BYTES, local_stack_hint
+from ..settings import DEFAULTS, INPUT_MAX_MESSAGE_BYTES, TRANSACTION_EXTRA_S, local_stack_hint
 from .dead_letters import BATCH_OVERHEAD, Source, letter, room_warning
 from .secrets import reveal
 from .tls_check import verification_failure
@@ -60,11 +62,17 @@ _FENCED_ERRORS = frozenset(
 )
 # The commit metadata string carries the fence's token, the partition's write clock, the
 # topic's partition count and, on a new partition's claim, its barrier (growth.py):
-# "programuser-dagster token=N clock=C partitions=P[ barrier=Q:M,...]".
+# "programuser-dagster token=N clock=C id=2 partitions=P[ barrier=Q:M,...] host=H"
+# (commit_metadata).
 _TOKEN = re.compile(r"\btoken=(\d+)\b")
 _CLOCK = re.compile(r"\bclock=(\d+)\b")
 _PARTITIONS = re.compile(r"\bpartitions=(\d+)\b")
 _BARRIER = re.compile(r"\bbarrier=(\d+:\d+(?:,\d+:\d+)*)")
+# ... and `id=2`: committed under the escaped transactional id (see transactional_id), and
+# `host=H`: the host whose clock the commit's clock came from (clock_skew.py names it).
+_ID_2 = re.compile(r"\bid=2\b")
+_HOST = re.compile(r"\bhost=(\S+)")
+_TXN_PREFIX = "programuser-dagster"
 # Dead-letter offsets at most this far apart are re-read in one pass rather than two.
 _READ_GAP = 1_000
 # A produce request is one batch plus its request framing: the producer's request limit.
@@ -354,6 +362,7 @@ class KafkaResource(ConfigurableResource):
                         clock=_clock(tp.metadata),
                         partitions=_number(_PARTITIONS, tp.metadata),
                         barrier=_barrier(tp.metadata),
+                        clock_host=_host(tp.metadata),
                     )
                 )
         except KafkaException as exc:
@@ -380,10 +389,11 @@ class KafkaResource(ConfigurableResource):
         return self.offsets([o.partition for o in topic], settled=True) if pending else topic
 
     def record_times(
-        self, positions: dict[int, int], wait_s: float = 1.0
+        self, positions: dict[int, int], wait_s: float = 1.0, appended_only: bool = False
     ) -> dict[int, int | None]:
         """Per partition, the timestamp (ms) of the record at (or first after) its offset, all
-        read together within about `wait_s`; None where none arrived (or it has none)."""
+        read together within about `wait_s`; None where none arrived (or it has none).
+        `appended_only`: only a time the broker set (LogAppendTime), else None."""
         if not positions:
             return {}
         consumer = self._new_peeker()
@@ -395,7 +405,8 @@ class KafkaResource(ConfigurableResource):
             while len(found) < len(positions) and time.monotonic() < deadline:
                 for m in consumer.consume(num_messages=100, timeout=0.05):
                     if m.error() is None and m.partition() not in found:
-                        found[m.partition()] = record_time_ms(m)
+                        found[m.partition()] = (append_time_ms(m) if appended_only
+                                                else record_time_ms(m))
         except KafkaException as exc:
             raise KafkaUnavailable(
                 f"{self._where()} did not return the records at {positions} of "
@@ -632,8 +643,30 @@ class KafkaResource(ConfigurableResource):
 
     def transactional_id(self, partition: int) -> str:
         """One per (group, topic, partition): every committer of a partition shares it, so each
-        one's init_transactions() fences the ones before it."""
-        return f"programuser-dagster.{self.group_id}.{self.input_topic}.{partition}"
+        one's init_transactions() fences the ones before it (see transactional_id below)."""
+        return transactional_id(self.group_id, self.input_topic, partition)
+
+    def _fence_id(self, partition: int) -> str:
+        """The id this commit fences on. Until the partition has a commit made under the
+        escaped id (metadata `id=2`), a group whose id changed in issue 24 commits under its
+        old id: a run of the code before the upgrade (a zombie) that read the same state uses
+        that id, so the two fence each other as before; the commit that writes `id=2` moves
+        the partition over, and a zombie that read an earlier state is superseded at its check.
+        """
+        escaped = self.transactional_id(partition)
+        legacy = legacy_transactional_id(self.group_id, self.input_topic, partition)
+        if legacy == escaped:
+            return escaped
+        tp = TopicPartition(self.input_topic, partition)
+        try:
+            [got] = self._retrying(
+                lambda: self.observer.committed([tp], timeout=self.request_timeout_s))
+        except KafkaException as exc:
+            raise KafkaUnavailable(
+                f"{self._where()} did not return the committed offset of {self.input_topic!r} "
+                f"partition {partition} for group {self.group_id!r}: {exc}."
+                + self._login_hint()) from exc
+        return escaped if _ID_2.search(got.metadata or "") else legacy
 
     def dead_letter_room(self) -> tuple[int, list[str]]:
         """The dead-letter topic's max.message.bytes, and warnings for the operator: the topic
@@ -688,11 +721,11 @@ class KafkaResource(ConfigurableResource):
         read_committed reader, and the offset stays.
         """
         limit, _ = self.dead_letter_room()
-        timeout_s = self.delivery_timeout_s + 30  # settings.py keeps it below the broker's cap
+        timeout_s = self.delivery_timeout_s + TRANSACTION_EXTRA_S  # below the broker's cap
         producer = Producer(
             {
                 **self._common_config(),
-                "transactional.id": self.transactional_id(partition),
+                "transactional.id": self._fence_id(partition),
                 # Short: a committer that dies mid-transaction blocks read_committed readers of
                 # the partition's letters (and committed() waiters) until the next committer's
                 # init_transactions() aborts it, or this timeout.
@@ -899,17 +932,18 @@ class FencedCommit:
         return delivered
 
     def commit(self, end: int, clock: int = 0, partitions: int = 0,
-               barrier: Barrier = ()) -> CommitState:
+               barrier: Barrier = (), lower_clock: bool = False) -> CommitState:
         """Commit `end` with the next token, together with the letters delivered; the write
-        clock recorded is `clock`, never below the one committed (it only moves forward).
-        `partitions`: the topic's partition count the run saw; `barrier`: a claim's
-        (growth.py)."""
+        clock recorded is `clock`, never below the one committed (it only moves forward) unless
+        `lower_clock` (reset-clock: the committed one is wrong). `partitions`: the topic's
+        partition count the run saw; `barrier`: a claim's (growth.py)."""
         assert self.state is not None
         new = CommitState(end, self.state.token + 1)
-        recorded = max(clock, self.clock)
+        recorded = clock if lower_clock else max(clock, self.clock)
         offsets = [TopicPartition(
             self.kafka.input_topic, self.partition, end,
-            metadata=commit_metadata(new.token, recorded, partitions, barrier))]
+            metadata=commit_metadata(new.token, recorded, partitions, barrier,
+                                     socket.gethostname()))]
         group = self.kafka.consumer.consumer_group_metadata()
         timeout = self.kafka.request_timeout_s
         self.call("commit the offset", lambda: self.producer.send_offsets_to_transaction(
@@ -960,6 +994,12 @@ def record_time_ms(message: Message) -> int | None:
     return ts if has_ts else None
 
 
+def append_time_ms(message: Message) -> int | None:
+    """The record's timestamp (ms) if the broker set it (LogAppendTime), else None."""
+    ts_type, ts = message.timestamp()
+    return ts if ts_type == TIMESTAMP_LOG_APPEND_TIME and ts is not None and ts >= 0 else None
+
+
 def _kafka_exception(raised: BaseException) -> KafkaException:
     """The KafkaException behind `raised`. A fatal error (a fenced producer) raised by flush()
     while it still serves delivery callbacks surfaces as a SystemError from the callback, with
@@ -993,11 +1033,35 @@ def _barrier(metadata: str | None) -> Barrier:
                  (pair.split(":") for pair in match.group(1).split(",")))
 
 
-def commit_metadata(token: int, clock: int, partitions: int = 0, barrier: Barrier = ()) -> str:
-    """The metadata of a commit (parsed back by KafkaResource.offsets)."""
-    text = f"programuser-dagster token={token} clock={clock}"
+def _host(metadata: str | None) -> str:
+    match = _HOST.search(metadata or "")
+    return match.group(1) if match else ""
+
+
+def commit_metadata(token: int, clock: int, partitions: int = 0, barrier: Barrier = (),
+                    host: str = "") -> str:
+    """The metadata committed with an offset (parsed back by KafkaResource.offsets): the
+    fence's token, the write clock (clock.py), the mark of a commit under the escaped
+    transactional id, the topic's partition count and a claim's barrier (growth.py), and the
+    committing host (clock_skew.py)."""
+    text = f"{_TXN_PREFIX} token={token} clock={clock} id=2"
     if partitions:
         text += f" partitions={partitions}"
     if barrier:
         text += " barrier=" + ",".join(f"{q}:{mark}" for q, mark in barrier)
-    return text
+    name = "".join(host.split())[:255]
+    return text + (f" host={name}" if name else "")
+
+
+def transactional_id(group: str, topic: str, partition: int) -> str:
+    """`programuser-dagster.<group>.<topic>.<partition>`, with '%' and '.' of the group written
+    %25 and %2E: the group then holds no '.', so no two (group, topic, partition) share an id
+    (before issue 24, group 'a.b' + topic 'c' and group 'a' + topic 'b.c' did, and fenced each
+    other's commits). A group with neither character keeps the id it had, and its fence."""
+    escaped = group.replace("%", "%25").replace(".", "%2E")
+    return f"{_TXN_PREFIX}.{escaped}.{topic}.{partition}"
+
+
+def legacy_transactional_id(group: str, topic: str, partition: int) -> str:
+    """The id before issue 24 (ambiguous): committers of the code before the upgrade use it."""
+    return f"{_TXN_PREFIX}.{group}.{topic}.{partition}"

@@ -56,7 +56,8 @@ def test_a_setting_out_of_range_is_one_line_naming_the_variable(
     assert main(["drain"]) == 1
     assert capsys.readouterr().err == (
         "programuser-dagster drain: PROGRAMUSER_MAX_MESSAGES='0' is not allowed: use a whole "
-        "number of at least 1.\n"
+        "number of at least 1, at most 1000000 (a run writes up to its length in microseconds "
+        "ahead of the wall clock).\n"
     )
 
 

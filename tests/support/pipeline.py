@@ -76,6 +76,7 @@ def run_partition(
     end_offset: int | None = None,
     resources: dict[str, Any] | None = None,
     chunk_messages: int | None = None,
+    clock_skew_max_s: float | None = None,
 ) -> ExecuteInProcessResult:
     """Execute the real job for one partition, as the sensor's run would."""
     instance.add_dynamic_partitions(
@@ -86,6 +87,8 @@ def run_partition(
         config["end_offset"] = end_offset
     if chunk_messages is not None:
         config["chunk_messages"] = chunk_messages
+    if clock_skew_max_s is not None:
+        config["clock_skew_max_s"] = clock_skew_max_s
     return program_user_info.execute_in_process(
         run_config={"ops": {"flatten_events": {"config": config}}},
         instance=instance,

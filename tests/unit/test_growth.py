@@ -92,7 +92,7 @@ def test_the_plan_holds_a_new_partition_and_launches_it_once_released() -> None:
 
 def test_the_commit_metadata_carries_the_count_and_barrier_and_reads_back() -> None:
     text = commit_metadata(4, 123, 3, ((0, 9), (12, 40)))
-    assert text == "programuser-dagster token=4 clock=123 partitions=3 barrier=0:9,12:40"
+    assert text == "programuser-dagster token=4 clock=123 id=2 partitions=3 barrier=0:9,12:40"
     assert (_token(text), _clock(text), _barrier(text)) == (4, 123, ((0, 9), (12, 40)))
     # A commit of an older version: no count, no barrier.
     assert _barrier("programuser-dagster token=4 clock=123") == ()

@@ -43,7 +43,15 @@ REFUSED = [
     ("CASSANDRA_REQUEST_TIMEOUT_S", "-1", "seconds above 0"),
     ("CASSANDRA_REQUEST_TIMEOUT_S", "inf", "seconds above 0"),
     # words, names and addresses
-    ("CASSANDRA_CONSISTENCY", "FOO", "one of ANY, ONE, TWO, THREE, QUORUM, ALL"),
+    ("CASSANDRA_CONSISTENCY", "FOO", "one of ONE, TWO, THREE, QUORUM, ALL"),
+    # issue 24: a hint is not a durable write, and verify cannot read at ANY
+    ("CASSANDRA_CONSISTENCY", "ANY", "not a durable write"),
+    ("CASSANDRA_CONSISTENCY", "any", "verify cannot read at ANY"),
+    # issue 24: caps (a run's lead over the wall clock; a sensor tick's time)
+    ("PROGRAMUSER_MAX_MESSAGES", "1000001", "at most 1000000"),
+    ("KAFKA_REQUEST_TIMEOUT_S", "15.5", "at most 15 (a sensor tick"),
+    ("PROGRAMUSER_CLOCK_SKEW_MAX_S", "0", "seconds above 0"),
+    ("PROGRAMUSER_CLOCK_SKEW_MAX_S", "3601", "at most 3600"),
     ("CASSANDRA_CONSISTENCY", "SERIAL", "LOCAL_QUORUM"),  # a read level, not a write level
     ("KAFKA_SECURITY_PROTOCOL", "TLS", "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
     ("KAFKA_SASL_MECHANISM", "SCRAM", "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER, GSSAPI"),
@@ -85,7 +93,8 @@ def test_a_refused_consistency_lists_every_write_level() -> None:
         Settings.from_env({"CASSANDRA_CONSISTENCY": "FOO"})
     message = str(caught.value)
     assert message.startswith("CASSANDRA_CONSISTENCY='FOO' is not allowed: use one of ")
-    for level in ("ANY", "ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM",
+    assert "ANY" not in message.split(": use ", 1)[1]
+    for level in ("ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM",
                   "LOCAL_ONE"):
         assert level in message
 
@@ -164,6 +173,9 @@ def test_kafka_takes_a_ca_directory_or_probe_and_cassandra_a_file_only(tmp_path:
     ("name", "value", "field", "expected"),
     [
         ("PROGRAMUSER_MAX_MESSAGES", "1", "max_messages", 1),
+        ("PROGRAMUSER_MAX_MESSAGES", "1000000", "max_messages", 1_000_000),
+        ("KAFKA_REQUEST_TIMEOUT_S", "15", "kafka_request_timeout_s", 15.0),
+        ("PROGRAMUSER_CLOCK_SKEW_MAX_S", "0.001", "clock_skew_max_s", 0.001),
         ("CASSANDRA_PORT", "65535", "cassandra_port", 65535),
         ("CASSANDRA_PORT", "1", "cassandra_port", 1),
         ("PROGRAMUSER_DLQ_SHARE_WARN", "1", "dead_letter_share_warn", 1.0),
@@ -293,6 +305,7 @@ EXPECTED_VARIABLES = {
     "PROGRAMUSER_CHUNK_MESSAGES", "PROGRAMUSER_CHUNK_BYTES", "PROGRAMUSER_DEAD_LETTER_BYTES",
     "KAFKA_REQUEST_TIMEOUT_S", "CASSANDRA_CONCURRENCY", "CASSANDRA_BATCH_ROWS",
     "CASSANDRA_BATCH_BYTES", "CASSANDRA_REQUEST_TIMEOUT_S",
+    "PROGRAMUSER_CLOCK_SKEW_MAX_S",  # issue 24
 }
 
 
@@ -414,3 +427,62 @@ def test_environment_reads_back_as_the_same_settings(tmp_path: Path) -> None:
     assert custom.environment()["CASSANDRA_HOSTS"] == "10.0.0.1,10.0.0.2"
     assert custom.environment()["CASSANDRA_CREATE_SCHEMA"] == "false"
     assert DEFAULTS.environment()["CASSANDRA_LOCAL_DC"] == ""  # unset: blank
+
+
+# -- issue 24: settings that loop or break promises, refused together -------------------------
+
+
+@pytest.mark.parametrize("environ", [
+    {"KAFKA_DLQ_TOPIC": "dev.programuser.info"},  # the default input topic
+    {"KAFKA_INPUT_TOPIC": "in", "KAFKA_DLQ_TOPIC": "in"},
+    {"PROGRAMUSER_ENV": "prod", "KAFKA_DLQ_TOPIC": "prod.programuser.info"},
+])
+def test_a_dead_letter_topic_that_is_the_input_topic_is_refused(environ: dict[str, str]) -> None:
+    with pytest.raises(ValueError) as caught:
+        Settings.from_env(environ)
+    message = str(caught.value)
+    assert message.startswith(f"KAFKA_DLQ_TOPIC={environ['KAFKA_DLQ_TOPIC']!r} is the input "
+                              "topic: every dead letter would be read again")
+    assert "\n" not in message
+
+
+def test_a_dead_letter_topic_that_is_the_input_topic_is_refused_in_code_too() -> None:
+    with pytest.raises(ValueError, match=r"^KAFKA_DLQ_TOPIC='t' is the input topic"):
+        Settings(kafka_input_topic="t", kafka_dlq_topic="t")
+
+
+def test_dead_letter_bytes_above_what_the_transaction_can_send_are_refused() -> None:
+    # KAFKA_DELIVERY_TIMEOUT_S 30 + 30 s at 10 MiB/s: 600 MiB.
+    most = 60 * 10 * 1024 * 1024
+    assert Settings.from_env({"PROGRAMUSER_DEAD_LETTER_BYTES": str(most)}).dead_letter_bytes \
+        == most
+    with pytest.raises(ValueError) as caught:
+        Settings.from_env({"PROGRAMUSER_DEAD_LETTER_BYTES": str(most + 1)})
+    message = str(caught.value)
+    assert message.startswith(f"PROGRAMUSER_DEAD_LETTER_BYTES={most + 1} is more than a run "
+                              "can send as dead letters within its transaction (60 s")
+    assert f"use at most {most}, or raise KAFKA_DELIVERY_TIMEOUT_S" in message
+    assert "\n" not in message
+    # A longer delivery timeout makes the transaction, and the room, larger.
+    assert Settings.from_env({"PROGRAMUSER_DEAD_LETTER_BYTES": str(most + 1),
+                              "KAFKA_DELIVERY_TIMEOUT_S": "40"}).dead_letter_bytes == most + 1
+
+
+def test_the_run_config_cannot_exceed_the_cap_on_a_runs_length() -> None:
+    from pydantic import ValidationError
+
+    from programuser_dagster.ingest_config import IngestConfig
+
+    assert IngestConfig(max_messages=1_000_000).max_messages == 1_000_000
+    with pytest.raises(ValidationError):
+        IngestConfig(max_messages=1_000_001)
+
+
+def test_drain_max_messages_is_capped_like_the_setting() -> None:
+    import argparse
+
+    from programuser_dagster.cli import run_length
+
+    assert run_length("1000000") == 1_000_000
+    with pytest.raises(argparse.ArgumentTypeError, match="must be at most 1000000"):
+        run_length("1000001")
