@@ -95,5 +95,5 @@ def test_the_commit_metadata_carries_the_count_and_barrier_and_reads_back() -> N
     assert text == "programuser-dagster token=4 clock=123 id=2 partitions=3 barrier=0:9,12:40"
     assert (_token(text), _clock(text), _barrier(text)) == (4, 123, ((0, 9), (12, 40)))
     # A commit of an older version: no count, no barrier.
-    assert _barrier("programuser-dagster token=4 clock=123") == ()
-    assert commit_metadata(4, 123) == "programuser-dagster token=4 clock=123"
+    assert _barrier("programuser-dagster token=4 clock=123 id=2") == ()
+    assert commit_metadata(4, 123) == "programuser-dagster token=4 clock=123 id=2"
