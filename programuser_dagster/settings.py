@@ -495,7 +495,7 @@ def local_stack_hint(hosts: str) -> str:
     names = [name(h.strip()) for h in hosts.split(",") if h.strip()]
     loopback = all(n == "localhost" or n.startswith("127.") or n == "::1"
                    for n in names)
-    return " (the local stack: `programuser-dagster stack status`)" if names and loopback else ""
+    return " (the local stack: `python -m devtools stack status`)" if names and loopback else ""
 
 
 @contextmanager

@@ -2,7 +2,7 @@
 
 Fixtures (use them; never write to the dev topics or keyspace from a test):
 
-- ``stack`` (session): starts Kafka and Cassandra with ``programuser_dagster.stack.up`` unless
+- ``stack`` (session): starts Kafka and Cassandra with ``devtools.stack.up`` unless
   already running (e.g. from ``make run``), yields the base ``Settings`` (addresses only). At
   the end it stops only servers started by a test session (never ones started with ``stack up``
   / ``make run``), and only when no other test session still uses them: each session holds a
@@ -39,9 +39,7 @@ from typing import Any
 
 import pytest
 
-from programuser_dagster.resources.cassandra import keep_connections
-from programuser_dagster.settings import Settings
-from programuser_dagster.stack import (
+from devtools.stack import (
     cassandra_cluster,
     cassandra_credentials,
     delete_topics,
@@ -54,7 +52,9 @@ from programuser_dagster.stack import (
     temporary_servers,
     up,
 )
-from programuser_dagster.stack.postgres import PostgresMissing, postgres_server
+from devtools.stack.postgres import PostgresMissing, postgres_server
+from programuser_dagster.resources.cassandra import keep_connections
+from programuser_dagster.settings import Settings
 
 _SAVED_ENV: dict[str, str | None] = {}
 _DAGSTER_HOME: list[Path] = []

@@ -20,7 +20,7 @@ import re
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
@@ -41,8 +41,8 @@ from pydantic import Field, PrivateAttr
 from ..client_logs import kafka_logger
 from ..growth import claims
 from ..offsets import Barrier, CommitState, PartitionOffsets, why_read_stalled
-from ..settings import DEFAULTS, INPUT_MAX_MESSAGE_BYTES, TRANSACTION_EXTRA_S, local_stack_hint
-from .dead_letters import BATCH_OVERHEAD, Source, letter, room_warning
+from ..settings import DEFAULTS, TRANSACTION_EXTRA_S, local_stack_hint
+from .dead_letters import Source, letter, room_warning
 from .secrets import reveal
 from .tls_check import verification_failure
 
@@ -309,7 +309,7 @@ class KafkaResource(ConfigurableResource):
             raise KafkaUnavailable(
                 f"Topic {self.input_topic!r} does not exist on {self.bootstrap_servers}. "
                 "Create it, or set KAFKA_INPUT_TOPIC to the topic to ingest"
-                + (" (`programuser-dagster stack up` creates the local one)."
+                + (" (`python -m devtools stack up` creates the local one)."
                    if local_stack_hint(self.bootstrap_servers) else ".")
             )
         return sorted(topic.partitions)
@@ -562,82 +562,6 @@ class KafkaResource(ConfigurableResource):
         return resume
 
     # -- writing -------------------------------------------------------------------------------
-
-    def produce(
-        self,
-        records: Iterable[tuple[bytes | None, bytes | None]],
-        partition: int | None = None,
-        refused: Callable[[int, str], None] | None = None,
-    ) -> int:
-        """Produce (key, value) records to the input topic; returns how many were acknowledged.
-
-        Without `partition`, the key picks the partition, so one user's events stay in order.
-        A record the client or the broker refuses does not stop the others, and every accepted
-        record is flushed. Each refusal is reported as `refused(index of the record, reason)`;
-        without `refused`, refusals raise KafkaUnavailable after the flush.
-        """
-        self.partitions()  # a missing topic is said now, not after delivery.timeout.ms
-        producer = self._producer()
-        acked = 0
-        pending: set[int] = set()  # sent, no delivery report yet
-        failures: list[tuple[int, str]] = []
-        tell = refused or (lambda i, why: failures.append((i, why)))
-
-        def report(err: KafkaError | None, i: int) -> None:
-            nonlocal acked
-            pending.discard(i)
-            if err is None:
-                acked += 1
-            else:
-                tell(i, err.str())
-
-        extra = {} if partition is None else {"partition": partition}
-        sent = 0
-        for i, (key, value) in enumerate(records):
-            while True:
-                try:
-                    producer.produce(
-                        self.input_topic, value=value, key=key, **extra,
-                        on_delivery=lambda err, _msg, i=i: report(err, i),
-                    )
-                    pending.add(i)  # reports are served by poll/flush, on this thread
-                    break
-                except BufferError:
-                    producer.poll(0.1)  # local queue full: let deliveries drain
-                except KafkaException as exc:  # refused by the client (e.g. too large)
-                    err = exc.args[0] if exc.args else None
-                    tell(i, err.str() if isinstance(err, KafkaError) else str(exc))
-                    break
-            sent += 1
-            if sent % 10_000 == 0:
-                producer.poll(0)
-        wait_s = self.delivery_timeout_s + 5
-        producer.flush(wait_s)
-        for i in sorted(pending):
-            tell(i, f"not acknowledged within {wait_s:.0f}s (it may or may not be on the topic)")
-        if failures:
-            raise KafkaUnavailable(
-                f"{acked} of {sent} records reached {self.input_topic!r} on "
-                f"{self.bootstrap_servers}; {len(failures)} did not, the first (record "
-                f"{failures[0][0]}): {failures[0][1]}"
-            )
-        return acked
-
-    def _producer(self) -> Producer:
-        """A producer of the input topic (`produce`), with the input topic's record limit."""
-        return Producer(
-            {
-                **self._common_config(),
-                "enable.idempotence": True,
-                "acks": "all",
-                # librdkafka checks a record's key, value and headers against this; the broker
-                # checks the whole batch, framing included: leave the framing's room, so that
-                # what the producer takes the topic takes.
-                "message.max.bytes": INPUT_MAX_MESSAGE_BYTES - BATCH_OVERHEAD,
-                "delivery.timeout.ms": int(self.delivery_timeout_s * 1000),
-                "linger.ms": 5,
-            }
-        )
 
     # -- the fenced commit ---------------------------------------------------------------------
 

@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
+from devtools.stack import cluster, delete_topics, drop_keyspace, ensure_schema
+from devtools.stack import ensure_topics as ensure_kafka_topics
 from programuser_dagster.settings import Settings
-from programuser_dagster.stack import cluster, delete_topics, drop_keyspace, ensure_schema
-from programuser_dagster.stack import ensure_topics as ensure_kafka_topics
 from tests.support.cluster_faults import heal_network, restore
 from tests.support.dagster_dev import REPO
 from tests.support.pipeline import temporary_env

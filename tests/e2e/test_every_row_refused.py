@@ -26,16 +26,16 @@ from typing import Any
 import pytest
 from dagster import ExecuteInProcessResult
 
-from programuser_dagster.resources import cassandra as cassandra_io
-from programuser_dagster.settings import Settings
-from programuser_dagster.stack import down, up
-from programuser_dagster.stack.launcher import (
+from devtools.stack import down, up
+from devtools.stack.launcher import (
     _CASSANDRA_JDK17_FLAGS,
     cassandra_cluster,
     ensure_libs,
     ensure_schema,
     find_java17,
 )
+from programuser_dagster.resources import cassandra as cassandra_io
+from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import free_port
 from tests.support.pipeline import (
     dead_letters,

@@ -35,6 +35,19 @@ from dagster import (
     execute_job,
 )
 
+from devtools import produce as devtools_produce
+from devtools.samples import message_key, sample_events
+from devtools.stack import (
+    cassandra_cluster,
+    delete_topics,
+    down,
+    drop_keyspace,
+    ensure_schema,
+    ensure_topics,
+    stack_dir,
+    up,
+)
+from devtools.stack.launcher import _running_pid
 from programuser_dagster.backlog import plan_backlog
 from programuser_dagster.drain import drain
 from programuser_dagster.jobs import (
@@ -49,19 +62,7 @@ from programuser_dagster.run_tags import (
     START_TAG,
     START_TOKEN_TAG,
 )
-from programuser_dagster.samples import message_key, sample_events
 from programuser_dagster.settings import Settings
-from programuser_dagster.stack import (
-    cassandra_cluster,
-    delete_topics,
-    down,
-    drop_keyspace,
-    ensure_schema,
-    ensure_topics,
-    stack_dir,
-    up,
-)
-from programuser_dagster.stack.launcher import _running_pid
 from tests.support.dagster_dev import REPO, free_port
 from tests.support.faults import (
     RunInThread,
@@ -97,7 +98,7 @@ def produce_records(s: Settings, records: Sequence[tuple[bytes | None, bytes | N
     """Produce (key, value) records to partition 0, in order."""
     kafka = kafka_resource(s)
     try:
-        return kafka.produce(records, partition=0)
+        return devtools_produce.produce_records(kafka, records, partition=0)
     finally:
         kafka.close()
 

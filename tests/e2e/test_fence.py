@@ -24,6 +24,7 @@ import pytest
 import yaml
 from dagster import DagsterInstance, DagsterRunStatus, ReexecutionOptions, RunsFilter, execute_job
 
+from devtools.stack import delete_topics, ensure_topics
 from programuser_dagster.jobs import (
     JOB_NAME,
     PAUSE_BEFORE_COMMIT_ENV,
@@ -34,7 +35,6 @@ from programuser_dagster.resources import kafka_resource
 from programuser_dagster.resources.kafka import CommitState, KafkaUnavailable, Superseded
 from programuser_dagster.run_tags import COMMITTED, OUTCOME_TAG, PARTITION_TAG, SUPERSEDED
 from programuser_dagster.settings import Settings
-from programuser_dagster.stack import delete_topics, ensure_topics
 from tests.support.dagster_dev import REPO
 from tests.support.faults import (
     committed_report,

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
+from devtools.stack import delete_topics, ensure_topics
 from programuser_dagster.resources import kafka_resource
 from programuser_dagster.resources.kafka import (
     CommitState,
@@ -22,7 +23,6 @@ from programuser_dagster.resources.kafka import (
     transactional_id,
 )
 from programuser_dagster.settings import Settings
-from programuser_dagster.stack import delete_topics, ensure_topics
 from tests.support.pipeline import event, produce
 
 pytestmark = pytest.mark.stack

@@ -15,6 +15,8 @@ import pytest
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from devtools.produce import produce_records
+from devtools.stack import delete_topics
 from programuser_dagster.accounting import RangeReport
 from programuser_dagster.jobs import kafka_partitions, program_user_info
 from programuser_dagster.range_rows import Chunking, RangeRows
@@ -31,7 +33,6 @@ from programuser_dagster.settings import (
     INPUT_MAX_MESSAGE_BYTES,
     Settings,
 )
-from programuser_dagster.stack import delete_topics
 from tests.support.pipeline import dead_letters, event, offsets, produce, row, run_partition
 
 # ----------------------------------------------------------------------------- pure
@@ -127,9 +128,9 @@ def test_the_largest_input_record_and_small_bad_ones_are_dead_lettered_whole(
     big = _largest_accepted_value(s)
     kafka = kafka_resource(s)
     try:
-        kafka.produce([(b"a", b"{small bad 1")], partition=0)
-        kafka.produce([(b"big", big)], partition=0)
-        kafka.produce([(b"b", b"{small bad 2")], partition=0)
+        produce_records(kafka, [(b"a", b"{small bad 1")], partition=0)
+        produce_records(kafka, [(b"big", big)], partition=0)
+        produce_records(kafka, [(b"b", b"{small bad 2")], partition=0)
     finally:
         kafka.close()
     produce(s, [event("p", "good")])

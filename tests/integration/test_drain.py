@@ -1,4 +1,5 @@
-"""`programuser-dagster drain`, `produce` and `lag` against the real servers."""
+"""`programuser-dagster drain` and `lag`, and `python -m devtools produce`, against the real
+servers."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from programuser_dagster.settings import Settings
 from tests.support.pipeline import add_run, cli_env, event, offsets, produce
 
 pytestmark = pytest.mark.stack
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_drain_on_an_empty_topic_runs_nothing(instance, kafka_topics: Settings) -> None:
@@ -66,9 +69,11 @@ def test_drain_skips_a_partition_whose_run_is_in_flight(
 
 def _cli(args: list[str], s: Settings, home: str) -> subprocess.CompletedProcess[str]:
     env = cli_env(s, home)
+    # produce is dev tooling (devtools/, run from the checkout's root); the rest is the CLI.
+    module = ["devtools"] if args[:1] == ["produce"] else ["programuser_dagster.cli"]
     return subprocess.run(
-        [sys.executable, "-m", "programuser_dagster.cli", *args],
-        env=env, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", *module, *args],
+        env=env, capture_output=True, text=True, timeout=300, cwd=REPO,
     )
 
 

@@ -19,8 +19,8 @@ from dagster import (
     op,
 )
 
+from devtools.bench import cassandra_io_manager as bench_io_manager
 from programuser_dagster.accounting import RangeReport
-from programuser_dagster.bench import cassandra_io_manager as bench_io_manager
 from programuser_dagster.clock import now_us
 from programuser_dagster.jobs import PAUSE_BEFORE_WRITE_ENV, commit_offsets
 from programuser_dagster.range_rows import Chunking, RangeRows

@@ -20,7 +20,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from programuser_dagster.stack import cluster
+from devtools.stack import cluster
 
 FAULT_TABLE = "programuser_fault"
 BOOT_TIMEOUT_S = 900.0

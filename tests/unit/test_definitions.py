@@ -85,7 +85,7 @@ def test_an_unreachable_broker_is_named_by_its_setting() -> None:
         kafka.close()
     assert "Check KAFKA_BOOTSTRAP_SERVERS and KAFKA_INPUT_TOPIC" in str(caught.value)
     # A loopback address: the hint to the local stack is added.
-    assert "(the local stack: `programuser-dagster stack status`)" in str(caught.value)
+    assert "(the local stack: `python -m devtools stack status`)" in str(caught.value)
 
 
 def test_an_unreachable_cassandra_is_named_by_its_settings() -> None:
@@ -93,7 +93,7 @@ def test_an_unreachable_cassandra_is_named_by_its_settings() -> None:
     with pytest.raises(CassandraWriteFailed) as caught:
         io.session()
     assert "Check CASSANDRA_HOSTS, CASSANDRA_PORT and the credentials" in str(caught.value)
-    assert "(the local stack: `programuser-dagster stack status`)" in str(caught.value)
+    assert "(the local stack: `python -m devtools stack status`)" in str(caught.value)
 
 
 @pytest.mark.parametrize(

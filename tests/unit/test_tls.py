@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.stack.tls import ensure_tls
 from programuser_dagster.resources.tls_check import verification_failure
-from programuser_dagster.stack.tls import ensure_tls
 
 
 @contextlib.contextmanager

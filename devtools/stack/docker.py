@@ -361,12 +361,12 @@ def remove_containers(label: str) -> list[str]:
 
 
 def main() -> None:
-    """`python -m programuser_dagster.stack.docker build [TAG]` (`make image`): the run image
+    """`python -m devtools.stack.docker build [TAG]` (`make image`): the run image
     in this module's engine (started for the build and stopped after, unless it was running);
     `... stop` (`make docker-down`): stop that engine, whoever started it."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m programuser_dagster.stack.docker")
+    parser = argparse.ArgumentParser(prog="python -m devtools.stack.docker")
     parser.add_argument("action", choices=["build", "stop"])
     parser.add_argument("tag", nargs="?", default=RUN_IMAGE)
     args = parser.parse_args()

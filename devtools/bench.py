@@ -1,6 +1,6 @@
 """`make bench`: the pipeline's throughput against the real local Kafka and Cassandra.
 
-    python -m programuser_dagster.bench --events N [--scale] [--out bench-results.json]
+    python -m devtools.bench --events N [--scale] [--out bench-results.json]
 
 Everything runs in one go, on the same realistic events (samples.py, seeded, unique keys),
 on topics, a consumer group and a keyspace of its own (`bench-<tag>...`, `bench_<tag>`),
@@ -72,23 +72,25 @@ import pandas as pd
 from cassandra import ConsistencyLevel
 from cassandra.query import UNSET_VALUE, BatchStatement, BatchType
 
-from .accounting import RangeReport
-from .clock import now_us
-from .events import COLUMNS, MAYBE_NOT_WRITTEN, NOT_WRITTEN, flatten
-from .memory import collect_between_chunks, gc_paused
-from .range_rows import Chunking, RangeRows
-from .resources import cassandra_io_manager as _cassandra_io_manager
-from .resources import kafka_resource
-from .resources.cassandra import (
+from programuser_dagster.accounting import RangeReport
+from programuser_dagster.clock import now_us
+from programuser_dagster.events import COLUMNS, MAYBE_NOT_WRITTEN, NOT_WRITTEN, flatten
+from programuser_dagster.memory import collect_between_chunks, gc_paused
+from programuser_dagster.range_rows import Chunking, RangeRows
+from programuser_dagster.resources import cassandra_io_manager as _cassandra_io_manager
+from programuser_dagster.resources import kafka_resource
+from programuser_dagster.resources.cassandra import (
     CassandraIOManager,
     CassandraWriteFailed,
     group_rows,
     group_statement,
 )
-from .resources.cql_encoding import encode_columns
-from .run_tags import PARTITION_TAG
+from programuser_dagster.resources.cql_encoding import encode_columns
+from programuser_dagster.run_tags import PARTITION_TAG
+from programuser_dagster.settings import Settings, temporary_env
+
+from .produce import produce_records
 from .samples import message_key, sample_events
-from .settings import Settings, temporary_env
 
 CONCURRENCY_SWEEP = (32, 64, 128, 256, 512)
 # Rows written per sweep point: enough for a steady rate, few enough that the slow forms
@@ -180,7 +182,7 @@ class Area:
             records = list(records)
         kafka = kafka_resource(self.settings)
         try:
-            kafka.produce(records)
+            produce_records(kafka, records)
         finally:
             kafka.close()
 
@@ -385,7 +387,7 @@ def driver_cost(settings: Settings, params: list[tuple[Any, ...]]) -> list[dict[
     rows sent by BoundedExecution on a session like the IO manager's, under each of
     DRIVER_FORMS; CPU per row of this thread (building and sending the requests) and of the
     driver's own threads (the event loop: I/O, framing, callbacks)."""
-    from .resources.cassandra import BoundedExecution
+    from programuser_dagster.resources.cassandra import BoundedExecution
 
     io = cassandra_io_manager(settings)
     level = ConsistencyLevel.name_to_value[settings.cassandra_consistency.upper()]
@@ -1139,7 +1141,7 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m programuser_dagster.bench",
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--scale", action="store_true", help="also drain N/10 and 10N")

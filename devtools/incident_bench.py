@@ -22,11 +22,12 @@ from typing import Any
 import orjson
 from confluent_kafka import Producer
 
+from programuser_dagster.clock import now_us
+from programuser_dagster.resources.dead_letters import Source, letter
+from programuser_dagster.settings import DEAD_LETTER_MAX_MESSAGE_BYTES, Settings
+
 from .bench import Area, machine
-from .clock import now_us
-from .resources.dead_letters import Source, letter
 from .samples import message_key, sample_events
-from .settings import DEAD_LETTER_MAX_MESSAGE_BYTES, Settings
 
 
 def _env(s: Settings, home: str) -> dict[str, str]:
@@ -105,7 +106,7 @@ def run(n: int, out: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m programuser_dagster.incident_bench",
+    parser = argparse.ArgumentParser(prog="python -m devtools.incident_bench",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--out", type=Path, default=Path("bench-incidents-results.json"))

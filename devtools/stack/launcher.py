@@ -32,12 +32,11 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from ..schema import schema_statements
-from ..settings import (
+from programuser_dagster.schema import schema_statements
+from programuser_dagster.settings import (
     DEAD_LETTER_MAX_MESSAGE_BYTES,
     DEFAULTS,
     INPUT_MAX_MESSAGE_BYTES,
@@ -185,6 +184,11 @@ def _quiet(_: str) -> None:
 # ----------------------------------------------------------------------------- locations
 
 
+# The stack's configs (pom.xml, cassandra.yaml, ...) sit beside this file: devtools/ is not
+# packaged, it runs from the checkout.
+HERE = Path(__file__).resolve().parent
+
+
 def repo_root() -> Path:
     """The checkout this package runs from (parent of the package dir), else the cwd."""
     root = Path(__file__).resolve().parents[2]
@@ -211,7 +215,7 @@ def log_file(name: str) -> Path:
 
 
 def _resource(name: str) -> str:
-    return files(__package__).joinpath(name).read_text()
+    return (HERE / name).read_text()
 
 
 def _split_host_port(address: str, default_port: int) -> tuple[str, int]:
@@ -348,7 +352,7 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 def ensure_libs(name: str, echo: Echo = _quiet) -> Path:
     """Copy the server's jars from Maven (cached in ~/.m2) into .stack/lib/<name>, once."""
     lib = stack_dir() / "lib" / name
-    pom = files(__package__).joinpath("pom.xml").read_bytes()
+    pom = (HERE / "pom.xml").read_bytes()
     # The stamp ties the folder to the pom: editing a version re-resolves, nothing else does.
     key = hashlib.sha256(pom + name.encode()).hexdigest()
     stamp = lib / ".complete"
@@ -1223,7 +1227,7 @@ def main_stack(argv: Sequence[str]) -> int:
     when a requested server is not answering.
     """
     parser = argparse.ArgumentParser(
-        prog="programuser-dagster stack",
+        prog="python -m devtools stack",
         description="Run the local Kafka and Cassandra servers (data under .stack/).",
     )
     sub = parser.add_subparsers(dest="command", required=True)

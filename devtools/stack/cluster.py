@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..settings import DEAD_LETTER_MAX_MESSAGE_BYTES, Settings
+from programuser_dagster.settings import DEAD_LETTER_MAX_MESSAGE_BYTES, Settings
+
 from . import launcher
 from .launcher import (
     CASSANDRA_SUPERUSER,

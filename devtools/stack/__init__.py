@@ -1,6 +1,6 @@
 """The local server stack: real Kafka (KRaft) and Cassandra 5.0 run from Maven Central jars.
 
-`up`, `down` and `status` back the `programuser-dagster stack ...` command (`main_stack`);
+`up`, `down` and `status` back the `python -m devtools stack ...` command (`main_stack`);
 `ensure_topics`, `delete_topics`, `ensure_schema`, `drop_keyspace` and `cassandra_cluster` are
 reused by the tests to create their own topics and keyspaces.
 

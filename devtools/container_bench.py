@@ -22,6 +22,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from programuser_dagster.jobs import JOB_NAME
+from programuser_dagster.run_tags import PARTITION_TAG
+from programuser_dagster.settings import Settings
+
 from .bench import (
     DAEMON_WARM_EVENTS,
     Area,
@@ -32,9 +36,6 @@ from .bench import (
     _wait_runs_ended,
     machine,
 )
-from .jobs import JOB_NAME
-from .run_tags import PARTITION_TAG
-from .settings import Settings
 from .stack import docker
 from .stack.docker_deployment import CONTAINER_TAG, DockerDeployment, pipeline_env
 from .stack.postgres import fresh_database, postgres_server
@@ -102,7 +103,7 @@ def measure(engine: docker.Engine, image: str, postgres: dict[str, str], base: S
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m programuser_dagster.container_bench",
+    parser = argparse.ArgumentParser(prog="python -m devtools.container_bench",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=40_000)
     parser.add_argument("--max-containers", type=int, default=4)

@@ -1,6 +1,6 @@
 """Realistic program-enrolment events in the seed's shape, reproducible from a seed.
 
-Used by `programuser-dagster produce --sample N`, the benchmark and the tests.
+Used by `python -m devtools produce --sample N`, the benchmark and the tests.
 """
 
 from __future__ import annotations

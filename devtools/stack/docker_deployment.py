@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from ..settings import SECRET_VARIABLES, Settings
+from programuser_dagster.settings import SECRET_VARIABLES, Settings
+
 from . import docker
 from .postgres import deploy_yaml, free_port
 
