@@ -72,9 +72,9 @@ import pandas as pd
 from cassandra import ConsistencyLevel
 from cassandra.query import UNSET_VALUE, BatchStatement, BatchType
 
-from programuser_dagster.accounting import RangeReport
-from programuser_dagster.clock import now_us
-from programuser_dagster.events import COLUMNS, MAYBE_NOT_WRITTEN, NOT_WRITTEN, flatten
+from programuser_dagster.core.clock import now_us
+from programuser_dagster.core.events import COLUMNS, MAYBE_NOT_WRITTEN, NOT_WRITTEN, flatten
+from programuser_dagster.core.report import RangeReport
 from programuser_dagster.memory import collect_between_chunks, gc_paused
 from programuser_dagster.range_rows import Chunking, RangeRows
 from programuser_dagster.resources import cassandra_io_manager as _cassandra_io_manager

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Producer
 
-from programuser_dagster.clock import now_us
+from programuser_dagster.core.clock import now_us
 from programuser_dagster.resources.dead_letters import Source, letter
 from programuser_dagster.settings import DEAD_LETTER_MAX_MESSAGE_BYTES, Settings
 

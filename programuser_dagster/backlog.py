@@ -29,12 +29,12 @@ from dagster import (
     RunsFilter,
 )
 
-from .ages import lag_seconds
 from .assets import JOB_NAME, PROGRAM_ENROLLMENT
+from .core.event_ages import lag_seconds
+from .core.offsets import PartitionOffsets
+from .core.planning import Launch, Plan, decide
 from .ingest_config import run_config
 from .jobs import kafka_partitions
-from .offsets import PartitionOffsets
-from .planning import Launch, Plan, decide
 from .resources.kafka import KafkaResource
 from .run_tags import (
     DRAIN_PROCESS_TAG,

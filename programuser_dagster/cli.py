@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .offsets import PartitionOffsets
+from .core.offsets import PartitionOffsets
 from .resources import kafka_resource
 from .settings import MAX_RANGE_MESSAGES, Settings
 
@@ -41,7 +41,7 @@ def run_length(text: str) -> int:
 def _cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
-    from .ages import lag_seconds
+    from .core.event_ages import lag_seconds
 
     kafka = kafka_resource(settings)
     try:

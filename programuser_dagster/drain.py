@@ -36,13 +36,13 @@ from dagster._core.storage.tags import REPOSITORY_LABEL_TAG  # not exported publ
 
 from . import client_logs
 from .backlog import launch_request, process_token, runs_in_flight, sync_partitions
-from .growth import hold
+from .core.growth import hold
+from .core.offsets import PartitionOffsets
+from .core.planning import Launch
 from .instance import add_partitions, hold_connections
 from .interrupts import STOP_SIGNALS
 from .jobs import program_user_info
 from .memory import release_memory
-from .offsets import PartitionOffsets
-from .planning import Launch
 from .resources import build_resources
 from .resources.cassandra import keep_connections
 from .resources.kafka import KafkaUnavailable

@@ -19,8 +19,8 @@ from dagster import (
     RunsFilter,
 )
 
-from .accounting import balances
-from .offsets import PartitionOffsets
+from .core.offsets import PartitionOffsets
+from .core.report import balances
 from .run_tags import PARTITION_TAG
 from .settings import Settings
 from .verification import unverified_line

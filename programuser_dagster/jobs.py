@@ -34,15 +34,15 @@ from dagster import (
     op,
 )
 
-from .accounting import RangeReport, offset_runs
-from .ages import lag_seconds
 from .assets import ACCOUNTING_CHECK, JOB_NAME, PROGRAM_ENROLLMENT
-from .clock import WriteClock, now_us
-from .clock_skew import skew_refusal
-from .growth import hold, start_clock
+from .core.clock import WriteClock, now_us
+from .core.clock_skew import skew_refusal
+from .core.event_ages import lag_seconds
+from .core.growth import hold, start_clock
+from .core.offsets import PartitionOffsets
+from .core.report import RangeReport, offset_runs
 from .ingest_config import IngestConfig, run_config
 from .interrupts import DeferredSignals, interrupts_deferred
-from .offsets import PartitionOffsets
 from .range_rows import Chunking, RangeRows
 from .resources.kafka import (
     CommitState,

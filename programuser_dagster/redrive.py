@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .events import flatten
+from .core.events import flatten
 from .refusals import Refused
 from .resources.cassandra import WRITE_TIMES, CassandraIOManager
 from .resources.dead_letters import Origin, key_digest, not_the_original, origin

@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from .clock import now_us
-from .offsets import PartitionOffsets
+from .core.clock import now_us
+from .core.offsets import PartitionOffsets
 from .refusals import CouldNotComplete, Refused
 from .resources.kafka import CommitUnknown, KafkaResource, KafkaUnavailable, Superseded
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .clock import now_us
-from .clock_skew import utc_time
-from .offsets import PartitionOffsets
+from .core.clock import now_us
+from .core.clock_skew import utc_time
+from .core.offsets import PartitionOffsets
 from .refusals import CouldNotComplete
 from .resources.kafka import KafkaResource, KafkaUnavailable, Superseded
 from .settings import MAX_RANGE_MESSAGES

@@ -36,7 +36,7 @@ from typing import Any
 from cassandra.cluster import ResponseFuture, Session
 from confluent_kafka import Message
 
-from .events import COLUMNS
+from .core.events import COLUMNS
 from .resources import cassandra_io_manager, kafka_resource
 from .resources.kafka import KafkaResource
 from .settings import Settings

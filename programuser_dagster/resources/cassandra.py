@@ -43,9 +43,9 @@ from cassandra.query import BatchStatement, BatchType, PreparedStatement, Simple
 from dagster import ConfigurableIOManager, Failure, InputContext, MetadataValue, OutputContext
 from pydantic import Field, PrivateAttr
 
-from ..accounting import RangeReport
-from ..ages import Ages
-from ..events import COLUMN_GROUPS, COLUMNS, NOT_WRITTEN
+from ..core.event_ages import Ages
+from ..core.events import COLUMN_GROUPS, COLUMNS, NOT_WRITTEN
+from ..core.report import RangeReport
 from ..memory import collect_between_chunks, gc_paused
 from ..schema import schema_statements
 from ..settings import (

@@ -22,7 +22,7 @@ from typing import Any
 from cassandra import cqltypes
 from cassandra.query import UNSET_VALUE, BoundStatement, PreparedStatement
 
-from ..events import NOT_WRITTEN
+from ..core.events import NOT_WRITTEN
 
 _int32 = struct.Struct(">i").pack
 _int64 = struct.Struct(">q").pack

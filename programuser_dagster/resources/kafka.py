@@ -39,8 +39,8 @@ from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from ..client_logs import kafka_logger
-from ..growth import claims
-from ..offsets import Barrier, CommitState, PartitionOffsets, why_read_stalled
+from ..core.growth import claims
+from ..core.offsets import Barrier, CommitState, PartitionOffsets, why_read_stalled
 from ..settings import DEFAULTS, TRANSACTION_EXTRA_S, local_stack_hint
 from .dead_letters import Source, letter, room_warning
 from .secrets import reveal

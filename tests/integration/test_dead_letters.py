@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from devtools.produce import produce_records
 from devtools.stack import delete_topics
-from programuser_dagster.accounting import RangeReport
+from programuser_dagster.core.report import RangeReport
 from programuser_dagster.jobs import kafka_partitions, program_user_info
 from programuser_dagster.range_rows import Chunking, RangeRows
 from programuser_dagster.resources import build_resources, kafka_resource

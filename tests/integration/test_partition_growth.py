@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewPartitions
 
 from programuser_dagster import replay
-from programuser_dagster.clock import now_us
+from programuser_dagster.core.clock import now_us
 from programuser_dagster.drain import drain
 from programuser_dagster.jobs import kafka_partitions
 from programuser_dagster.resources import kafka_resource

@@ -20,8 +20,8 @@ from dagster import (
 )
 
 from devtools.bench import cassandra_io_manager as bench_io_manager
-from programuser_dagster.accounting import RangeReport
-from programuser_dagster.clock import now_us
+from programuser_dagster.core.clock import now_us
+from programuser_dagster.core.report import RangeReport
 from programuser_dagster.jobs import PAUSE_BEFORE_WRITE_ENV, commit_offsets
 from programuser_dagster.range_rows import Chunking, RangeRows
 from programuser_dagster.resources import build_resources, kafka_resource

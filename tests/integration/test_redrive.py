@@ -23,8 +23,8 @@ from confluent_kafka.admin import (
 from dagster import AssetKey, DagsterEventType, DagsterInstance, EventRecordsFilter
 
 from devtools.stack import INPUT_TOPIC_CONFIG, delete_topics
-from programuser_dagster import events
 from programuser_dagster.cli import main
+from programuser_dagster.core import events
 from programuser_dagster.incident_jobs import redrive_job
 from programuser_dagster.resources import build_resources
 from programuser_dagster.settings import Settings

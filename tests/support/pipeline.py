@@ -156,7 +156,7 @@ def all_rows(session: Session, settings: Settings) -> dict[tuple[str, str], dict
 def expected_rows(values: Sequence[bytes | None]) -> dict[tuple[str, str], dict[str, Any]]:
     """The table a clean run makes of these messages, in this order (as all_rows gives it):
     what the pure core flattens them to."""
-    from programuser_dagster.events import COLUMNS, NOT_WRITTEN, flatten
+    from programuser_dagster.core.events import COLUMNS, NOT_WRITTEN, flatten
 
     batch = flatten(enumerate(values))
     return {

@@ -4,8 +4,8 @@ got nothing (item 9), which names the broker only when it did not answer."""
 
 from __future__ import annotations
 
-from programuser_dagster.offsets import PartitionOffsets, why_read_stalled
-from programuser_dagster.planning import decide
+from programuser_dagster.core.offsets import PartitionOffsets, why_read_stalled
+from programuser_dagster.core.planning import decide
 from programuser_dagster.verification import PartitionReport, VerifyReport
 
 BEYOND = PartitionOffsets(partition=3, low=0, high=40, committed=55, token=2)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from programuser_dagster.backlog import BacklogPlan
-from programuser_dagster.offsets import PartitionOffsets
-from programuser_dagster.planning import Plan
+from programuser_dagster.core.offsets import PartitionOffsets
+from programuser_dagster.core.planning import Plan
 from programuser_dagster.redrive import Filters, original_replaced, write_time
 from programuser_dagster.refusals import Refused
 from programuser_dagster.replay import Target, parse_time, plan_rewind

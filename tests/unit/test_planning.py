@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from programuser_dagster.offsets import PartitionOffsets
-from programuser_dagster.planning import (
+from programuser_dagster.core.offsets import PartitionOffsets
+from programuser_dagster.core.planning import (
     RETRY_BASE_S,
     RETRY_MAX_S,
     Launch,

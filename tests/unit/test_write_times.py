@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from programuser_dagster.clock import WriteClock
-from programuser_dagster.events import COLUMN_GROUPS, COLUMNS, NOT_WRITTEN, flatten
+from programuser_dagster.core.clock import WriteClock
+from programuser_dagster.core.events import COLUMN_GROUPS, COLUMNS, NOT_WRITTEN, flatten
 from programuser_dagster.resources.cassandra import row_writes
 
 BASE = 1_700_000_000_000_000

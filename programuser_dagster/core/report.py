@@ -13,7 +13,7 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .ages import Ages
+from .event_ages import Ages
 
 
 def balances(read: int, written: int, skipped: int, dead_lettered: int) -> bool:
