@@ -72,6 +72,13 @@ import pandas as pd
 from cassandra import ConsistencyLevel
 from cassandra.query import UNSET_VALUE, BatchStatement, BatchType
 
+from programuser_dagster.cassandra.cql_encoding import encode_columns
+from programuser_dagster.cassandra.io_manager import (
+    CassandraIOManager,
+    CassandraWriteFailed,
+    group_rows,
+    group_statement,
+)
 from programuser_dagster.core.clock import now_us
 from programuser_dagster.core.events import COLUMNS, MAYBE_NOT_WRITTEN, NOT_WRITTEN, flatten
 from programuser_dagster.core.report import RangeReport
@@ -79,13 +86,6 @@ from programuser_dagster.memory import collect_between_chunks, gc_paused
 from programuser_dagster.range_rows import Chunking, RangeRows
 from programuser_dagster.resources import cassandra_io_manager as _cassandra_io_manager
 from programuser_dagster.resources import kafka_resource
-from programuser_dagster.resources.cassandra import (
-    CassandraIOManager,
-    CassandraWriteFailed,
-    group_rows,
-    group_statement,
-)
-from programuser_dagster.resources.cql_encoding import encode_columns
 from programuser_dagster.run_tags import PARTITION_TAG
 from programuser_dagster.settings import Settings, temporary_env
 
@@ -387,7 +387,7 @@ def driver_cost(settings: Settings, params: list[tuple[Any, ...]]) -> list[dict[
     rows sent by BoundedExecution on a session like the IO manager's, under each of
     DRIVER_FORMS; CPU per row of this thread (building and sending the requests) and of the
     driver's own threads (the event loop: I/O, framing, callbacks)."""
-    from programuser_dagster.resources.cassandra import BoundedExecution
+    from programuser_dagster.cassandra.io_manager import BoundedExecution
 
     io = cassandra_io_manager(settings)
     level = ConsistencyLevel.name_to_value[settings.cassandra_consistency.upper()]

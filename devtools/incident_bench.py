@@ -23,7 +23,7 @@ import orjson
 from confluent_kafka import Producer
 
 from programuser_dagster.core.clock import now_us
-from programuser_dagster.resources.dead_letters import Source, letter
+from programuser_dagster.kafka.dead_letters import Source, letter
 from programuser_dagster.settings import DEAD_LETTER_MAX_MESSAGE_BYTES, Settings
 
 from .bench import Area, machine

@@ -17,9 +17,9 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from programuser_dagster.cli import positive_int
+from programuser_dagster.kafka.dead_letters import BATCH_OVERHEAD
+from programuser_dagster.kafka.resource import KafkaResource, KafkaUnavailable
 from programuser_dagster.resources import kafka_resource
-from programuser_dagster.resources.dead_letters import BATCH_OVERHEAD
-from programuser_dagster.resources.kafka import KafkaResource, KafkaUnavailable
 from programuser_dagster.settings import INPUT_MAX_MESSAGE_BYTES, Settings
 
 from .samples import message_key, sample_events

@@ -15,7 +15,7 @@ from dagster import (
 
 from . import health
 from .health import ACCOUNTING_CHECK as ACCOUNTING_CHECK
-from .resources.kafka import KafkaResource
+from .kafka.resource import KafkaResource
 from .settings import Settings
 
 PROGRAM_ENROLLMENT = AssetKey("program_enrollment")

@@ -35,7 +35,7 @@ from .core.offsets import PartitionOffsets
 from .core.planning import Launch, Plan, decide
 from .ingest_config import run_config
 from .jobs import kafka_partitions
-from .resources.kafka import KafkaResource
+from .kafka.resource import KafkaResource
 from .run_tags import (
     DRAIN_PROCESS_TAG,
     END_TAG,

@@ -36,16 +36,16 @@ from dagster._core.storage.tags import REPOSITORY_LABEL_TAG  # not exported publ
 
 from . import client_logs
 from .backlog import launch_request, process_token, runs_in_flight, sync_partitions
+from .cassandra.io_manager import keep_connections
 from .core.growth import hold
 from .core.offsets import PartitionOffsets
 from .core.planning import Launch
 from .instance import add_partitions, hold_connections
 from .interrupts import STOP_SIGNALS
 from .jobs import program_user_info
+from .kafka.resource import KafkaUnavailable
 from .memory import release_memory
 from .resources import build_resources
-from .resources.cassandra import keep_connections
-from .resources.kafka import KafkaUnavailable
 from .run_tags import DRAIN, DRAIN_PROCESS_TAG, HELD, LAUNCHED_BY_TAG, OUTCOME_TAG, SUPERSEDED
 from .settings import Settings
 

@@ -18,9 +18,9 @@ from pydantic import Field
 
 from . import redrive, replay
 from .assets import PROGRAM_ENROLLMENT
+from .cassandra.io_manager import CassandraIOManager, CassandraWriteFailed
+from .kafka.resource import KafkaResource, KafkaUnavailable
 from .refusals import CouldNotComplete
-from .resources.cassandra import CassandraIOManager, CassandraWriteFailed
-from .resources.kafka import KafkaResource, KafkaUnavailable
 
 REPLAY_JOB = "replay"
 REDRIVE_JOB = "redrive"

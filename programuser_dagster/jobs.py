@@ -43,14 +43,14 @@ from .core.offsets import PartitionOffsets
 from .core.report import RangeReport, offset_runs
 from .ingest_config import IngestConfig, run_config
 from .interrupts import DeferredSignals, interrupts_deferred
-from .range_rows import Chunking, RangeRows
-from .resources.kafka import (
+from .kafka.resource import (
     CommitState,
     CommitUnknown,
     KafkaResource,
     KafkaUnavailable,
     Superseded,
 )
+from .range_rows import Chunking, RangeRows
 from .run_tags import (
     COMMITTED,
     DRAIN,

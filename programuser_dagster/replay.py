@@ -17,8 +17,8 @@ from datetime import datetime
 
 from .core.clock import now_us
 from .core.offsets import PartitionOffsets
+from .kafka.resource import CommitUnknown, KafkaResource, KafkaUnavailable, Superseded
 from .refusals import CouldNotComplete, Refused
-from .resources.kafka import CommitUnknown, KafkaResource, KafkaUnavailable, Superseded
 
 
 @dataclass(frozen=True)

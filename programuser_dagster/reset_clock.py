@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from .core.clock import now_us
 from .core.clock_skew import utc_time
 from .core.offsets import PartitionOffsets
+from .kafka.resource import KafkaResource, KafkaUnavailable, Superseded
 from .refusals import CouldNotComplete
-from .resources.kafka import KafkaResource, KafkaUnavailable, Superseded
 from .settings import MAX_RANGE_MESSAGES
 
 

@@ -15,7 +15,7 @@ from dagster import (
 
 from .backlog import plan_backlog
 from .jobs import kafka_partitions
-from .resources.kafka import KafkaResource
+from .kafka.resource import KafkaResource
 from .settings import Settings
 
 

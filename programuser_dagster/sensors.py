@@ -18,7 +18,7 @@ from . import health
 from .assets import JOB_NAME, PROGRAM_ENROLLMENT, RECENT_RUNS
 from .backlog import plan_backlog
 from .jobs import kafka_partitions
-from .resources.kafka import KafkaResource, KafkaUnavailable
+from .kafka.resource import KafkaResource, KafkaUnavailable
 from .settings import Settings
 
 

@@ -37,8 +37,8 @@ from cassandra.cluster import ResponseFuture, Session
 from confluent_kafka import Message
 
 from .core.events import COLUMNS
+from .kafka.resource import KafkaResource
 from .resources import cassandra_io_manager, kafka_resource
-from .resources.kafka import KafkaResource
 from .settings import Settings
 from .verification import Differences, ExpectedCells, Key, PartitionReport, VerifyReport
 

@@ -53,7 +53,7 @@ from devtools.stack import (
     up,
 )
 from devtools.stack.postgres import PostgresMissing, postgres_server
-from programuser_dagster.resources.cassandra import keep_connections
+from programuser_dagster.cassandra.io_manager import keep_connections
 from programuser_dagster.settings import Settings
 
 _SAVED_ENV: dict[str, str | None] = {}

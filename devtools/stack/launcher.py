@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from programuser_dagster.schema import schema_statements
+from programuser_dagster.cassandra.schema import schema_statements
 from programuser_dagster.settings import (
     DEAD_LETTER_MAX_MESSAGE_BYTES,
     DEFAULTS,

@@ -34,7 +34,7 @@ from devtools.stack.launcher import (
     ensure_schema,
     find_java17,
 )
-from programuser_dagster.resources import cassandra as cassandra_io
+from programuser_dagster.cassandra import io_manager as cassandra_io
 from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import free_port
 from tests.support.pipeline import (

@@ -31,8 +31,8 @@ from programuser_dagster.jobs import (
     PAUSE_BEFORE_FENCE_ENV,
     kafka_partitions,
 )
+from programuser_dagster.kafka.resource import CommitState, KafkaUnavailable, Superseded
 from programuser_dagster.resources import kafka_resource
-from programuser_dagster.resources.kafka import CommitState, KafkaUnavailable, Superseded
 from programuser_dagster.run_tags import COMMITTED, OUTCOME_TAG, PARTITION_TAG, SUPERSEDED
 from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import REPO

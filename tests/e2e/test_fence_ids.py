@@ -16,12 +16,12 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from devtools.stack import delete_topics, ensure_topics
-from programuser_dagster.resources import kafka_resource
-from programuser_dagster.resources.kafka import (
+from programuser_dagster.kafka.resource import (
     CommitState,
     legacy_transactional_id,
     transactional_id,
 )
+from programuser_dagster.resources import kafka_resource
 from programuser_dagster.settings import Settings
 from tests.support.pipeline import event, produce
 

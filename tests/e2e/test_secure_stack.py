@@ -18,8 +18,8 @@ import pytest
 from devtools.produce import produce_records
 from devtools.stack import down, up
 from devtools.stack.launcher import SECURE_DEFAULTS
+from programuser_dagster.cassandra.io_manager import CassandraIOManager
 from programuser_dagster.resources import build_resources
-from programuser_dagster.resources.cassandra import CassandraIOManager
 from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import free_port
 from tests.support.pipeline import SEED_EVENT, failure_text, row, run_partition

@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devtools.samples import sample_events
+from programuser_dagster.cassandra.cql_encoding import bound, encode_columns
+from programuser_dagster.cassandra.io_manager import group_statement, row_writes
 from programuser_dagster.core.clock import WriteClock
 from programuser_dagster.core.events import COLUMNS, NOT_WRITTEN, flatten
 from programuser_dagster.resources import cassandra_io_manager
-from programuser_dagster.resources.cassandra import group_statement, row_writes
-from programuser_dagster.resources.cql_encoding import bound, encode_columns
 from programuser_dagster.settings import Settings
 
 

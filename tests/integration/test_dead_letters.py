@@ -19,15 +19,15 @@ from devtools.produce import produce_records
 from devtools.stack import delete_topics
 from programuser_dagster.core.report import RangeReport
 from programuser_dagster.jobs import kafka_partitions, program_user_info
-from programuser_dagster.range_rows import Chunking, RangeRows
-from programuser_dagster.resources import build_resources, kafka_resource
-from programuser_dagster.resources.dead_letters import (
+from programuser_dagster.kafka.dead_letters import (
     TOO_LARGE,
     Source,
     letter,
     record_bytes,
     room_warning,
 )
+from programuser_dagster.range_rows import Chunking, RangeRows
+from programuser_dagster.resources import build_resources, kafka_resource
 from programuser_dagster.settings import (
     DEAD_LETTER_MAX_MESSAGE_BYTES,
     INPUT_MAX_MESSAGE_BYTES,

@@ -131,7 +131,7 @@ def test_drain_in_two_processes_gives_each_partition_to_one_of_them(
 
 
 def _offsets(partition: int, committed: int | None, high: int, low: int = 0) -> Any:
-    from programuser_dagster.resources.kafka import PartitionOffsets
+    from programuser_dagster.kafka.resource import PartitionOffsets
 
     return PartitionOffsets(partition=partition, low=low, high=high, committed=committed)
 
@@ -275,7 +275,7 @@ def test_failure_description_reads_past_dagsters_wrapper_to_the_cause() -> None:
     kafka = SerializableErrorInfo(
         "cimpl.KafkaException: KafkaError{code=_TRANSPORT}\n", [], "KafkaException")
     ours = SerializableErrorInfo(
-        "programuser_dagster.resources.kafka.KafkaUnavailable: Kafka at 127.0.0.1:1 did not "
+        "programuser_dagster.kafka.resource.KafkaUnavailable: Kafka at 127.0.0.1:1 did not "
         "answer.\n", [], "KafkaUnavailable", cause=kafka)
     wrapper = SerializableErrorInfo(
         'dagster._core.errors.DagsterExecutionStepExecutionError: Error occurred while '

@@ -20,13 +20,13 @@ from dagster import (
 )
 
 from devtools.bench import cassandra_io_manager as bench_io_manager
+from programuser_dagster.cassandra.io_manager import CassandraWriteFailed
 from programuser_dagster.core.clock import now_us
 from programuser_dagster.core.report import RangeReport
 from programuser_dagster.jobs import PAUSE_BEFORE_WRITE_ENV, commit_offsets
+from programuser_dagster.kafka.resource import KafkaResource
 from programuser_dagster.range_rows import Chunking, RangeRows
 from programuser_dagster.resources import build_resources, kafka_resource
-from programuser_dagster.resources.cassandra import CassandraWriteFailed
-from programuser_dagster.resources.kafka import KafkaResource
 from programuser_dagster.run_tags import PARTITION_TAG, START_TAG
 from programuser_dagster.settings import Settings
 from tests.support.faults import RunInThread, job_env, logged, runs_of, wait_for

@@ -21,8 +21,8 @@ from dagster import (
 from dagster._core.utils import make_new_run_id
 
 from programuser_dagster.jobs import JOB_NAME, kafka_partitions, program_user_info
+from programuser_dagster.kafka.resource import PartitionOffsets
 from programuser_dagster.resources import build_resources, kafka_resource
-from programuser_dagster.resources.kafka import PartitionOffsets
 from programuser_dagster.run_tags import PARTITION_TAG, START_TAG, START_TOKEN_TAG
 from programuser_dagster.sensors import build_backlog_sensor
 from programuser_dagster.settings import Settings, temporary_env  # noqa: F401 (for the tests)
@@ -231,7 +231,7 @@ def step_metadata(result: ExecuteInProcessResult) -> dict[str, Any]:
 
 
 def create_schema(session: Session, settings: Settings) -> None:
-    from programuser_dagster.schema import schema_statements
+    from programuser_dagster.cassandra.schema import schema_statements
 
     for stmt in schema_statements(
         settings.cassandra_keyspace, settings.cassandra_table, settings.cassandra_replication

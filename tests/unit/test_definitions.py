@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from dagster import Definitions
 
+from programuser_dagster.cassandra.io_manager import CassandraIOManager, CassandraWriteFailed
 from programuser_dagster.definitions import build_definitions
 from programuser_dagster.ingest_config import FLATTEN_STEP
 from programuser_dagster.jobs import build_job
+from programuser_dagster.kafka.resource import KafkaResource, KafkaUnavailable
 from programuser_dagster.resources import cassandra_io_manager, kafka_resource
-from programuser_dagster.resources.cassandra import CassandraIOManager, CassandraWriteFailed
-from programuser_dagster.resources.kafka import KafkaResource, KafkaUnavailable
 from programuser_dagster.settings import DEFAULTS, Settings, local_stack_hint
 
 REPO = Path(__file__).resolve().parents[2]

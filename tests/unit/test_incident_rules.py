@@ -8,10 +8,7 @@ import pytest
 from programuser_dagster.backlog import BacklogPlan
 from programuser_dagster.core.offsets import PartitionOffsets
 from programuser_dagster.core.planning import Plan
-from programuser_dagster.redrive import Filters, original_replaced, write_time
-from programuser_dagster.refusals import Refused
-from programuser_dagster.replay import Target, parse_time, plan_rewind
-from programuser_dagster.resources.dead_letters import (
+from programuser_dagster.kafka.dead_letters import (
     Origin,
     Source,
     key_digest,
@@ -19,6 +16,9 @@ from programuser_dagster.resources.dead_letters import (
     not_the_original,
     origin,
 )
+from programuser_dagster.redrive import Filters, original_replaced, write_time
+from programuser_dagster.refusals import Refused
+from programuser_dagster.replay import Target, parse_time, plan_rewind
 
 
 def _origin(**fields: object) -> Origin:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from devtools.stack.tls import ensure_tls
-from programuser_dagster.resources.tls_check import verification_failure
+from programuser_dagster.kafka.tls_check import verification_failure
 
 
 @contextlib.contextmanager

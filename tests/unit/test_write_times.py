@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
+from programuser_dagster.cassandra.io_manager import row_writes
 from programuser_dagster.core.clock import WriteClock
 from programuser_dagster.core.events import COLUMN_GROUPS, COLUMNS, NOT_WRITTEN, flatten
-from programuser_dagster.resources.cassandra import row_writes
 
 BASE = 1_700_000_000_000_000
 

@@ -47,7 +47,7 @@ from ..core.event_ages import Ages
 from ..core.events import COLUMN_GROUPS, COLUMNS, NOT_WRITTEN
 from ..core.report import RangeReport
 from ..memory import collect_between_chunks, gc_paused
-from ..schema import schema_statements
+from ..secrets import reveal
 from ..settings import (
     DEFAULTS,
     RECEIPT_DAYS,
@@ -56,10 +56,10 @@ from ..settings import (
     check_identifier,
     local_stack_hint,
 )
-from ..write_refusals import systemic_cause
-from .cassandra_policies import cluster_options, profile_options
 from .cql_encoding import Encoded, bound, encode_columns
-from .secrets import reveal
+from .policies import cluster_options, profile_options
+from .refusals import systemic_cause
+from .schema import schema_statements
 
 
 class CassandraWriteFailed(RuntimeError):

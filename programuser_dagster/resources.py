@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..settings import CASSANDRA_PASSWORD, KAFKA_SASL_PASSWORD, Settings
-from .cassandra import CassandraIOManager
-from .kafka import KafkaResource
+from .cassandra.io_manager import CassandraIOManager
+from .kafka.resource import KafkaResource
 from .secrets import env_secret
+from .settings import CASSANDRA_PASSWORD, KAFKA_SASL_PASSWORD, Settings
 
 
 def kafka_resource(settings: Settings) -> KafkaResource:

@@ -41,9 +41,9 @@ from pydantic import Field, PrivateAttr
 from ..client_logs import kafka_logger
 from ..core.growth import claims
 from ..core.offsets import Barrier, CommitState, PartitionOffsets, why_read_stalled
+from ..secrets import reveal
 from ..settings import DEFAULTS, TRANSACTION_EXTRA_S, local_stack_hint
 from .dead_letters import Source, letter, room_warning
-from .secrets import reveal
 from .tls_check import verification_failure
 
 T = TypeVar("T")

@@ -80,7 +80,7 @@ def systemic_cause(message: str) -> str | None:
             "on the cluster, or the pipeline's settings it objects to"))
     if _SCHEMA.search(message):
         return ("the table no longer accepts the pipeline's INSERT (dropped or altered while "
-                "running): restore it as programuser_dagster/schema.cql defines it (the next "
-                "run recreates a dropped table or keyspace when CASSANDRA_CREATE_SCHEMA=true; "
-                "a dropped column must be added back by hand)")
+                "running): restore it as programuser_dagster/cassandra/schema.cql defines it "
+                "(the next run recreates a dropped table or keyspace when "
+                "CASSANDRA_CREATE_SCHEMA=true; a dropped column must be added back by hand)")
     return None
