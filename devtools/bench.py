@@ -82,11 +82,11 @@ from programuser_dagster.cassandra.io_manager import (
 from programuser_dagster.core.clock import now_us
 from programuser_dagster.core.events import COLUMNS, MAYBE_NOT_WRITTEN, NOT_WRITTEN, flatten
 from programuser_dagster.core.report import RangeReport
-from programuser_dagster.memory import collect_between_chunks, gc_paused
-from programuser_dagster.range_rows import Chunking, RangeRows
+from programuser_dagster.ingest.memory import collect_between_chunks, gc_paused
+from programuser_dagster.ingest.range_rows import Chunking, RangeRows
+from programuser_dagster.ingest.run_tags import PARTITION_TAG
 from programuser_dagster.resources import cassandra_io_manager as _cassandra_io_manager
 from programuser_dagster.resources import kafka_resource
-from programuser_dagster.run_tags import PARTITION_TAG
 from programuser_dagster.settings import Settings, temporary_env
 
 from .produce import produce_records

@@ -22,8 +22,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from programuser_dagster.jobs import JOB_NAME
-from programuser_dagster.run_tags import PARTITION_TAG
+from programuser_dagster.ingest.job import JOB_NAME
+from programuser_dagster.ingest.run_tags import PARTITION_TAG
 from programuser_dagster.settings import Settings
 
 from .bench import (

@@ -106,8 +106,8 @@ def _dagster_home(command: str) -> str:
 
 
 def _cmd_drain(args: argparse.Namespace, settings: Settings) -> int:
-    from .drain import drain
-    from .instance import open_instance
+    from .ingest.drain import drain
+    from .ingest.instance import open_instance
 
     with open_instance(_dagster_home("drain")) as instance:
         result = drain(instance, settings, max_messages=args.max_messages,
@@ -141,7 +141,7 @@ def operator() -> str:
 def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from . import replay
     from .incident_jobs import replay_observation, run_replay
-    from .instance import open_instance
+    from .ingest.instance import open_instance
 
     target = replay.Target(
         offset=args.to_offset,
@@ -190,7 +190,7 @@ def _cmd_reset_clock(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:
     from . import redrive
     from .incident_jobs import redrive_filters, redrive_observation
-    from .instance import open_instance
+    from .ingest.instance import open_instance
     from .resources import cassandra_io_manager
 
     filters = redrive_filters(args.reason, args.partition, args.since, args.until)

@@ -17,8 +17,8 @@ from dagster import (
 from pydantic import Field
 
 from . import redrive, replay
-from .assets import PROGRAM_ENROLLMENT
 from .cassandra.io_manager import CassandraIOManager, CassandraWriteFailed
+from .ingest.assets import PROGRAM_ENROLLMENT
 from .kafka.resource import KafkaResource, KafkaUnavailable
 from .refusals import CouldNotComplete
 

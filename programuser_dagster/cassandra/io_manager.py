@@ -46,7 +46,7 @@ from pydantic import Field, PrivateAttr
 from ..core.event_ages import Ages
 from ..core.events import COLUMN_GROUPS, COLUMNS, NOT_WRITTEN
 from ..core.report import RangeReport
-from ..memory import collect_between_chunks, gc_paused
+from ..ingest.memory import collect_between_chunks, gc_paused
 from ..secrets import reveal
 from ..settings import (
     DEFAULTS,

@@ -25,7 +25,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from devtools.samples import message_key, sample_events
 from devtools.stack import cluster
 from programuser_dagster.core.event_ages import lag_seconds
-from programuser_dagster.jobs import JOB_NAME
+from programuser_dagster.ingest.job import JOB_NAME
 from programuser_dagster.resources import kafka_resource
 from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import dagster_dev, settings_env

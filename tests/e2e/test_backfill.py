@@ -22,9 +22,9 @@ import pytest
 from dagster import DagsterInstance
 
 from devtools.stack import delete_topics, ensure_topics
-from programuser_dagster.drain import drain
-from programuser_dagster.jobs import JOB_NAME
-from programuser_dagster.run_tags import PARTITION_TAG
+from programuser_dagster.ingest.drain import drain
+from programuser_dagster.ingest.job import JOB_NAME
+from programuser_dagster.ingest.run_tags import PARTITION_TAG
 from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import REPO, dagster_dev, free_port, settings_env
 from tests.support.pipeline import all_rows, dead_letters, event, offsets, produce

@@ -48,20 +48,20 @@ from devtools.stack import (
     up,
 )
 from devtools.stack.launcher import _running_pid
-from programuser_dagster.backlog import plan_backlog
-from programuser_dagster.drain import drain
-from programuser_dagster.jobs import (
+from programuser_dagster.ingest.backlog import plan_backlog
+from programuser_dagster.ingest.drain import drain
+from programuser_dagster.ingest.job import (
     JOB_NAME,
     PAUSE_BEFORE_COMMIT_ENV,
     kafka_partitions,
 )
-from programuser_dagster.resources import kafka_resource
-from programuser_dagster.run_tags import (
+from programuser_dagster.ingest.run_tags import (
     END_TAG,
     PARTITION_TAG,
     START_TAG,
     START_TOKEN_TAG,
 )
+from programuser_dagster.resources import kafka_resource
 from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import REPO, free_port
 from tests.support.faults import (

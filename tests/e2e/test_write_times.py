@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from dagster import DagsterInstance, RunsFilter
 
-from programuser_dagster.jobs import JOB_NAME, PAUSE_BEFORE_WRITE_ENV
+from programuser_dagster.ingest.job import JOB_NAME, PAUSE_BEFORE_WRITE_ENV
+from programuser_dagster.ingest.run_tags import START_TAG
 from programuser_dagster.resources import kafka_resource
-from programuser_dagster.run_tags import START_TAG
 from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import REPO
 from tests.support.faults import env_for, wait_for

@@ -13,11 +13,11 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from dagster import AssetCheckSeverity, build_sensor_context
 
-from programuser_dagster import health
-from programuser_dagster.backlog import plan_backlog
 from programuser_dagster.cli import main
+from programuser_dagster.ingest import checks as health
+from programuser_dagster.ingest.backlog import plan_backlog
+from programuser_dagster.ingest.sensors import build_health_sensor
 from programuser_dagster.resources import kafka_resource
-from programuser_dagster.sensors import build_health_sensor
 from programuser_dagster.settings import Settings
 from programuser_dagster.verify import verify
 from tests.support.dagster_dev import REPO

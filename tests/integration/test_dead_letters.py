@@ -18,7 +18,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from devtools.produce import produce_records
 from devtools.stack import delete_topics
 from programuser_dagster.core.report import RangeReport
-from programuser_dagster.jobs import kafka_partitions, program_user_info
+from programuser_dagster.ingest.job import kafka_partitions, program_user_info
+from programuser_dagster.ingest.range_rows import Chunking, RangeRows
 from programuser_dagster.kafka.dead_letters import (
     TOO_LARGE,
     Source,
@@ -26,7 +27,6 @@ from programuser_dagster.kafka.dead_letters import (
     record_bytes,
     room_warning,
 )
-from programuser_dagster.range_rows import Chunking, RangeRows
 from programuser_dagster.resources import build_resources, kafka_resource
 from programuser_dagster.settings import (
     DEAD_LETTER_MAX_MESSAGE_BYTES,

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from programuser_dagster.drain import FAILED, PROGRESS, STALLED, SUPERSEDED_RUN, drain, judge
-from programuser_dagster.run_tags import PARTITION_TAG
+from programuser_dagster.ingest.drain import FAILED, PROGRESS, STALLED, SUPERSEDED_RUN, drain, judge
+from programuser_dagster.ingest.run_tags import PARTITION_TAG
 from programuser_dagster.settings import Settings
 from tests.support.pipeline import add_run, cli_env, event, offsets, produce
 
@@ -100,7 +100,7 @@ def test_drain_in_two_processes_gives_each_partition_to_one_of_them(
 ) -> None:
     from dagster import DagsterInstance
 
-    from programuser_dagster.run_tags import DRAIN_PROCESS_TAG
+    from programuser_dagster.ingest.run_tags import DRAIN_PROCESS_TAG
 
     s = kafka_topics
     for p in range(4):
@@ -169,7 +169,7 @@ def test_judge_counts_a_start_below_the_low_watermark_as_its_start() -> None:
 
 
 def test_the_stop_summary_says_what_was_finished_and_what_was_not() -> None:
-    from programuser_dagster.drain import DrainResult
+    from programuser_dagster.ingest.drain import DrainResult
 
     result = DrainResult(
         runs=[(0, True, ""), (2, True, ""), (0, False, ""), (1, False, "")],
@@ -226,7 +226,7 @@ def test_drain_goes_on_after_a_superseded_run(
 ) -> None:
     """Another committer commits the range while the run waits before its fence: the run is
     superseded, drain says so, does not count it as a failure, and drains the rest."""
-    from programuser_dagster.jobs import PAUSE_BEFORE_FENCE_ENV
+    from programuser_dagster.ingest.job import PAUSE_BEFORE_FENCE_ENV
 
     s = kafka_topics
     produce(s, [event("p", f"u{i}") for i in range(25)], partition=0)
@@ -270,7 +270,7 @@ def test_drain_prints_the_cause_of_a_failed_run_on_its_line(
 def test_failure_description_reads_past_dagsters_wrapper_to_the_cause() -> None:
     from dagster._utils.error import SerializableErrorInfo
 
-    from programuser_dagster.drain import _error_text
+    from programuser_dagster.ingest.drain import _error_text
 
     kafka = SerializableErrorInfo(
         "cimpl.KafkaException: KafkaError{code=_TRANSPORT}\n", [], "KafkaException")
@@ -340,7 +340,7 @@ def _backlog(s: Settings) -> None:
 
 
 def _start_drain(s: Settings, home: Path, out: Path, *args: str) -> subprocess.Popen:
-    from programuser_dagster.jobs import PAUSE_BEFORE_COMMIT_ENV
+    from programuser_dagster.ingest.job import PAUSE_BEFORE_COMMIT_ENV
 
     # Each run waits here, its writes acknowledged, inside the commit step: the signal
     # arrives while a run is in progress.

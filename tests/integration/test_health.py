@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 from dagster import AssetCheckSeverity, SensorResult, build_sensor_context
 
-from programuser_dagster import health
+from programuser_dagster.ingest import checks as health
+from programuser_dagster.ingest.sensors import build_health_sensor
 from programuser_dagster.resources import kafka_resource
-from programuser_dagster.sensors import build_health_sensor
 from programuser_dagster.settings import Settings
 from tests.support.pipeline import event, produce, run_partition
 

@@ -11,8 +11,8 @@ from confluent_kafka.admin import AdminClient, NewPartitions
 
 from programuser_dagster import replay
 from programuser_dagster.core.clock import now_us
-from programuser_dagster.drain import drain
-from programuser_dagster.jobs import kafka_partitions
+from programuser_dagster.ingest.drain import drain
+from programuser_dagster.ingest.job import kafka_partitions
 from programuser_dagster.resources import kafka_resource
 from programuser_dagster.settings import Settings
 from tests.support.pipeline import event, offsets, produce, row, run_partition, tick

@@ -23,11 +23,11 @@ from devtools.bench import cassandra_io_manager as bench_io_manager
 from programuser_dagster.cassandra.io_manager import CassandraWriteFailed
 from programuser_dagster.core.clock import now_us
 from programuser_dagster.core.report import RangeReport
-from programuser_dagster.jobs import PAUSE_BEFORE_WRITE_ENV, commit_offsets
+from programuser_dagster.ingest.job import PAUSE_BEFORE_WRITE_ENV, commit_offsets
+from programuser_dagster.ingest.range_rows import Chunking, RangeRows
+from programuser_dagster.ingest.run_tags import PARTITION_TAG, START_TAG
 from programuser_dagster.kafka.resource import KafkaResource
-from programuser_dagster.range_rows import Chunking, RangeRows
 from programuser_dagster.resources import build_resources, kafka_resource
-from programuser_dagster.run_tags import PARTITION_TAG, START_TAG
 from programuser_dagster.settings import Settings
 from tests.support.faults import RunInThread, job_env, logged, runs_of, wait_for
 from tests.support.jobs import reconstructable_job_from_env
@@ -378,7 +378,7 @@ def test_the_range_ends_at_the_given_end_offset_and_max_messages(
 
 
 def program_user_info_with_max(instance, s: Settings, max_messages: int):
-    from programuser_dagster.jobs import program_user_info
+    from programuser_dagster.ingest.job import program_user_info
 
     return program_user_info.execute_in_process(
         run_config={"ops": {"flatten_events": {"config": {"max_messages": max_messages}}}},

@@ -20,11 +20,11 @@ from dagster import (
 )
 from dagster._core.utils import make_new_run_id
 
-from programuser_dagster.jobs import JOB_NAME, kafka_partitions, program_user_info
+from programuser_dagster.ingest.job import JOB_NAME, kafka_partitions, program_user_info
+from programuser_dagster.ingest.run_tags import PARTITION_TAG, START_TAG, START_TOKEN_TAG
+from programuser_dagster.ingest.sensors import build_backlog_sensor
 from programuser_dagster.kafka.resource import PartitionOffsets
 from programuser_dagster.resources import build_resources, kafka_resource
-from programuser_dagster.run_tags import PARTITION_TAG, START_TAG, START_TOKEN_TAG
-from programuser_dagster.sensors import build_backlog_sensor
 from programuser_dagster.settings import Settings, temporary_env  # noqa: F401 (for the tests)
 from tests.support.seed import SEED_EVENT as SEED_EVENT
 
@@ -253,7 +253,7 @@ def cli_env(s: Settings, home: Any = None, **extra: str) -> dict[str, str]:
     """The environment of a subprocess (the CLI, a daemon) on the test's topics and keyspace,
     and on Dagster home `home` (None: no DAGSTER_HOME at all). The test fault hooks of this
     process are not passed on unless given in `extra`."""
-    from programuser_dagster.jobs import (
+    from programuser_dagster.ingest.job import (
         PAUSE_BEFORE_COMMIT_ENV,
         PAUSE_BEFORE_FENCE_ENV,
         PAUSE_BEFORE_WRITE_ENV,

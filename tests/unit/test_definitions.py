@@ -12,8 +12,8 @@ from dagster import Definitions
 
 from programuser_dagster.cassandra.io_manager import CassandraIOManager, CassandraWriteFailed
 from programuser_dagster.definitions import build_definitions
-from programuser_dagster.ingest_config import FLATTEN_STEP
-from programuser_dagster.jobs import build_job
+from programuser_dagster.ingest.job import build_job
+from programuser_dagster.ingest.run_config import FLATTEN_STEP
 from programuser_dagster.kafka.resource import KafkaResource, KafkaUnavailable
 from programuser_dagster.resources import cassandra_io_manager, kafka_resource
 from programuser_dagster.settings import DEFAULTS, Settings, local_stack_hint

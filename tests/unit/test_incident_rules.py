@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from programuser_dagster.backlog import BacklogPlan
 from programuser_dagster.core.offsets import PartitionOffsets
 from programuser_dagster.core.planning import Plan
+from programuser_dagster.ingest.backlog import BacklogPlan
 from programuser_dagster.kafka.dead_letters import (
     Origin,
     Source,

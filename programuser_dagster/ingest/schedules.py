@@ -13,10 +13,10 @@ from dagster import (
     schedule,
 )
 
+from ..kafka.resource import KafkaResource
+from ..settings import Settings
 from .backlog import plan_backlog
-from .jobs import kafka_partitions
-from .kafka.resource import KafkaResource
-from .settings import Settings
+from .job import kafka_partitions
 
 
 def build_backlog_schedule(job: JobDefinition, settings: Settings) -> ScheduleDefinition:

@@ -13,10 +13,10 @@ from dagster import (
     asset_check,
 )
 
-from . import health
-from .health import ACCOUNTING_CHECK as ACCOUNTING_CHECK
-from .kafka.resource import KafkaResource
-from .settings import Settings
+from ..kafka.resource import KafkaResource
+from ..settings import Settings
+from . import checks as health
+from .checks import ACCOUNTING_CHECK as ACCOUNTING_CHECK
 
 PROGRAM_ENROLLMENT = AssetKey("program_enrollment")
 JOB_NAME = "program_user_info"

@@ -12,7 +12,7 @@ from typing import Any
 from dagster import Config
 from pydantic import Field
 
-from .settings import DEFAULTS, MAX_RANGE_MESSAGES, Settings
+from ..settings import DEFAULTS, MAX_RANGE_MESSAGES, Settings
 
 FLATTEN_STEP = "flatten_events"
 

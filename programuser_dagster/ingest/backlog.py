@@ -29,13 +29,14 @@ from dagster import (
     RunsFilter,
 )
 
+from ..core.event_ages import lag_seconds
+from ..core.offsets import PartitionOffsets
+from ..core.planning import Launch, Plan, decide
+from ..kafka.resource import KafkaResource
+from ..settings import Settings
 from .assets import JOB_NAME, PROGRAM_ENROLLMENT
-from .core.event_ages import lag_seconds
-from .core.offsets import PartitionOffsets
-from .core.planning import Launch, Plan, decide
-from .ingest_config import run_config
-from .jobs import kafka_partitions
-from .kafka.resource import KafkaResource
+from .job import kafka_partitions
+from .run_config import run_config
 from .run_tags import (
     DRAIN_PROCESS_TAG,
     END_TAG,
@@ -45,7 +46,6 @@ from .run_tags import (
     START_TAG,
     START_TOKEN_TAG,
 )
-from .settings import Settings
 
 IN_FLIGHT = [
     DagsterRunStatus.QUEUED,

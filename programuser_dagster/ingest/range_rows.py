@@ -18,12 +18,12 @@ from dataclasses import dataclass
 import pandas as pd
 from dagster import Failure
 
-from .cassandra.io_manager import RECORD_TIMES, WRITE_TIMES
-from .core.clock import WriteClock
-from .core.events import flatten
-from .core.report import RangeReport
-from .kafka.resource import KafkaResource, KafkaUnavailable, Message, record_time_ms
-from .settings import DEAD_LETTERS_PER_RUN
+from ..cassandra.io_manager import RECORD_TIMES, WRITE_TIMES
+from ..core.clock import WriteClock
+from ..core.events import flatten
+from ..core.report import RangeReport
+from ..kafka.resource import KafkaResource, KafkaUnavailable, Message, record_time_ms
+from ..settings import DEAD_LETTERS_PER_RUN
 
 
 @dataclass(frozen=True)

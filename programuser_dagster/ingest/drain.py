@@ -34,20 +34,20 @@ from dagster import (
 )
 from dagster._core.storage.tags import REPOSITORY_LABEL_TAG  # not exported publicly
 
-from . import client_logs
+from .. import client_logs
+from ..cassandra.io_manager import keep_connections
+from ..core.growth import hold
+from ..core.offsets import PartitionOffsets
+from ..core.planning import Launch
+from ..kafka.resource import KafkaUnavailable
+from ..resources import build_resources
+from ..settings import Settings
 from .backlog import launch_request, process_token, runs_in_flight, sync_partitions
-from .cassandra.io_manager import keep_connections
-from .core.growth import hold
-from .core.offsets import PartitionOffsets
-from .core.planning import Launch
 from .instance import add_partitions, hold_connections
 from .interrupts import STOP_SIGNALS
-from .jobs import program_user_info
-from .kafka.resource import KafkaUnavailable
+from .job import program_user_info
 from .memory import release_memory
-from .resources import build_resources
 from .run_tags import DRAIN, DRAIN_PROCESS_TAG, HELD, LAUNCHED_BY_TAG, OUTCOME_TAG, SUPERSEDED
-from .settings import Settings
 
 # What a finished run did to its partition (judge()).
 PROGRESS = "progress"  # the committed offset moved, or nothing is left to read

@@ -34,23 +34,24 @@ from dagster import (
     op,
 )
 
-from .assets import ACCOUNTING_CHECK, JOB_NAME, PROGRAM_ENROLLMENT
-from .core.clock import WriteClock, now_us
-from .core.clock_skew import skew_refusal
-from .core.event_ages import lag_seconds
-from .core.growth import hold, start_clock
-from .core.offsets import PartitionOffsets
-from .core.report import RangeReport, offset_runs
-from .ingest_config import IngestConfig, run_config
-from .interrupts import DeferredSignals, interrupts_deferred
-from .kafka.resource import (
+from ..core.clock import WriteClock, now_us
+from ..core.clock_skew import skew_refusal
+from ..core.event_ages import lag_seconds
+from ..core.growth import hold, start_clock
+from ..core.offsets import PartitionOffsets
+from ..core.report import RangeReport, offset_runs
+from ..kafka.resource import (
     CommitState,
     CommitUnknown,
     KafkaResource,
     KafkaUnavailable,
     Superseded,
 )
+from ..settings import DEFAULTS, MAX_RANGE_MESSAGES, Settings
+from .assets import ACCOUNTING_CHECK, JOB_NAME, PROGRAM_ENROLLMENT
+from .interrupts import DeferredSignals, interrupts_deferred
 from .range_rows import Chunking, RangeRows
+from .run_config import IngestConfig, run_config
 from .run_tags import (
     COMMITTED,
     DRAIN,
@@ -63,7 +64,6 @@ from .run_tags import (
     START_TOKEN_TAG,
     SUPERSEDED,
 )
-from .settings import DEFAULTS, MAX_RANGE_MESSAGES, Settings
 
 # One dynamic partition per Kafka partition of the input topic ("0", "1", ...).
 kafka_partitions = DynamicPartitionsDefinition(name="kafka_partitions")

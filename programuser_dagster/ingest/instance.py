@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
-from .jobs import kafka_partitions
+from .job import kafka_partitions
 
 LOCK_FILE = ".programuser-dagster.lock"
 

@@ -14,12 +14,12 @@ from dagster import (
     sensor,
 )
 
-from . import health
+from ..kafka.resource import KafkaResource, KafkaUnavailable
+from ..settings import Settings
+from . import checks as health
 from .assets import JOB_NAME, PROGRAM_ENROLLMENT, RECENT_RUNS
 from .backlog import plan_backlog
-from .jobs import kafka_partitions
-from .kafka.resource import KafkaResource, KafkaUnavailable
-from .settings import Settings
+from .job import kafka_partitions
 
 
 def build_backlog_sensor(job: JobDefinition, settings: Settings) -> SensorDefinition:

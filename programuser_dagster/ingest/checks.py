@@ -19,12 +19,12 @@ from dagster import (
     RunsFilter,
 )
 
-from .core.offsets import PartitionOffsets
-from .core.report import balances
+from ..core.offsets import PartitionOffsets
+from ..core.report import balances
+from ..settings import Settings
+from ..verification import unverified_line
+from ..verify import VerifyReport, verify
 from .run_tags import PARTITION_TAG
-from .settings import Settings
-from .verification import unverified_line
-from .verify import VerifyReport, verify
 
 ACCOUNTING_CHECK = "accounting_balanced"
 DEAD_LETTER_SHARE_CHECK = "dead_letter_share"
