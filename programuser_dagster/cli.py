@@ -139,8 +139,8 @@ def operator() -> str:
 
 
 def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from . import replay
-    from .incident_jobs import replay_observation, run_replay
+    from .incidents import replay
+    from .incidents.jobs import replay_observation, run_replay
     from .ingest.instance import open_instance
 
     target = replay.Target(
@@ -168,7 +168,7 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_reset_clock(args: argparse.Namespace, settings: Settings) -> int:
-    from . import reset_clock
+    from .incidents import reset_clock
 
     kafka = kafka_resource(settings)
     try:
@@ -188,8 +188,8 @@ def _cmd_reset_clock(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:
-    from . import redrive
-    from .incident_jobs import redrive_filters, redrive_observation
+    from .incidents import redrive
+    from .incidents.jobs import redrive_filters, redrive_observation
     from .ingest.instance import open_instance
     from .resources import cassandra_io_manager
 
@@ -212,7 +212,7 @@ def _cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     import logging
 
-    from .verify import verify
+    from .incidents.verify import verify
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # its progress lines
     report = verify(settings, args.partition or None)

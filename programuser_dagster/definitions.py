@@ -11,7 +11,7 @@ import warnings
 from dagster import BetaWarning, Definitions
 
 from . import client_logs
-from .incident_jobs import redrive_job, replay_job
+from .incidents.jobs import redrive_job, replay_job
 from .ingest.assets import build_asset_checks, build_program_enrollment
 from .ingest.job import build_job
 from .ingest.schedules import build_backlog_schedule

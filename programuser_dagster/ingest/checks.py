@@ -21,9 +21,9 @@ from dagster import (
 
 from ..core.offsets import PartitionOffsets
 from ..core.report import balances
+from ..incidents.expected_cells import unverified_line
+from ..incidents.verify import VerifyReport, verify
 from ..settings import Settings
-from ..verification import unverified_line
-from ..verify import VerifyReport, verify
 from .run_tags import PARTITION_TAG
 
 ACCOUNTING_CHECK = "accounting_balanced"

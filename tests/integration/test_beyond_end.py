@@ -14,12 +14,12 @@ from confluent_kafka import Consumer, TopicPartition
 from dagster import AssetCheckSeverity, build_sensor_context
 
 from programuser_dagster.cli import main
+from programuser_dagster.incidents.verify import verify
 from programuser_dagster.ingest import checks as health
 from programuser_dagster.ingest.backlog import plan_backlog
 from programuser_dagster.ingest.sensors import build_health_sensor
 from programuser_dagster.resources import kafka_resource
 from programuser_dagster.settings import Settings
-from programuser_dagster.verify import verify
 from tests.support.dagster_dev import REPO
 from tests.support.pipeline import (
     cli_env,

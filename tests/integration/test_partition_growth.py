@@ -9,8 +9,8 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka.admin import AdminClient, NewPartitions
 
-from programuser_dagster import replay
 from programuser_dagster.core.clock import now_us
+from programuser_dagster.incidents import replay
 from programuser_dagster.ingest.drain import drain
 from programuser_dagster.ingest.job import kafka_partitions
 from programuser_dagster.resources import kafka_resource

@@ -25,7 +25,7 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, EventRecordsFil
 from devtools.stack import INPUT_TOPIC_CONFIG, delete_topics
 from programuser_dagster.cli import main
 from programuser_dagster.core import events
-from programuser_dagster.incident_jobs import redrive_job
+from programuser_dagster.incidents.jobs import redrive_job
 from programuser_dagster.resources import build_resources
 from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import REPO

@@ -7,6 +7,9 @@ import pytest
 
 from programuser_dagster.core.offsets import PartitionOffsets
 from programuser_dagster.core.planning import Plan
+from programuser_dagster.incidents.outcomes import Refused
+from programuser_dagster.incidents.redrive import Filters, original_replaced, write_time
+from programuser_dagster.incidents.replay import Target, parse_time, plan_rewind
 from programuser_dagster.ingest.backlog import BacklogPlan
 from programuser_dagster.kafka.dead_letters import (
     Origin,
@@ -16,9 +19,6 @@ from programuser_dagster.kafka.dead_letters import (
     not_the_original,
     origin,
 )
-from programuser_dagster.redrive import Filters, original_replaced, write_time
-from programuser_dagster.refusals import Refused
-from programuser_dagster.replay import Target, parse_time, plan_rewind
 
 
 def _origin(**fields: object) -> Origin:

@@ -11,7 +11,7 @@ import pytest
 from cassandra.cqltypes import UTF8Type
 from cassandra.util import Date, OrderedMapSerializedKey
 
-from programuser_dagster.verification import (
+from programuser_dagster.incidents.expected_cells import (
     Differences,
     ExpectedCells,
     PartitionReport,

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .cassandra.io_manager import WRITE_TIMES, CassandraIOManager
-from .core.events import flatten
-from .kafka.dead_letters import Origin, key_digest, not_the_original, origin
-from .kafka.resource import KafkaResource, record_time_ms
-from .refusals import Refused
+from ..cassandra.io_manager import WRITE_TIMES, CassandraIOManager
+from ..core.events import flatten
+from ..kafka.dead_letters import Origin, key_digest, not_the_original, origin
+from ..kafka.resource import KafkaResource, record_time_ms
+from .outcomes import Refused
 
 # Letters flattened and written together; each batch's values are all that is held at once.
 BATCH = 2_000

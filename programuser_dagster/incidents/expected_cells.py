@@ -46,7 +46,7 @@ from typing import Any
 
 import orjson
 
-from .core.events import COLUMN_GROUPS, COLUMNS, NOT_WRITTEN, _message_row, _Rejected
+from ..core.events import COLUMN_GROUPS, COLUMNS, NOT_WRITTEN, _message_row, _Rejected
 
 Key = tuple[str, str]  # (program_id, user_id)
 Place = tuple[int, int]  # (partition, offset) of an event

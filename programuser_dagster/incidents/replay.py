@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from .core.clock import now_us
-from .core.offsets import PartitionOffsets
-from .kafka.resource import CommitUnknown, KafkaResource, KafkaUnavailable, Superseded
-from .refusals import CouldNotComplete, Refused
+from ..core.clock import now_us
+from ..core.offsets import PartitionOffsets
+from ..kafka.resource import CommitUnknown, KafkaResource, KafkaUnavailable, Superseded
+from .outcomes import CouldNotComplete, Refused
 
 
 @dataclass(frozen=True)

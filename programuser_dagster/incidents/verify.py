@@ -36,11 +36,11 @@ from typing import Any
 from cassandra.cluster import ResponseFuture, Session
 from confluent_kafka import Message
 
-from .core.events import COLUMNS
-from .kafka.resource import KafkaResource
-from .resources import cassandra_io_manager, kafka_resource
-from .settings import Settings
-from .verification import Differences, ExpectedCells, Key, PartitionReport, VerifyReport
+from ..core.events import COLUMNS
+from ..kafka.resource import KafkaResource
+from ..resources import cassandra_io_manager, kafka_resource
+from ..settings import Settings
+from .expected_cells import Differences, ExpectedCells, Key, PartitionReport, VerifyReport
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .core.clock import now_us
-from .core.clock_skew import utc_time
-from .core.offsets import PartitionOffsets
-from .kafka.resource import KafkaResource, KafkaUnavailable, Superseded
-from .refusals import CouldNotComplete
-from .settings import MAX_RANGE_MESSAGES
+from ..core.clock import now_us
+from ..core.clock_skew import utc_time
+from ..core.offsets import PartitionOffsets
+from ..kafka.resource import KafkaResource, KafkaUnavailable, Superseded
+from ..settings import MAX_RANGE_MESSAGES
+from .outcomes import CouldNotComplete
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ from dagster import (
 )
 from pydantic import Field
 
+from ..cassandra.io_manager import CassandraIOManager, CassandraWriteFailed
+from ..ingest.assets import PROGRAM_ENROLLMENT
+from ..kafka.resource import KafkaResource, KafkaUnavailable
 from . import redrive, replay
-from .cassandra.io_manager import CassandraIOManager, CassandraWriteFailed
-from .ingest.assets import PROGRAM_ENROLLMENT
-from .kafka.resource import KafkaResource, KafkaUnavailable
-from .refusals import CouldNotComplete
+from .outcomes import CouldNotComplete
 
 REPLAY_JOB = "replay"
 REDRIVE_JOB = "redrive"
