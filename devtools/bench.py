@@ -342,9 +342,9 @@ def write_ceiling(
 def _requests(
     insert: Any, params: list[tuple[Any, ...]], groups: list[list[int]], encoded: bool
 ) -> Iterator[Any]:
-    """A driver loop's requests, made as it goes (so in the timed part, like any loop):
-    either bound by the driver, a row at a time (binding is ~half of a row's client-side
-    cost), or encoded column-wise first as the pipeline does (resources/cql_encoding.py)."""
+    """A driver loop's requests, made as it goes (so in the timed part, like any loop): either bound
+    by the driver, a row at a time (binding is ~half of a row's client-side cost), or encoded
+    column-wise first as the pipeline does (programuser_dagster/cassandra/cql_encoding.py)."""
     if encoded:
         values = _encoded(insert, params)
         for group in groups:

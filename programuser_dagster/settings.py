@@ -43,7 +43,7 @@ REDRIVEN_TABLE = "redriven_letters"
 # one's offset and reason, stays ~3 MB compressed, far below Cassandra's largest mutation.
 DEAD_LETTERS_PER_RUN = 1_000_000
 # A run's writes go in up to its range's length, in microseconds, ahead of the wall clock
-# (clock.py), and the clock-skew check allows a committed clock that far ahead of a host's:
+# (core/clock.py), and the clock-skew check allows a committed clock that far ahead of a host's:
 # at most this many offsets per run keeps that lead, and the allowance, within 1 s.
 MAX_RANGE_MESSAGES = 1_000_000
 # A commit's transaction may last KAFKA_DELIVERY_TIMEOUT_S + this (transaction.timeout.ms).
@@ -340,7 +340,7 @@ _TABLE: tuple[_Variable, ...] = (
         at_most=1.0, allowed="a share above 0 and at most 1, e.g. 0.05")),
     _Variable("PROGRAMUSER_STALL_WARN_S", "stall_warn_s", _whole, _count()),
     _Variable("PROGRAMUSER_CODE_LOCATION", "code_location", _text, _name),
-    # Above it a run refuses to write (clock_skew.py); a few seconds is what NTP keeps easily.
+    # Above it a run refuses to write (core/clock_skew.py); a few seconds is what NTP keeps easily.
     _Variable("PROGRAMUSER_CLOCK_SKEW_MAX_S", "clock_skew_max_s", _number, _seconds(
         at_most=3600, allowed="seconds above 0, at most 3600")),
 )

@@ -17,8 +17,9 @@ Fixtures (use them; never write to the dev topics or keyspace from a test):
   dropped after the test.
 - ``kafka_topics`` (function): ``make_test_settings()`` once; the usual way to get a Settings.
 - ``_cassandra_connections_kept`` (session, autouse): in-process runs reuse one Cassandra
-  connection per connection settings (resources/cassandra.py: keep_connections).
-- ``postgres`` (module): a throwaway PostgreSQL server (stack/postgres.py) for deploy/'s
+  connection per connection settings (programuser_dagster/cassandra/io_manager.py:
+  keep_connections).
+- ``postgres`` (module): a throwaway PostgreSQL server (devtools/stack/postgres.py) for deploy/'s
   instance files; yields their DAGSTER_PG_* variables.
 - ``dagster_home`` (session): the temporary DAGSTER_HOME set for the whole test session, so
   tests never touch the dev instance in .dagster_home.

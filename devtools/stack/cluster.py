@@ -245,7 +245,7 @@ def _kafka_overrides(n: Node, tls: Tls, login: tuple[str, str]) -> str:
     store = "listener.name.sasl_ssl.ssl"
     return "\n".join([
         "",
-        f"# {n.name} of the cluster stack (stack/cluster.py).",
+        f"# {n.name} of the cluster stack (cluster.py).",
         f"node.id={n.number}",
         f"controller.quorum.voters={voters}",
         f"listeners=PLAINTEXT://{a}:{KAFKA_PORT},SASL_SSL://{a}:{KAFKA_TLS_PORT},"

@@ -50,7 +50,7 @@ CASSANDRA_MAIN = "org.apache.cassandra.service.CassandraDaemon"
 _MAIN_CLASS = {"kafka": KAFKA_MAIN, "cassandra": CASSANDRA_MAIN}
 
 # The input topic takes what our producer does; the dead-letter topic that plus the letters'
-# headers, so that the letter of the largest input record fits (settings.py).
+# headers, so that the letter of the largest input record fits (programuser_dagster/settings.py).
 # The pipeline measures event age from record timestamps; LogAppendTime makes them the broker's.
 INPUT_TOPIC_CONFIG: Mapping[str, str] = {
     "max.message.bytes": str(INPUT_MAX_MESSAGE_BYTES),
@@ -1256,7 +1256,7 @@ def main_stack(argv: Sequence[str]) -> int:
                 type=float,
                 default=None,
                 help=f"seconds to wait for each server (default {DEFAULT_TIMEOUT:.0f}; with "
-                "--cluster, for the whole cluster: stack/cluster.py's DEFAULT_TIMEOUT)",
+                "--cluster, for the whole cluster: cluster.py's DEFAULT_TIMEOUT)",
             )
     args = parser.parse_args(list(argv))
     if args.secure:

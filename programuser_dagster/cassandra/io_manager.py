@@ -9,7 +9,7 @@ one partition is one mutation on one replica (no coordinator fan-out, no batch l
 cuts the driver's per-request Python work (a future, a frame, a callback) by the batch size
 (README: Performance). A batch Cassandra refuses as invalid is replayed row by row, so only the
 rows it refuses become dead letters; a refusal that is not about the rows (a guardrail on
-every write, a dropped table: write_refusals.py) fails the run instead. Rows are encoded a
+every write, a dropped table: refusals.py) fails the run instead. Rows are encoded a
 column at a time (cql_encoding.py) rather than bound by the driver row by row: the same bytes
 for a third of the client's CPU.
 
@@ -67,7 +67,7 @@ class CassandraWriteFailed(RuntimeError):
 
 
 # The rows the IO manager writes are events.flatten's, plus, per row, the write time of each
-# column group's writer (clock.py: a tuple, None where no event wrote the group); a frame may
+# column group's writer (core/clock.py: a tuple, None where no event wrote the group); a frame may
 # carry in attrs the record times (ms) of its events, whose ages at acknowledgement it measures.
 WRITE_TIMES = "write_times"
 RECORD_TIMES = "record_times_ms"
@@ -75,7 +75,7 @@ RECORD_TIMES = "record_times_ms"
 
 class RowSource(Protocol):
     """What the IO manager writes: DataFrames of flattened rows in offset order, and the
-    range's report, which it completes with what Cassandra acknowledged (range_rows.py)."""
+    range's report, which it completes with what Cassandra acknowledged (ingest/range_rows.py)."""
 
     report: RangeReport
 
@@ -276,7 +276,7 @@ class CassandraIOManager(ConfigurableIOManager):
 
 
     def insert_cql(self) -> str:
-        """The upsert of one event's column groups at that event's write time (clock.py)."""
+        """The upsert of one event's column groups at that event's write time (core/clock.py)."""
         cols = ", ".join(COLUMNS)
         marks = ", ".join("?" for _ in COLUMNS)
         return (f"INSERT INTO {self.keyspace}.{self.table} ({cols}) VALUES ({marks}) "
@@ -285,7 +285,7 @@ class CassandraIOManager(ConfigurableIOManager):
     def insert_statement(self) -> PreparedStatement:
         if self._insert is None:
             self._insert = self.session().prepare(self.insert_cql())
-            self._insert.is_idempotent = True  # it carries its write time (clock.py)
+            self._insert.is_idempotent = True  # it carries its write time (core/clock.py)
         return self._insert
 
     def teardown_after_execution(self, context: Any) -> None:
@@ -323,9 +323,9 @@ class CassandraIOManager(ConfigurableIOManager):
 
         Chunks are written one after another: all of a chunk's writes are acknowledged (and the
         rows of a batch refused as invalid replayed) before the next chunk's are sent. Which
-        value a cell ends with is decided by the write times the rows carry (clock.py), not by
+        value a cell ends with is decided by the write times the rows carry (core/clock.py), not by
         this order. The next chunk is taken from the iterable while this chunk's last writes
-        are in flight, so producing it (range_rows.py flattens it then) overlaps Cassandra's
+        are in flight, so producing it (ingest/range_rows.py flattens it then) overlaps Cassandra's
         work on them.
         """
         frames = iter([rows] if isinstance(rows, pd.DataFrame) else rows)
@@ -333,7 +333,7 @@ class CassandraIOManager(ConfigurableIOManager):
             return self._upsert(frames, between_chunks)
         finally:
             # A source left half read (a write failed) is closed now, not whenever the
-            # collector finds it: its reader (range_rows.py) gives its Kafka assignment back.
+            # collector finds it: its reader (ingest/range_rows.py) gives its Kafka assignment back.
             close = getattr(frames, "close", None)
             if close is not None:
                 close()
@@ -437,13 +437,13 @@ class CassandraIOManager(ConfigurableIOManager):
                 self._fail(receipt, outcome)
 
     def _unless_every_row_refused(self, receipt: WriteReceipt, refusal: InvalidRequest) -> None:
-        """Fail the run when Cassandra's refusal is not about the row (write_refusals.py):
+        """Fail the run when Cassandra's refusal is not about the row (refusals.py):
         every row would be refused, and dead-lettering them would commit past the backlog."""
         if systemic_cause(str(refusal)) is not None:
             self._fail(receipt, refusal)
 
     def _refuses_every_write(self, failure: BaseException) -> str | None:
-        """What a refusal any write would get means and how to fix it (write_refusals.py);
+        """What a refusal any write would get means and how to fix it (refusals.py);
         None for other failures."""
         cause = systemic_cause(str(failure)) if isinstance(failure, InvalidRequest) else None
         if cause is None:
@@ -491,7 +491,7 @@ class CassandraIOManager(ConfigurableIOManager):
     def _table_refuses_writes(self) -> BaseException | None:
         """Tell a row Cassandra refuses (dead-letter it) from a table that refuses every row
         (dropped or altered while running: fail the run instead of dead-lettering everything).
-        The refusals write_refusals.py knows fail the run at once; this catches the others.
+        The refusals that refusals.py knows fail the run at once; this catches the others.
         """
         try:
             self.session().prepare(self.insert_cql())
@@ -645,7 +645,7 @@ class BoundedExecution:
         lock = threading.Lock()
 
         def done(i: int, ok: bool, outcome: Any) -> None:
-            # Once per request: with speculative executions (cassandra_policies.py) a late
+            # Once per request: with speculative executions (policies.py) a late
             # failure of an attempt already overtaken may call back again.
             with lock:
                 if i in ended:
@@ -728,7 +728,7 @@ def group_statement(
     if len(writes) == 1:
         return bound(insert, values[writes[0]])
     batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-    batch.is_idempotent = True  # as its statements (cassandra_policies.py)
+    batch.is_idempotent = True  # as its statements (policies.py)
     for j in writes:
         batch.add(bound(insert, values[j]))
     return batch

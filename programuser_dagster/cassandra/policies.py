@@ -2,7 +2,7 @@
 another node is asked, and how soon a node that stops answering is left alone.
 
 Every row the pipeline writes or reads goes in a statement marked idempotent (`is_idempotent`):
-the upserts carry their own write times (clock.py), so sending one twice leaves the same cells;
+the upserts carry their own write times (core/clock.py), so sending one twice leaves the same cells;
 receipts and re-drive records are keyed rows rewritten with the same values; reads change
 nothing. That is what makes the choices below safe. Schema statements are not marked: DDL sent
 to two coordinators at once can make two versions of a table.

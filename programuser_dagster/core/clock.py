@@ -6,7 +6,7 @@ run committed (a zombie) would put older values back. Instead each partition has
 clock, kept with its committed offset (in the commit's metadata): a run that starts at offset S
 with the committed clock C takes base = max(now, C + 1) and writes the event at offset o at
 base + (o - S) microseconds; its commit of E records base + (E - S) (at least now + (E - S):
-jobs.py), so the next run's writes are later than every write of this one, whatever order
+ingest/job.py), so the next run's writes are later than every write of this one, whatever order
 they reach Cassandra in, while staying close to the wall clock (a row edited by hand is still
 updated by the next event).
 

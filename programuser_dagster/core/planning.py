@@ -4,13 +4,13 @@ A partition gets a run of [committed offset, high-water mark) when it has record
 committed offset and no run of it is queued or in progress. A range whose run failed is
 requested again (the sensor is the one owner of retries), after a back-off that doubles with
 each failed attempt at the same committed state (offset and fence token): the caller passes only
-the failed attempts at each partition's current state, so a commit (a new token) starts the
-count afresh. What counts as a failed attempt (a failure, a cancel, a run that succeeded without
-moving the offset; not a superseded run) is the caller's reading of the run records (backlog.py).
-A partition added to the topic waits for the old partitions' backlog (growth.py).
+the failed attempts at each partition's current state, so a commit (a new token) starts the count
+afresh. What counts as a failed attempt (a failure, a cancel, a run that succeeded without moving
+the offset; not a superseded run) is the caller's reading of the run records (ingest/backlog.py). A
+partition added to the topic waits for the old partitions' backlog (growth.py).
 
-No I/O and no client library here (no dagster, confluent_kafka or cassandra): backlog.py reads
-the broker and the instance, and turns the launches into Dagster run requests.
+No I/O and no client library here (no dagster, confluent_kafka or cassandra): ingest/backlog.py
+reads the broker and the instance, and turns the launches into Dagster run requests.
 """
 
 from __future__ import annotations

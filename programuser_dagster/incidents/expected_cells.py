@@ -10,11 +10,11 @@ the key, the always-written columns and each group it does not leave alone
   * within one partition, the higher offset wins (the table ends as if a partition's events
     were applied in offset order: docs/contract.md);
   * across partitions (a key lives in one while producers key by programId:userId and the
-    partition count stays; partitions added to the topic move keys), the later record
-    timestamp wins, ties by (partition, offset). Cassandra itself orders such writes by
-    the partitions' write clocks (clock.py), i.e. by when each partition was drained, so this is
-    an estimate: such keys are counted (`keys_in_several_partitions`) so that a difference on
-    one can be read as a producer's keying fault rather than a loss.
+    partition count stays; partitions added to the topic move keys), the later record timestamp
+    wins, ties by (partition, offset). Cassandra itself orders such writes by the partitions' write
+    clocks (core/clock.py), i.e. by when each partition was drained, so this is an estimate: such
+    keys are counted (`keys_in_several_partitions`) so that a difference on one can be read as a
+    producer's keying fault rather than a loss.
 
 Only the writer's (partition, offset, timestamp) and an 8-byte digest of each column's value are
 stored, never a value: the values are personal data; the keys are kept (they are what Cassandra
@@ -199,7 +199,7 @@ class PartitionReport:
     keys: int = 0
     rows_missing: int = 0
     cells_differing: int = 0
-    beyond_end: str = ""  # the committed offset is beyond the log end: what to do (offsets.py)
+    beyond_end: str = ""  # the committed offset is beyond the log end: what to do (core/offsets.py)
 
     def describe(self) -> str:
         if self.beyond_end:

@@ -1,6 +1,6 @@
 """redrive: write the dead letters that today's rules accept, at the write time of their event.
 
-A letter is re-driven at its `write_time` header (clock.py), so it changes exactly the columns
+A letter is re-driven at its `write_time` header (core/clock.py), so it changes exactly the columns
 that no later event of its key wrote; a letter without one (older, or another tool's) at its
 `source_timestamp`. In two passes, so that memory holds offsets and times, never the letters
 (of a too_large letter's key, a digest):

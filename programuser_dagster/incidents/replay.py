@@ -5,7 +5,7 @@ low watermark when there is no commit or it is below it) is refused, so no commi
 ever moves past records that were not processed. The rewind is a commit through the same
 fenced transaction as runs: it cannot race the sensor or a run (a run that started before it
 is superseded at its commit), and it carries the partition's write clock forward, so that the
-re-ingested events are written after everything written so far (clock.py): a replay rewrites
+re-ingested events are written after everything written so far (core/clock.py): a replay rewrites
 what it replays, hand edits included.
 """
 
@@ -160,7 +160,7 @@ def apply(
         try:
             with kafka.fenced_commit(rewind.partition, state.state) as txn:
                 # The count and a claim's barrier go forward too: a rewind releases no hold
-                # (growth.py).
+                # (core/growth.py).
                 txn.commit(rewind.target, clock=max(state.clock, now_us()),
                            partitions=state.partitions, barrier=state.barrier)
         except (Superseded, KafkaUnavailable) as exc:

@@ -1,6 +1,6 @@
 """reset-clock: set a partition's committed write clock back to this host's clock, when it is
 wrong: further ahead of the wall clock than any run leaves it (a host whose clock was ahead
-committed it, or another tool wrote it), so that runs refuse to write (clock_skew.py).
+committed it, or another tool wrote it), so that runs refuse to write (core/clock_skew.py).
 
 The committed offset stays; the reset is a commit through the same fenced transaction as runs
 (a run that started before it is superseded at its commit). Cells already written at the
@@ -70,7 +70,7 @@ def apply(kafka: KafkaResource, resets: Sequence[ClockReset],
         try:
             with kafka.fenced_commit(o.partition, o.state) as txn:
                 assert o.committed is not None  # reset.wrong
-                # The count and a claim's barrier go forward too (growth.py), as in replay.
+                # The count and a claim's barrier go forward too (core/growth.py), as in replay.
                 txn.commit(o.committed, clock=now_us(), partitions=o.partitions,
                            barrier=o.barrier, lower_clock=True)
         except (Superseded, KafkaUnavailable) as exc:

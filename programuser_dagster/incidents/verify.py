@@ -2,7 +2,7 @@
 
 It snapshots the group's committed offsets of the chosen partitions (default all), reads the
 retained records [low watermark, committed) of each into an on-disk store of expected cells
-(verification.py: the last retained writer of each (key, column group)), reads those rows back
+(expected_cells.py: the last retained writer of each (key, column group)), reads those rows back
 from Cassandra by primary key, and reports rows missing and cells that differ, by count and by
 column, with the (partition, offset) of the events concerned: never a key or a value.
 
@@ -12,7 +12,7 @@ against them), and the differing keys are read again. A differing cell that a re
 committed yet writes again (the range [now committed, now committed + PROGRAMUSER_MAX_MESSAGES),
 which holds every record a run in flight may write) cannot be checked: it is counted as
 unverified, with that record's (partition, offset), and the verification does not pass.
-Nor does it on a partition whose committed offset is beyond the log end (offsets.py): its
+Nor does it on a partition whose committed offset is beyond the log end (core/offsets.py): its
 records are read up to the end, and the state is reported with the replay that repairs it.
 
 Memory is bounded by sqlite's page cache (64 MiB), 20,000 keys merged in memory, READ_BATCH
@@ -20,7 +20,7 @@ records held at once and `concurrency` reads in flight, not by the topic; the st
 ~340 bytes of disk per key. Its cost: README, "Incidents".
 
 The same comparison, on one partition's range and at most `max_keys` keys, is the asset check
-table_matches_source (sensors.py): the keys and columns the last run's events wrote.
+table_matches_source (ingest/sensors.py): the keys and columns the last run's events wrote.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Which partitions need a run now, from the broker and the instance: the planning shared by the
 sensor, the schedule and drain.
 
-The rule itself is planning.py's (pure); this module reads what it decides from: the topic's
+The rule itself is core/planning.py's (pure); this module reads what it decides from: the topic's
 partitions and offsets (the KafkaResource), the runs queued or in progress per partition
 (freeing those of a dead drain process), and the failed attempts at each partition's committed
 state (from the run records: a failure, a cancel, or a run that succeeded without moving the
@@ -203,7 +203,7 @@ def plan_backlog(
     partitions not yet known to the job (the caller adds them)."""
     now = time.time() if now is None else now
     _, new = sync_partitions(instance, kafka)
-    # All of them, even for some: a new partition's hold depends on the old ones (growth.py).
+    # All of them, even for some: a new partition's hold depends on the old ones (core/growth.py).
     topic = kafka.claimed_offsets()
     chosen = None if partitions is None else set(partitions)
     offsets = [o for o in topic if chosen is None or o.partition in chosen]

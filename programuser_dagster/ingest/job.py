@@ -104,7 +104,7 @@ def flatten_events(
     context: OpExecutionContext, config: IngestConfig, kafka: KafkaResource
 ) -> RangeRows:
     """Plan one partition's range from its committed state, and hand it to the IO manager; a
-    partition added to the topic reads nothing while it is held (growth.py)."""
+    partition added to the topic reads nothing while it is held (core/growth.py)."""
     partition = int(context.partition_key)
     # Re-read on every (re-)execution: never process records below the committed offset, so a
     # stale run re-executed after newer ones cannot overwrite newer values. The state read
@@ -115,7 +115,7 @@ def flatten_events(
     if offsets.partitions != count or offsets.barrier:
         # The topic grew since this partition's commit, or this is its first run, or it is a
         # new partition's: claim what was added (so the count this run records is safe) and
-        # check the hold, whoever launched the run (growth.py).
+        # check the hold, whoever launched the run (core/growth.py).
         topic = kafka.claimed_offsets()
         offsets = topic[[o.partition for o in topic].index(partition)]
         held, committed_clock = hold(offsets, topic), start_clock(offsets, topic)
@@ -132,7 +132,7 @@ def flatten_events(
         committed_before=offsets.committed,
         token_before=offsets.token,
         clock_before=offsets.clock,
-        # From the same read that fixed the start: see clock.py.
+        # From the same read that fixed the start: see core/clock.py.
         write_base=WriteClock.starting(start, committed_clock, now).base,
         held=held,
         partitions=count,
@@ -298,7 +298,7 @@ def commit_offsets(
 
 def _clock_skew(kafka: KafkaResource, offsets: PartitionOffsets, now: int,
                 bound_s: float) -> str | None:
-    """Why this host's clock must not write the range (clock_skew.py), before any write: it is
+    """Why this host's clock must not write the range (core/clock_skew.py), before any write: it is
     compared with the committed clock and with the broker's append time of the range's first
     record (only a topic with LogAppendTime has one)."""
     partition = offsets.partition

@@ -12,10 +12,10 @@ END_TAG = "programuser/end_offset"
 # at one committed state a run is (backlog.py counts the failed ones for its back-off).
 START_TOKEN_TAG = "programuser/start_token"
 # How a run that succeeded ended: "committed"; "superseded" when another run of the partition
-# committed first and this run's commit was refused (it committed nothing); "no_progress" when
-# its range was empty though the partition has records (a bug or a bad setting: the sensor
-# counts it as a failed attempt, drain stops on the partition); "held" when its partition, added
-# to the topic, waits for the old partitions' backlog (growth.py: it read and committed nothing).
+# committed first and this run's commit was refused (it committed nothing); "no_progress" when its
+# range was empty though the partition has records (a bug or a bad setting: the sensor counts it as
+# a failed attempt, drain stops on the partition); "held" when its partition, added to the topic,
+# waits for the old partitions' backlog (core/growth.py: it read and committed nothing).
 OUTCOME_TAG = "programuser/outcome"
 COMMITTED = "committed"
 SUPERSEDED = "superseded"

@@ -36,7 +36,7 @@ class Source:
     value: bytes | None
     headers: Sequence[tuple[str, bytes | None]]
     timestamp_ms: int | None  # None: the record has none
-    write_time_us: int | None = None  # when its cells were (or are to be) written: clock.py
+    write_time_us: int | None = None  # when its cells were (or are to be) written: core/clock.py
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def _ours(source: Source, reason: str) -> Headers:
     ]
     if source.timestamp_ms is not None:
         headers.append(("source_timestamp", str(source.timestamp_ms).encode()))
-    if source.write_time_us is not None:  # what a re-drive writes it at (clock.py)
+    if source.write_time_us is not None:  # what a re-drive writes it at (core/clock.py)
         headers.append(("write_time", str(source.write_time_us).encode()))
     return headers
 

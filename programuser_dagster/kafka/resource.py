@@ -61,7 +61,7 @@ _FENCED_ERRORS = frozenset(
     {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 )
 # The commit metadata string carries the fence's token, the partition's write clock, the
-# topic's partition count and, on a new partition's claim, its barrier (growth.py):
+# topic's partition count and, on a new partition's claim, its barrier (core/growth.py):
 # "programuser-dagster token=N clock=C id=2 partitions=P[ barrier=Q:M,...] host=H"
 # (commit_metadata).
 _TOKEN = re.compile(r"\btoken=(\d+)\b")
@@ -69,7 +69,7 @@ _CLOCK = re.compile(r"\bclock=(\d+)\b")
 _PARTITIONS = re.compile(r"\bpartitions=(\d+)\b")
 _BARRIER = re.compile(r"\bbarrier=(\d+:\d+(?:,\d+:\d+)*)")
 # ... and `id=2`: committed under the escaped transactional id (see transactional_id), and
-# `host=H`: the host whose clock the commit's clock came from (clock_skew.py names it).
+# `host=H`: the host whose clock the commit's clock came from (core/clock_skew.py names it).
 _ID_2 = re.compile(r"\bid=2\b")
 _HOST = re.compile(r"\bhost=(\S+)")
 _TXN_PREFIX = "programuser-dagster"
@@ -377,7 +377,7 @@ class KafkaResource(ConfigurableResource):
 
     def claimed_offsets(self) -> list[PartitionOffsets]:
         """Every partition's offsets, after claiming the partitions added to the topic since
-        a commit recorded its count (growth.py): each through the fence, so that of two
+        a commit recorded its count (core/growth.py): each through the fence, so that of two
         claimers (the sensor, drain, a run) one claims and the other finds it claimed."""
         topic = self.offsets()
         pending = claims(topic)
@@ -812,7 +812,7 @@ class FencedCommit:
     ) -> dict[str, int]:
         """Send the dead letter of each (offset, reason), re-read from the input topic, and wait
         for the broker's acknowledgements; returns the letters acknowledged, by reason.
-        `write_time`: each offset's write time (clock.py), carried by its letter."""
+        `write_time`: each offset's write time (core/clock.py), carried by its letter."""
         if not letters:
             return {}
         reasons = dict(letters)
@@ -860,7 +860,7 @@ class FencedCommit:
         """Commit `end` with the next token, together with the letters delivered; the write
         clock recorded is `clock`, never below the one committed (it only moves forward) unless
         `lower_clock` (reset-clock: the committed one is wrong). `partitions`: the topic's
-        partition count the run saw; `barrier`: a claim's (growth.py)."""
+        partition count the run saw; `barrier`: a claim's (core/growth.py)."""
         assert self.state is not None
         new = CommitState(end, self.state.token + 1)
         recorded = clock if lower_clock else max(clock, self.clock)
@@ -965,9 +965,9 @@ def _host(metadata: str | None) -> str:
 def commit_metadata(token: int, clock: int, partitions: int = 0, barrier: Barrier = (),
                     host: str = "") -> str:
     """The metadata committed with an offset (parsed back by KafkaResource.offsets): the
-    fence's token, the write clock (clock.py), the mark of a commit under the escaped
-    transactional id, the topic's partition count and a claim's barrier (growth.py), and the
-    committing host (clock_skew.py)."""
+    fence's token, the write clock (core/clock.py), the mark of a commit under the escaped
+    transactional id, the topic's partition count and a claim's barrier (core/growth.py), and the
+    committing host (core/clock_skew.py)."""
     text = f"{_TXN_PREFIX} token={token} clock={clock} id=2"
     if partitions:
         text += f" partitions={partitions}"

@@ -190,7 +190,8 @@ def test_a_guardrail_switched_on_during_a_run_fails_it_and_dead_letters_nothing(
         if len(chunks) == 2:  # the first chunk is sent, the second not yet read
             private_node.set_guardrail("user_timestamps_enabled", "false")
 
-    # The IO manager calls it between chunks (resources/cassandra.py: handle_output).
+    # The IO manager calls it between chunks (programuser_dagster/cassandra/io_manager.py:
+    # handle_output).
     monkeypatch.setattr(cassandra_io, "collect_between_chunks", switch_on_after_the_first_chunk)
     try:
         failed = run_partition(instance, s, chunk_messages=2)

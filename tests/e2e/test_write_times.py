@@ -1,6 +1,6 @@
 """Writes that converge (issue 13, item 1), on the real servers: every (key, column) ends as if
 the partition's events had been applied one by one in offset order, whatever order the writes
-reach Cassandra in (clock.py).
+reach Cassandra in (programuser_dagster/core/clock.py).
 
 Here: a zombie run's writes delivered after a newer run's; each column group of a merged row
 written at its own event's time; a hand edit updated by the next event. Re-drive and replay

@@ -1,4 +1,5 @@
-"""Who owns a Cassandra connection, and for how long (resources/cassandra.py)."""
+"""Who owns a Cassandra connection, and for how long
+(programuser_dagster/cassandra/io_manager.py)."""
 
 from __future__ import annotations
 

@@ -139,7 +139,7 @@ def test_the_write_time_variable_is_the_statements_last(insert: PreparedStatemen
 
 def test_every_write_the_io_manager_sends_is_marked_idempotent(kafka_topics: Settings) -> None:
     """What lets the driver retry a write on another node and speculate
-    (resources/cassandra_policies.py): each carries its own write time."""
+    (programuser_dagster/cassandra/policies.py): each carries its own write time."""
     io = cassandra_io_manager(kafka_topics)
     try:
         insert = io.insert_statement()

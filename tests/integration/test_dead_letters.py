@@ -1,9 +1,9 @@
 """Dead letters near the size limits (issue 11, item 1): a letter always fits its topic, so a
 poison message never blocks its partition.
 
-The first tests are pure (dead_letters.py); the rest use the real broker: the largest record
-the input topic accepts, a compressed ~20 MB record, and a dead-letter topic smaller than the
-input topic, each next to small bad messages.
+The first tests are pure (programuser_dagster/kafka/dead_letters.py); the rest use the real broker:
+the largest record the input topic accepts, a compressed ~20 MB record, and a dead-letter topic
+smaller than the input topic, each next to small bad messages.
 """
 
 from __future__ import annotations

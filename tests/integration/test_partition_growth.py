@@ -1,5 +1,6 @@
-"""Partitions added to the input topic (growth.py), against the real broker and Cassandra: a key's
-row ends as its latest event, whatever order the old and the new partitions' runs come in."""
+"""Partitions added to the input topic (programuser_dagster/core/growth.py), against the real broker
+and Cassandra: a key's row ends as its latest event, whatever order the old and the new partitions'
+runs come in."""
 
 from __future__ import annotations
 

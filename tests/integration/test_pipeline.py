@@ -159,7 +159,8 @@ def test_every_outcome_is_counted_and_dead_letters_keep_the_original_message(
     committed = offsets(s)
     assert committed.committed == produced[-1] + 1
     assert row(cassandra_session, s, "p", "u-ok")["program_name"] == "fine"
-    # The run started at offset 0: the row of offset 7 was written at base + 7 (clock.py).
+    # The run started at offset 0: the row of offset 7 was written at base + 7
+    # (programuser_dagster/core/clock.py).
     base = cassandra_session.execute(
         f"SELECT WRITETIME(program_name) AS t FROM {s.cassandra_keyspace}.{s.cassandra_table} "
         "WHERE program_id='p' AND user_id='u-ok'").one().t - produced[-1]

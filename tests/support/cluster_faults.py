@@ -5,7 +5,7 @@ touches nothing else; the cluster tests remove it at the start of the session, a
 test and in `finally`, so a leftover rule can never break a later run.
 
 A node's traffic is both what is sent to its address (its CQL and storage ports) and what its
-own sockets send, matched by its cgroup (stack/cluster.py: node_cgroup): its outgoing
+own sockets send, matched by its cgroup (devtools/stack/cluster.py: node_cgroup): its outgoing
 connections to the other nodes leave from 127.0.0.1, not from its address.
 """
 

@@ -1,5 +1,5 @@
-"""Event-age histogram (ages.py): percentiles within 1% of the exact ones in bounded memory,
-clamping counted, merging and the JSON round trip lossless."""
+"""Event-age histogram (programuser_dagster/core/event_ages.py): percentiles within 1% of the exact
+ones in bounded memory, clamping counted, merging and the JSON round trip lossless."""
 
 from __future__ import annotations
 

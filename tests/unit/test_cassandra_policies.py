@@ -1,4 +1,5 @@
-"""The driver's policies for a cluster (resources/cassandra_policies.py): what is retried where.
+"""The driver's policies for a cluster (programuser_dagster/cassandra/policies.py): what is retried
+where.
 
 How they behave against real nodes that die, stall or are cut off is tested in tests/cluster.
 """

@@ -1,5 +1,5 @@
-"""Partitions added to the input topic (growth.py): which are claimed, what holds them, and the
-clock their first run starts after; on plain data."""
+"""Partitions added to the input topic (programuser_dagster/core/growth.py): which are claimed, what
+holds them, and the clock their first run starts after; on plain data."""
 
 from __future__ import annotations
 

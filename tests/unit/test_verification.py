@@ -1,4 +1,5 @@
-"""The pure store of verify (verification.py): expected cells, last writers, comparison."""
+"""The pure store of verify (programuser_dagster/incidents/expected_cells.py): expected cells, last
+writers, comparison."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Write times (clock.py) and what the IO manager makes of them (row_writes): every column
-group of a merged row is written at the write time of the event that wrote it last."""
+"""Write times (programuser_dagster/core/clock.py) and what the IO manager makes of them
+(row_writes): every column group of a merged row is written at the write time of the event that
+wrote it last."""
 
 from __future__ import annotations
 
