@@ -15,7 +15,7 @@ export CASSANDRA_USERNAME ?= programuser
 export CASSANDRA_PASSWORD ?= programuser
 # glibc gives each thread that allocates (the driver's, librdkafka's) its own heap arena, and
 # memory freed there is hardly ever given back: a long drain crept ~100 MB over 12 runs. Two
-# arenas keep its peak flat, at no cost in speed (README: Performance). Set it where runs start.
+# arenas keep its peak flat, at no cost in speed (docs/performance.md). Set it where runs start.
 export MALLOC_ARENA_MAX ?= 2
 
 .PHONY: deps venv stack run test test-unit soak lint down produce lag drain bench bench-scale bench-parallel bench-incidents cluster-deps cluster cluster-down test-cluster test-cluster-full bench-cluster docker-deps image test-docker bench-docker docker-down
@@ -93,7 +93,7 @@ bench-scale: stack
 	$(BIN)/python -m devtools.bench --events $(EVENTS) --scale
 
 # Throughput of 1..4 partitions drained by parallel runs (EVENTS/4 events per partition).
-# What verify and redrive cost (README: Incidents): bench-incidents-results.json.
+# What verify and redrive cost (docs/performance.md): bench-incidents-results.json.
 bench-incidents: stack
 	$(BIN)/python -m devtools.incident_bench --events $(EVENTS)
 
@@ -101,7 +101,7 @@ bench-parallel: stack
 	$(BIN)/python -m devtools.bench --events $(EVENTS) --parallel \
 	  --out bench-parallel-results.json
 
-# The cluster stack (README: Running against a cluster): three Cassandra nodes and three
+# The cluster stack (docs/deploying.md): three Cassandra nodes and three
 # brokers on 127.0.0.11-13, TLS; data in .stack-cluster/. nftables is for the fault tests.
 cluster-deps: deps
 	@command -v nft >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive \
@@ -121,7 +121,7 @@ test-cluster: cluster-deps venv
 test-cluster-full: cluster-deps venv
 	ROLL=all $(BIN)/pytest -q -m cluster tests/cluster
 
-# `make bench` against the cluster stack (README: Running against a cluster).
+# `make bench` against the cluster stack (docs/deploying.md).
 bench-cluster: cluster
 	$(BIN)/python -m devtools.bench --cluster --events $(EVENTS) \
 	  --out bench-cluster-results.json
@@ -155,7 +155,7 @@ docker-down: venv
 test-docker: docker-deps venv
 	$(BIN)/pytest -q -s -m docker tests/docker
 
-# Throughput with 1..4 run containers at once (README: Scaling out): bench-docker-results.json.
+# Throughput with 1..4 run containers at once (docs/deploying.md): bench-docker-results.json.
 bench-docker: docker-deps stack
 	$(BIN)/python -m devtools.container_bench --events $(DOCKER_EVENTS)
 DOCKER_EVENTS ?= 40000

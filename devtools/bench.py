@@ -1156,7 +1156,7 @@ def main(argv: list[str] | None = None) -> int:
                         "PostgreSQL, which `make deps` installs)")
     parser.add_argument("--cluster", action="store_true",
                         help="against the cluster stack (`make cluster`): its variables where "
-                        "unset (README: Running against a cluster)")
+                        "unset (docs/deploying.md)")
     args = parser.parse_args(argv)
     if args.cluster:
         from .stack.cluster import apply_cluster_defaults

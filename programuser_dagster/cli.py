@@ -220,7 +220,7 @@ def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     return DONE if report.ok else DIFFERENCES
 
 
-# Exit statuses of replay, redrive and verify (README: Incidents).
+# Exit statuses of replay, redrive and verify (docs/incidents.md).
 DONE, DIFFERENCES, BAD_ARGUMENTS, NOT_COMPLETED = 0, 1, 2, 3
 
 

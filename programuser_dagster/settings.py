@@ -1,7 +1,7 @@
 """Environment variables -> one typed, checked settings object.
 
-Every command, the local stack and the Dagster resources read configuration from here, so the
-names, defaults and checks live in exactly one place (the README lists them). A default is the
+Every command, the local stack and the Dagster resources read configuration from here, so the names,
+defaults and checks live in exactly one place (docs/configuration.md lists them). A default is the
 `Settings` field's (`DEFAULTS` holds them for other modules); `VARIABLES` says which variable
 sets which field; each variable has one rule, used both by `Settings.from_env` and whenever a
 `Settings` is built, so that a refused value stops the Definitions or a command at once, in one

@@ -13,8 +13,7 @@ node listens on its own loopback address, so both stacks can run at once.
 
 `up` starts what is not running and returns once the whole cluster is healthy (`healthy`);
 a restarted node keeps its data, so the same call restores a cluster after a node was
-killed. The pipeline is pointed at it with the variables in CLUSTER_DEFAULTS (README:
-Running against a cluster).
+killed. The pipeline is pointed at it with the variables in CLUSTER_DEFAULTS (docs/deploying.md).
 """
 
 from __future__ import annotations

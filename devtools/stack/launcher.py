@@ -1242,13 +1242,14 @@ def main_stack(argv: Sequence[str]) -> int:
             "--secure",
             action="store_true",
             help="the secure stack: own ports (Kafka 9192, CQL 9142) and data (.stack-secure), "
-            "Kafka with SASL/PLAIN logins; set the same variables to use it (see README)",
+            "Kafka with SASL/PLAIN logins; set the same variables to use it (see "
+            "docs/configuration.md)",
         )
         p.add_argument(
             "--cluster",
             action="store_true",
             help="the cluster stack: three Cassandra nodes and three Kafka brokers on "
-            "127.0.0.11-13, TLS, data in .stack-cluster (README: Running against a cluster)",
+            "127.0.0.11-13, TLS, data in .stack-cluster (docs/deploying.md)",
         )
         if command == "up":
             p.add_argument(

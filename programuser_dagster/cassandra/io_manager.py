@@ -7,7 +7,7 @@ execution.
 Rows are grouped by partition key (program_id) into small UNLOGGED batches: a batch of rows of
 one partition is one mutation on one replica (no coordinator fan-out, no batch log), and it
 cuts the driver's per-request Python work (a future, a frame, a callback) by the batch size
-(README: Performance). A batch Cassandra refuses as invalid is replayed row by row, so only the
+(docs/performance.md). A batch Cassandra refuses as invalid is replayed row by row, so only the
 rows it refuses become dead letters; a refusal that is not about the rows (a guardrail on
 every write, a dropped table: refusals.py) fails the run instead. Rows are encoded a
 column at a time (cql_encoding.py) rather than bound by the driver row by row: the same bytes

@@ -28,7 +28,7 @@ WRITE_TIMEOUT_RETRIES = 2
 # first answer wins: a coordinator that stalls (a long GC pause, SIGSTOP) costs a request this
 # delay, not its whole timeout. Each such request holds one of CASSANDRA_CONCURRENCY slots for
 # the delay, so it sets the write rate while a node stalls, until the heartbeat below drops the
-# node (README: Running against a cluster). It must stay well above a batch's latency under
+# node (docs/deploying.md). It must stay well above a batch's latency under
 # load (~0.35 s on the cluster's bench, by Little's law), or busy nodes get requests twice.
 SPECULATIVE_DELAY_S = 2.0
 SPECULATIVE_ATTEMPTS = 2

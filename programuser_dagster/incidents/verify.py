@@ -17,7 +17,7 @@ records are read up to the end, and the state is reported with the replay that r
 
 Memory is bounded by sqlite's page cache (64 MiB), 20,000 keys merged in memory, READ_BATCH
 records held at once and `concurrency` reads in flight, not by the topic; the store needs
-~340 bytes of disk per key. Its cost: README, "Incidents".
+~340 bytes of disk per key. Its cost: docs/performance.md.
 
 The same comparison, on one partition's range and at most `max_keys` keys, is the asset check
 table_matches_source (ingest/sensors.py): the keys and columns the last run's events wrote.

@@ -234,7 +234,7 @@ def _run_resources(settings: Settings) -> Iterator[tuple[dict[str, Any], Any]]:
     """The runs' resources, initialized once for all the runs of this process (and torn down
     after them), and the Kafka resource among them. Given as they are, Dagster would validate
     and copy each configurable resource again for every run, and each run would make its Kafka
-    clients and look up the dead-letter topic's size afresh (README: Performance)."""
+    clients and look up the dead-letter topic's size afresh (docs/performance.md)."""
     with dagster.build_resources(build_resources(settings)) as ready:
         yield ({"kafka": ResourceDefinition.hardcoded_resource(ready.kafka),
                 "cassandra_io_manager": IOManagerDefinition.hardcoded_io_manager(

@@ -58,7 +58,7 @@ _POOL_MAX_OVERFLOW = 20
 def hold_connections(instance: DagsterInstance) -> None:
     """Keep a pooled connection to PostgreSQL storage open for the process's runs, as the
     webserver does: by default each stored event opens a connection of its own, ~20 a run
-    (README: Performance). sqlite storage has no pool; nothing changes there.
+    (docs/performance.md). sqlite storage has no pool; nothing changes there.
 
     As in the webserver, a pooled connection the server dropped (a restart, a failover) fails
     the statement that finds it, not retried: that run fails and is retried by the sensor or

@@ -18,7 +18,7 @@ def gc_paused() -> Iterator[None]:
 
     A chunk creates ~10 containers per event (parsed JSON, rows) that live until it is written,
     in no reference cycle: the automatic passes, triggered by the allocations, only re-scanned
-    them (README: Performance). The driver's requests do leave cycles: the caller collects them
+    them (docs/performance.md). The driver's requests do leave cycles: the caller collects them
     once per chunk instead (collect_between_chunks). Only a plain block, never a generator, may
     hold this: a pause must end where it began, whatever fails inside.
     """

@@ -74,7 +74,7 @@ class RangeRows:
 
     def _frames(self, kafka: KafkaResource) -> Iterator[pd.DataFrame]:
         # Not in a thread: flattening is pure Python, and a thread holding the GIL delays the
-        # driver's I/O thread so much that a run took ~25% longer (README: Performance).
+        # driver's I/O thread so much that a run took ~25% longer (docs/performance.md).
         r, c = self.report, self.chunking
         pending: list[Message] = []
         pending_bytes = 0

@@ -148,7 +148,7 @@ class KafkaResource(ConfigurableResource):
             # client drops its bootstrap connection on the first metadata and, finding no
             # broker up, asks for its coordinator again only on a timer: a fresh consumer's
             # first committed() took ~60 ms, and init_transactions() 0.5 s of every run
-            # instead of ~10 ms (README: Performance).
+            # instead of ~10 ms (docs/performance.md).
             "enable.sparse.connections": False,
         }
         optional = {
