@@ -14,7 +14,6 @@ step re-reads from Kafka the few messages it dead-letters.
 """
 
 
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -49,6 +48,12 @@ from ..kafka.resource import (
 )
 from ..settings import DEFAULTS, MAX_RANGE_MESSAGES, Settings
 from .assets import ACCOUNTING_CHECK, JOB_NAME, PROGRAM_ENROLLMENT
+from .fault_pauses import (
+    PAUSE_BEFORE_COMMIT_ENV,
+    PAUSE_BEFORE_FENCE_ENV,
+    PAUSE_BEFORE_WRITE_ENV,
+    pause,
+)
 from .interrupts import DeferredSignals, interrupts_deferred
 from .range_rows import Chunking, RangeRows
 from .run_config import IngestConfig, run_config
@@ -68,13 +73,6 @@ from .run_tags import (
 # One dynamic partition per Kafka partition of the input topic ("0", "1", ...).
 kafka_partitions = DynamicPartitionsDefinition(name="kafka_partitions")
 
-# Test-only fault hooks, unset in production: seconds to sleep after the writes and dead
-# letters, before the commit (a test kills the run's process at exactly that point), before
-# the fence (between the start read and the commit: two committers interleave there), and
-# between planning and writing (a zombie: its writes reach Cassandra after a newer run's).
-PAUSE_BEFORE_COMMIT_ENV = "PROGRAMUSER_TEST_PAUSE_BEFORE_COMMIT_S"
-PAUSE_BEFORE_FENCE_ENV = "PROGRAMUSER_TEST_PAUSE_BEFORE_FENCE_S"
-PAUSE_BEFORE_WRITE_ENV = "PROGRAMUSER_TEST_PAUSE_BEFORE_WRITE_S"
 
 
 def _not_committed(context: OpExecutionContext) -> str:
@@ -169,7 +167,7 @@ def flatten_events(
             raise Failure(description=f"{skewed} {on_failure}")
     context.log.info(f"Reading partition {partition} offsets [{start}, {end}).")
     chunking = Chunking(config.chunk_messages, config.chunk_bytes, config.dead_letter_bytes)
-    _pause(context, PAUSE_BEFORE_WRITE_ENV, "before the writes")
+    pause(context, PAUSE_BEFORE_WRITE_ENV, "before the writes")
     return RangeRows(kafka, report, chunking, on_failure)
 
 
@@ -225,7 +223,7 @@ def commit_offsets(
     _, warnings = kafka.dead_letter_room()
     for warning in warnings:
         context.log.warning(warning)
-    _pause(context, PAUSE_BEFORE_FENCE_ENV, "before the fence")
+    pause(context, PAUSE_BEFORE_FENCE_ENV, "before the fence")
     expected = CommitState(report.committed_before, report.token_before)
     committed: CommitState | None = None
     held = DeferredSignals()
@@ -240,7 +238,7 @@ def commit_offsets(
             report.dead_lettered = txn.deliver(
                 report.dead_letters, write_time=clock.at if report.write_base else None)
             if report.balanced:
-                _pause(context, PAUSE_BEFORE_COMMIT_ENV, "before the commit")
+                pause(context, PAUSE_BEFORE_COMMIT_ENV, "before the commit")
                 committed = txn.commit(report.end, clock=_committed_clock(clock, report),
                                        partitions=report.partitions)
             # Unbalanced: the block is left without commit(), so the transaction aborts.
@@ -343,13 +341,6 @@ def _superseded(context: OpExecutionContext, why: str) -> None:
     range in the accounting (no materialization)."""
     context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: SUPERSEDED})
     context.log.warning(f"Superseded: {why}")
-
-
-def _pause(context: OpExecutionContext, variable: str, where: str) -> None:
-    pause = float(os.environ.get(variable) or 0)
-    if pause > 0:
-        context.log.warning(f"Test fault hook {variable}: pausing {pause}s {where}.")
-        time.sleep(pause)
 
 
 def build_job(settings: Settings) -> JobDefinition:

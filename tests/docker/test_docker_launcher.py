@@ -31,7 +31,8 @@ from devtools.stack.docker_deployment import (
     DockerDeployment,
     pipeline_env,
 )
-from programuser_dagster.ingest.job import JOB_NAME, PAUSE_BEFORE_COMMIT_ENV
+from programuser_dagster.ingest.fault_pauses import PAUSE_BEFORE_COMMIT_ENV
+from programuser_dagster.ingest.job import JOB_NAME
 from programuser_dagster.ingest.run_tags import PARTITION_TAG
 from programuser_dagster.settings import Settings, temporary_env
 from tests.support.pipeline import all_rows, event, expected_rows, offsets, produce

@@ -50,11 +50,8 @@ from devtools.stack import (
 from devtools.stack.launcher import _running_pid
 from programuser_dagster.ingest.backlog import plan_backlog
 from programuser_dagster.ingest.drain import drain
-from programuser_dagster.ingest.job import (
-    JOB_NAME,
-    PAUSE_BEFORE_COMMIT_ENV,
-    kafka_partitions,
-)
+from programuser_dagster.ingest.fault_pauses import PAUSE_BEFORE_COMMIT_ENV
+from programuser_dagster.ingest.job import JOB_NAME, kafka_partitions
 from programuser_dagster.ingest.run_tags import (
     END_TAG,
     PARTITION_TAG,

@@ -25,12 +25,8 @@ import yaml
 from dagster import DagsterInstance, DagsterRunStatus, ReexecutionOptions, RunsFilter, execute_job
 
 from devtools.stack import delete_topics, ensure_topics
-from programuser_dagster.ingest.job import (
-    JOB_NAME,
-    PAUSE_BEFORE_COMMIT_ENV,
-    PAUSE_BEFORE_FENCE_ENV,
-    kafka_partitions,
-)
+from programuser_dagster.ingest.fault_pauses import PAUSE_BEFORE_COMMIT_ENV, PAUSE_BEFORE_FENCE_ENV
+from programuser_dagster.ingest.job import JOB_NAME, kafka_partitions
 from programuser_dagster.ingest.run_tags import COMMITTED, OUTCOME_TAG, PARTITION_TAG, SUPERSEDED
 from programuser_dagster.kafka.resource import CommitState, KafkaUnavailable, Superseded
 from programuser_dagster.resources import kafka_resource

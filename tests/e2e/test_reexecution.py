@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
-from programuser_dagster.ingest.job import PAUSE_BEFORE_COMMIT_ENV
+from programuser_dagster.ingest.fault_pauses import PAUSE_BEFORE_COMMIT_ENV
 from programuser_dagster.settings import Settings
 from tests.support.faults import REPO, env_for, runs_of, wait_for
 from tests.support.pipeline import all_rows, dead_letters, event, offsets, produce

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from dagster import DagsterInstance, RunsFilter
 
-from programuser_dagster.ingest.job import JOB_NAME, PAUSE_BEFORE_WRITE_ENV
+from programuser_dagster.ingest.fault_pauses import PAUSE_BEFORE_WRITE_ENV
+from programuser_dagster.ingest.job import JOB_NAME
 from programuser_dagster.ingest.run_tags import START_TAG
 from programuser_dagster.resources import kafka_resource
 from programuser_dagster.settings import Settings

@@ -226,7 +226,7 @@ def test_drain_goes_on_after_a_superseded_run(
 ) -> None:
     """Another committer commits the range while the run waits before its fence: the run is
     superseded, drain says so, does not count it as a failure, and drains the rest."""
-    from programuser_dagster.ingest.job import PAUSE_BEFORE_FENCE_ENV
+    from programuser_dagster.ingest.fault_pauses import PAUSE_BEFORE_FENCE_ENV
 
     s = kafka_topics
     produce(s, [event("p", f"u{i}") for i in range(25)], partition=0)
@@ -340,7 +340,7 @@ def _backlog(s: Settings) -> None:
 
 
 def _start_drain(s: Settings, home: Path, out: Path, *args: str) -> subprocess.Popen:
-    from programuser_dagster.ingest.job import PAUSE_BEFORE_COMMIT_ENV
+    from programuser_dagster.ingest.fault_pauses import PAUSE_BEFORE_COMMIT_ENV
 
     # Each run waits here, its writes acknowledged, inside the commit step: the signal
     # arrives while a run is in progress.

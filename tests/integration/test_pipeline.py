@@ -23,7 +23,8 @@ from devtools.bench import cassandra_io_manager as bench_io_manager
 from programuser_dagster.cassandra.io_manager import CassandraWriteFailed
 from programuser_dagster.core.clock import now_us
 from programuser_dagster.core.report import RangeReport
-from programuser_dagster.ingest.job import PAUSE_BEFORE_WRITE_ENV, commit_offsets
+from programuser_dagster.ingest.fault_pauses import PAUSE_BEFORE_WRITE_ENV
+from programuser_dagster.ingest.job import commit_offsets
 from programuser_dagster.ingest.range_rows import Chunking, RangeRows
 from programuser_dagster.ingest.run_tags import PARTITION_TAG, START_TAG
 from programuser_dagster.kafka.resource import KafkaResource

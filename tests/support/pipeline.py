@@ -253,7 +253,7 @@ def cli_env(s: Settings, home: Any = None, **extra: str) -> dict[str, str]:
     """The environment of a subprocess (the CLI, a daemon) on the test's topics and keyspace,
     and on Dagster home `home` (None: no DAGSTER_HOME at all). The test fault hooks of this
     process are not passed on unless given in `extra`."""
-    from programuser_dagster.ingest.job import (
+    from programuser_dagster.ingest.fault_pauses import (
         PAUSE_BEFORE_COMMIT_ENV,
         PAUSE_BEFORE_FENCE_ENV,
         PAUSE_BEFORE_WRITE_ENV,
