@@ -126,7 +126,7 @@ bench-cluster: cluster
 	$(BIN)/python -m devtools.bench --cluster --events $(EVENTS) \
 	  --out bench-cluster-results.json
 
-# Containers (deploy/README.md: Scaling out): Debian's docker.io (its dockerd is started by the
+# Containers (docs/deploying.md): Debian's docker.io (its dockerd is started by the
 # targets below only, with its data root in /var/cache/programuser-dagster) and debootstrap for
 # the base image. policy-rc.d keeps the package from starting a system dockerd on a host with
 # an init system (with its docker0 bridge and firewall rules).
