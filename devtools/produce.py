@@ -39,7 +39,7 @@ def produce_records(
     without `refused`, refusals raise KafkaUnavailable after the flush.
     """
     kafka.partitions()  # a missing topic is said now, not after delivery.timeout.ms
-    producer = _producer(kafka)
+    producer = input_producer(kafka)
     acked = 0
     pending: set[int] = set()  # sent, no delivery report yet
     failures: list[tuple[int, str]] = []
@@ -85,7 +85,7 @@ def produce_records(
         )
     return acked
 
-def _producer(kafka: KafkaResource) -> Producer:
+def input_producer(kafka: KafkaResource) -> Producer:
     """A producer of the input topic (`produce`), with the input topic's record limit."""
     return Producer(
         {

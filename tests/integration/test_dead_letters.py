@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from devtools.produce import produce_records
+from devtools.produce import input_producer, produce_records
 from devtools.stack import delete_topics
 from programuser_dagster.core.report import RangeReport
 from programuser_dagster.ingest.job import kafka_partitions, program_user_info
@@ -103,7 +103,7 @@ def _letters_by_offset(s: Settings, expected: int) -> dict[int, Any]:
 def _largest_accepted_value(s: Settings) -> bytes:
     """The largest value (not JSON) the project's own producer of the input topic takes."""
     kafka = kafka_resource(s)
-    producer = kafka._producer()
+    producer = input_producer(kafka)
     size = INPUT_MAX_MESSAGE_BYTES
     try:
         while True:
