@@ -15,7 +15,7 @@ from dagster import (
 
 from ..kafka.resource import KafkaResource
 from ..settings import Settings
-from . import checks as health
+from . import checks
 from .checks import ACCOUNTING_CHECK as ACCOUNTING_CHECK
 
 PROGRAM_ENROLLMENT = AssetKey("program_enrollment")
@@ -42,40 +42,40 @@ def build_program_enrollment(settings: Settings) -> AssetSpec:
 
 
 def build_asset_checks(settings: Settings) -> list[AssetChecksDefinition]:
-    @asset_check(asset=PROGRAM_ENROLLMENT, name=health.ACCOUNTING_CHECK, blocking=False)
+    @asset_check(asset=PROGRAM_ENROLLMENT, name=checks.ACCOUNTING_CHECK, blocking=False)
     def accounting_balanced(context: AssetCheckExecutionContext) -> AssetCheckResult:
         """Every message of the latest runs was written, skipped or dead-lettered (read ==
         written + skipped + dead-lettered). Each run also evaluates it before committing."""
-        runs = health.recent_runs_counts(context.instance, PROGRAM_ENROLLMENT, RECENT_RUNS)
-        return health.accounting(runs).result()
+        runs = checks.recent_runs_counts(context.instance, PROGRAM_ENROLLMENT, RECENT_RUNS)
+        return checks.accounting(runs).result()
 
-    @asset_check(asset=PROGRAM_ENROLLMENT, name=health.DEAD_LETTER_SHARE_CHECK, blocking=False)
+    @asset_check(asset=PROGRAM_ENROLLMENT, name=checks.DEAD_LETTER_SHARE_CHECK, blocking=False)
     def dead_letter_share(context: AssetCheckExecutionContext) -> AssetCheckResult:
         """Warns when the last run dead-lettered more than PROGRAMUSER_DLQ_SHARE_WARN of its
         messages (default 5%): usually a producer sending a new, broken shape."""
-        runs = health.recent_runs_counts(context.instance, PROGRAM_ENROLLMENT, 1)
-        return health.dead_letter_share(runs, settings.dead_letter_share_warn).result()
+        runs = checks.recent_runs_counts(context.instance, PROGRAM_ENROLLMENT, 1)
+        return checks.dead_letter_share(runs, settings.dead_letter_share_warn).result()
 
-    @asset_check(asset=PROGRAM_ENROLLMENT, name=health.STALLED_CHECK, blocking=False)
+    @asset_check(asset=PROGRAM_ENROLLMENT, name=checks.STALLED_CHECK, blocking=False)
     def lag_without_progress(
         context: AssetCheckExecutionContext, kafka: KafkaResource
     ) -> AssetCheckResult:
         """Warns when a partition has lag but no successful run for longer than
         PROGRAMUSER_STALL_WARN_S (default 900 s); fails (error) when a partition's committed
         offset is beyond the log end. The health sensor evaluates it every minute."""
-        return health.stalled_partitions(
+        return checks.stalled_partitions(
             context.instance, JOB_NAME, kafka.offsets(), time.time(), settings.stall_warn_s
         ).result()
 
-    @asset_check(asset=PROGRAM_ENROLLMENT, name=health.MATCHES_SOURCE_CHECK, blocking=False)
+    @asset_check(asset=PROGRAM_ENROLLMENT, name=checks.MATCHES_SOURCE_CHECK, blocking=False)
     def table_matches_source(context: AssetCheckExecutionContext) -> AssetCheckResult:
         """The keys and columns the last run's events wrote hold what Kafka's records say (a
         sample of at most 1,000 keys, re-checked once). The health sensor evaluates it after
         each new run; `programuser-dagster verify` checks every retained record."""
-        runs = health.recent_runs_counts(context.instance, PROGRAM_ENROLLMENT, 1)
-        last = health.last_range(runs)
+        runs = checks.recent_runs_counts(context.instance, PROGRAM_ENROLLMENT, 1)
+        last = checks.last_range(runs)
         if last is None:
             return AssetCheckResult(passed=True, description="No run has written a range yet.")
-        return health.matches_source(settings, *last).result()
+        return checks.matches_source(settings, *last).result()
 
     return [accounting_balanced, dead_letter_share, lag_without_progress, table_matches_source]

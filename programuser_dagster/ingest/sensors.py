@@ -16,7 +16,7 @@ from dagster import (
 
 from ..kafka.resource import KafkaResource, KafkaUnavailable
 from ..settings import Settings
-from . import checks as health
+from . import checks
 from .assets import JOB_NAME, PROGRAM_ENROLLMENT, RECENT_RUNS
 from .backlog import plan_backlog
 from .job import kafka_partitions
@@ -75,20 +75,20 @@ def build_health_sensor(settings: Settings) -> SensorDefinition:
         evaluates the asset checks of program_enrollment (lag without progress, dead-letter
         share, accounting) and records them, so that the asset page shows ingestion's health.
         """
-        runs = health.recent_runs_counts(context.instance, PROGRAM_ENROLLMENT, RECENT_RUNS)
+        runs = checks.recent_runs_counts(context.instance, PROGRAM_ENROLLMENT, RECENT_RUNS)
         verdicts = [
-            health.stalled_partitions(
+            checks.stalled_partitions(
                 context.instance, JOB_NAME, kafka.offsets(), time.time(), settings.stall_warn_s
             ),
-            health.dead_letter_share(runs[:1], settings.dead_letter_share_warn),
-            health.accounting(runs),
+            checks.dead_letter_share(runs[:1], settings.dead_letter_share_warn),
+            checks.accounting(runs),
         ]
         # table_matches_source: once per new run's range (the cursor), here rather than in the
         # run, so that runs do not pay for it; a sample of keys keeps the tick short.
-        last = health.last_range(runs[:1])
+        last = checks.last_range(runs[:1])
         if last is not None and context.cursor != repr(last):
             try:
-                verdicts.append(health.matches_source(settings, *last))
+                verdicts.append(checks.matches_source(settings, *last))
                 context.update_cursor(repr(last))
             except (ValueError, RuntimeError) as exc:
                 context.log.warning(f"table_matches_source not evaluated this tick: {exc}")
