@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-STACK := $(BIN)/programuser-dagster stack
+STACK := $(BIN)/python -m devtools stack
 
 # The local Cassandra runs with PasswordAuthenticator so its guardrails apply; clients log in
 # as the ordinary role the stack creates (override both to use another role).
@@ -15,7 +15,7 @@ export CASSANDRA_USERNAME ?= programuser
 export CASSANDRA_PASSWORD ?= programuser
 # glibc gives each thread that allocates (the driver's, librdkafka's) its own heap arena, and
 # memory freed there is hardly ever given back: a long drain crept ~100 MB over 12 runs. Two
-# arenas keep its peak flat, at no cost in speed (README: Performance). Set it where runs start.
+# arenas keep its peak flat, at no cost in speed (docs/performance.md). Set it where runs start.
 export MALLOC_ARENA_MAX ?= 2
 
 .PHONY: deps venv stack run test test-unit soak lint down produce lag drain bench bench-scale bench-parallel bench-incidents cluster-deps cluster cluster-down test-cluster test-cluster-full bench-cluster docker-deps image test-docker bench-docker docker-down
@@ -74,7 +74,7 @@ down: venv
 # The pipeline's commands with the local stack's settings, e.g. `make produce N=1000`.
 N ?= 1000
 produce: venv
-	$(BIN)/programuser-dagster produce --sample $(N)
+	$(BIN)/python -m devtools produce --sample $(N)
 
 lag: venv
 	$(BIN)/programuser-dagster lag
@@ -87,21 +87,21 @@ drain: venv
 # bench-scale also drains N/10 and 10N for the memory and cost-per-event targets.
 EVENTS ?= 100000
 bench: stack
-	$(BIN)/python -m programuser_dagster.bench --events $(EVENTS)
+	$(BIN)/python -m devtools.bench --events $(EVENTS)
 
 bench-scale: stack
-	$(BIN)/python -m programuser_dagster.bench --events $(EVENTS) --scale
+	$(BIN)/python -m devtools.bench --events $(EVENTS) --scale
 
 # Throughput of 1..4 partitions drained by parallel runs (EVENTS/4 events per partition).
-# What verify and redrive cost (README: Incidents): bench-incidents-results.json.
+# What verify and redrive cost (docs/performance.md): bench-incidents-results.json.
 bench-incidents: stack
-	$(BIN)/python -m programuser_dagster.incident_bench --events $(EVENTS)
+	$(BIN)/python -m devtools.incident_bench --events $(EVENTS)
 
 bench-parallel: stack
-	$(BIN)/python -m programuser_dagster.bench --events $(EVENTS) --parallel \
+	$(BIN)/python -m devtools.bench --events $(EVENTS) --parallel \
 	  --out bench-parallel-results.json
 
-# The cluster stack (README: Running against a cluster): three Cassandra nodes and three
+# The cluster stack (docs/deploying.md): three Cassandra nodes and three
 # brokers on 127.0.0.11-13, TLS; data in .stack-cluster/. nftables is for the fault tests.
 cluster-deps: deps
 	@command -v nft >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive \
@@ -121,12 +121,12 @@ test-cluster: cluster-deps venv
 test-cluster-full: cluster-deps venv
 	ROLL=all $(BIN)/pytest -q -m cluster tests/cluster
 
-# `make bench` against the cluster stack (README: Running against a cluster).
+# `make bench` against the cluster stack (docs/deploying.md).
 bench-cluster: cluster
-	$(BIN)/python -m programuser_dagster.bench --cluster --events $(EVENTS) \
+	$(BIN)/python -m devtools.bench --cluster --events $(EVENTS) \
 	  --out bench-cluster-results.json
 
-# Containers (deploy/README.md: Scaling out): Debian's docker.io (its dockerd is started by the
+# Containers (docs/deploying.md): Debian's docker.io (its dockerd is started by the
 # targets below only, with its data root in /var/cache/programuser-dagster) and debootstrap for
 # the base image. policy-rc.d keeps the package from starting a system dockerd on a host with
 # an init system (with its docker0 bridge and firewall rules).
@@ -144,18 +144,18 @@ docker-deps: deps
 
 # The run image (deploy/Dockerfile) on the project's engine: ~2 min cold, seconds warm.
 image: docker-deps venv
-	$(BIN)/python -m programuser_dagster.stack.docker build
+	$(BIN)/python -m devtools.stack.docker build
 
 # Stops the project's engine if one was left running (a test session that was killed).
 docker-down: venv
-	$(BIN)/python -m programuser_dagster.stack.docker stop
+	$(BIN)/python -m devtools.stack.docker stop
 
 # DockerRunLauncher for real (tests/docker): the image, a PostgreSQL, the code server container,
 # dagster-daemon with deploy/docker/dagster.yaml launching each run as a container.
 test-docker: docker-deps venv
 	$(BIN)/pytest -q -s -m docker tests/docker
 
-# Throughput with 1..4 run containers at once (README: Scaling out): bench-docker-results.json.
+# Throughput with 1..4 run containers at once (docs/deploying.md): bench-docker-results.json.
 bench-docker: docker-deps stack
-	$(BIN)/python -m programuser_dagster.container_bench --events $(DOCKER_EVENTS)
+	$(BIN)/python -m devtools.container_bench --events $(DOCKER_EVENTS)
 DOCKER_EVENTS ?= 40000

@@ -1,22 +1,16 @@
-"""programuser-dagster: stack | produce | drain | lag | replay | redrive | verify | reset-clock."""
+"""programuser-dagster: drain | lag | replay | redrive | verify | reset-clock."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-from array import array
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO
 
-import orjson
-
-from .offsets import PartitionOffsets
+from .core.offsets import PartitionOffsets
 from .resources import kafka_resource
-from .settings import INPUT_MAX_MESSAGE_BYTES, MAX_RANGE_MESSAGES, Settings
+from .settings import MAX_RANGE_MESSAGES, Settings
 
 # Where `make run` keeps its instance (see the Makefile's run target), relative to the
 # repository: drain uses it when DAGSTER_HOME is not set.
@@ -44,110 +38,10 @@ def run_length(text: str) -> int:
     return value
 
 
-class _Refusals:
-    """Refused input lines: each of the first few said with its line number and reason, then
-    counted by reason."""
-
-    SHOWN = 20
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.where: list[str] = []
-        self.reasons: Counter[str] = Counter()
-
-    def add(self, where: str, reason: str) -> None:
-        self.count += 1
-        self.reasons[reason] += 1
-        if len(self.where) < 10:
-            self.where.append(where)
-        if self.count <= self.SHOWN:
-            print(f"produce: {where} refused: {reason}", file=sys.stderr, flush=True)
-
-
-def _read_lines(
-    source: BinaryIO, refusals: _Refusals, numbers: array
-) -> Iterator[tuple[bytes | None, bytes]]:
-    """(key, value) of each non-blank line; appends each yielded line's number to `numbers`.
-
-    Bytes, decoded per line, so a line that is not UTF-8 is refused with its number and the
-    others go on; so is a line larger than the input topic accepts.
-    """
-    from .samples import message_key
-
-    for number, line in enumerate(source, 1):
-        raw = line.rstrip(b"\r\n")
-        if not raw.strip():
-            continue
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            refusals.add(f"line {number}", f"not UTF-8: byte 0x{raw[exc.start]:02x} at byte "
-                         f"{exc.start + 1} of the line ({exc.reason})")
-            continue
-        if len(raw) > INPUT_MAX_MESSAGE_BYTES:
-            refusals.add(f"line {number}", f"{len(raw)} bytes, more than the input topic's "
-                         f"limit of {INPUT_MAX_MESSAGE_BYTES} bytes")
-            continue
-        try:
-            key = message_key(orjson.loads(raw))
-        except orjson.JSONDecodeError:
-            key = None  # produced as it is: the job will dead-letter it as not_json
-        numbers.append(number)
-        yield key, raw
-
-
-def _cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
-    with contextlib.ExitStack() as stack:
-        return _produce(args, settings, stack)
-
-
-def _produce(args: argparse.Namespace, settings: Settings, stack: contextlib.ExitStack) -> int:
-    from .samples import message_key, sample_events
-
-    refusals = _Refusals()
-    numbers = array("q")  # line number of each record sent, by its index
-    if args.sample is not None:
-        records: Iterator[tuple[bytes | None, bytes]] = (
-            (message_key(e), orjson.dumps(e)) for e in sample_events(args.sample, seed=args.seed)
-        )
-
-        def where(i: int) -> str:
-            return f"sample event {i + 1}"
-    elif args.file:
-        if args.file == "-":
-            source: BinaryIO = sys.stdin.buffer
-        else:
-            path = Path(args.file)
-            source = stack.enter_context(path.open("rb"))
-        records = _read_lines(source, refusals, numbers)
-
-        def where(i: int) -> str:
-            return f"line {numbers[i]}"
-    else:
-        print("produce: give FILE, '-' for standard input, or --sample N", file=sys.stderr)
-        return 2
-    kafka = kafka_resource(settings)
-    try:
-        acked = kafka.produce(records, refused=lambda i, why: refusals.add(where(i), why))
-    finally:
-        kafka.close()
-    print(f"produced {acked} messages to {settings.kafka_input_topic}")
-    if refusals.count:
-        lines = ", ".join(refusals.where) + (", ..." if refusals.count > len(refusals.where)
-                                             else "")
-        hidden = refusals.count - min(refusals.count, _Refusals.SHOWN)
-        reasons = "; ".join(f"{n} x {why}" for why, n in refusals.reasons.most_common(3))
-        print(f"produce: {refusals.count} refused ({lines}), {acked} acknowledged"
-              + (f"; {hidden} refusals not shown above: {reasons}" if hidden else ""),
-              file=sys.stderr)
-        return 1
-    return 0
-
-
 def _cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
-    from .ages import lag_seconds
+    from .core.event_ages import lag_seconds
 
     kafka = kafka_resource(settings)
     try:
@@ -212,8 +106,8 @@ def _dagster_home(command: str) -> str:
 
 
 def _cmd_drain(args: argparse.Namespace, settings: Settings) -> int:
-    from .drain import drain
-    from .instance import open_instance
+    from .ingest.drain import drain
+    from .ingest.instance import open_instance
 
     with open_instance(_dagster_home("drain")) as instance:
         result = drain(instance, settings, max_messages=args.max_messages,
@@ -245,9 +139,9 @@ def operator() -> str:
 
 
 def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from . import replay
-    from .incident_jobs import replay_observation, run_replay
-    from .instance import open_instance
+    from .incidents import replay
+    from .incidents.jobs import replay_observation, run_replay
+    from .ingest.instance import open_instance
 
     target = replay.Target(
         offset=args.to_offset,
@@ -274,7 +168,7 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_reset_clock(args: argparse.Namespace, settings: Settings) -> int:
-    from . import reset_clock
+    from .incidents import reset_clock
 
     kafka = kafka_resource(settings)
     try:
@@ -294,9 +188,9 @@ def _cmd_reset_clock(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:
-    from . import redrive
-    from .incident_jobs import redrive_filters, redrive_observation
-    from .instance import open_instance
+    from .incidents import redrive
+    from .incidents.jobs import redrive_filters, redrive_observation
+    from .ingest.instance import open_instance
     from .resources import cassandra_io_manager
 
     filters = redrive_filters(args.reason, args.partition, args.since, args.until)
@@ -318,7 +212,7 @@ def _cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     import logging
 
-    from .verify import verify
+    from .incidents.verify import verify
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # its progress lines
     report = verify(settings, args.partition or None)
@@ -326,28 +220,17 @@ def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     return DONE if report.ok else DIFFERENCES
 
 
-# Exit statuses of replay, redrive and verify (README: Incidents).
+# Exit statuses of replay, redrive and verify (docs/incidents.md).
 DONE, DIFFERENCES, BAD_ARGUMENTS, NOT_COMPLETED = 0, 1, 2, 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["stack"]:
-        from .stack import main_stack
-
-        return main_stack(argv[1:])
-
     from . import client_logs
 
     client_logs.install()
     parser = argparse.ArgumentParser(prog="programuser-dagster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("stack", help="start/stop/inspect the local Kafka and Cassandra")
-    produce = sub.add_parser("produce", help="produce JSON lines (one message each)")
-    produce.add_argument("file", nargs="?", help="a file of JSON lines, or - for stdin")
-    produce.add_argument("--sample", type=positive_int,
-                         help="produce N realistic sample events")
-    produce.add_argument("--seed", type=int, default=42, help="seed of --sample")
     drain_p = sub.add_parser("drain", help="run the job for every partition with lag")
     drain_p.add_argument("--max-messages", type=run_length,
                          help="offsets per run (default: PROGRAMUSER_MAX_MESSAGES, 100000)")
@@ -392,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         handler: Callable[[argparse.Namespace, Settings], int] = {
-            "produce": _cmd_produce, "drain": _cmd_drain, "lag": _cmd_lag,
+            "drain": _cmd_drain, "lag": _cmd_lag,
             "replay": _cmd_replay, "redrive": _cmd_redrive, "verify": _cmd_verify,
             "reset-clock": _cmd_reset_clock,
         }[args.command]

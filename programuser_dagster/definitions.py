@@ -11,12 +11,12 @@ import warnings
 from dagster import BetaWarning, Definitions
 
 from . import client_logs
-from .assets import build_asset_checks, build_program_enrollment
-from .incident_jobs import redrive_job, replay_job
-from .jobs import build_job
+from .incidents.jobs import redrive_job, replay_job
+from .ingest.assets import build_asset_checks, build_program_enrollment
+from .ingest.job import build_job
+from .ingest.schedules import build_backlog_schedule
+from .ingest.sensors import build_backlog_sensor, build_health_sensor
 from .resources import build_resources
-from .schedules import build_backlog_schedule
-from .sensors import build_backlog_sensor, build_health_sensor
 from .settings import Settings
 
 # Dagster 1.13 warns about a beta `owners` parameter that its own sensor decorator passes.

@@ -1,7 +1,7 @@
 """Environment variables -> one typed, checked settings object.
 
-Every command, the local stack and the Dagster resources read configuration from here, so the
-names, defaults and checks live in exactly one place (the README lists them). A default is the
+Every command, the local stack and the Dagster resources read configuration from here, so the names,
+defaults and checks live in exactly one place (docs/configuration.md lists them). A default is the
 `Settings` field's (`DEFAULTS` holds them for other modules); `VARIABLES` says which variable
 sets which field; each variable has one rule, used both by `Settings.from_env` and whenever a
 `Settings` is built, so that a refused value stops the Definitions or a command at once, in one
@@ -43,7 +43,7 @@ REDRIVEN_TABLE = "redriven_letters"
 # one's offset and reason, stays ~3 MB compressed, far below Cassandra's largest mutation.
 DEAD_LETTERS_PER_RUN = 1_000_000
 # A run's writes go in up to its range's length, in microseconds, ahead of the wall clock
-# (clock.py), and the clock-skew check allows a committed clock that far ahead of a host's:
+# (core/clock.py), and the clock-skew check allows a committed clock that far ahead of a host's:
 # at most this many offsets per run keeps that lead, and the allowance, within 1 s.
 MAX_RANGE_MESSAGES = 1_000_000
 # A commit's transaction may last KAFKA_DELIVERY_TIMEOUT_S + this (transaction.timeout.ms).
@@ -340,7 +340,7 @@ _TABLE: tuple[_Variable, ...] = (
         at_most=1.0, allowed="a share above 0 and at most 1, e.g. 0.05")),
     _Variable("PROGRAMUSER_STALL_WARN_S", "stall_warn_s", _whole, _count()),
     _Variable("PROGRAMUSER_CODE_LOCATION", "code_location", _text, _name),
-    # Above it a run refuses to write (clock_skew.py); a few seconds is what NTP keeps easily.
+    # Above it a run refuses to write (core/clock_skew.py); a few seconds is what NTP keeps easily.
     _Variable("PROGRAMUSER_CLOCK_SKEW_MAX_S", "clock_skew_max_s", _number, _seconds(
         at_most=3600, allowed="seconds above 0, at most 3600")),
 )
@@ -495,7 +495,7 @@ def local_stack_hint(hosts: str) -> str:
     names = [name(h.strip()) for h in hosts.split(",") if h.strip()]
     loopback = all(n == "localhost" or n.startswith("127.") or n == "::1"
                    for n in names)
-    return " (the local stack: `programuser-dagster stack status`)" if names and loopback else ""
+    return " (the local stack: `python -m devtools stack status`)" if names and loopback else ""
 
 
 @contextmanager

@@ -2,7 +2,7 @@
 
 Fixtures (use them; never write to the dev topics or keyspace from a test):
 
-- ``stack`` (session): starts Kafka and Cassandra with ``programuser_dagster.stack.up`` unless
+- ``stack`` (session): starts Kafka and Cassandra with ``devtools.stack.up`` unless
   already running (e.g. from ``make run``), yields the base ``Settings`` (addresses only). At
   the end it stops only servers started by a test session (never ones started with ``stack up``
   / ``make run``), and only when no other test session still uses them: each session holds a
@@ -17,8 +17,9 @@ Fixtures (use them; never write to the dev topics or keyspace from a test):
   dropped after the test.
 - ``kafka_topics`` (function): ``make_test_settings()`` once; the usual way to get a Settings.
 - ``_cassandra_connections_kept`` (session, autouse): in-process runs reuse one Cassandra
-  connection per connection settings (resources/cassandra.py: keep_connections).
-- ``postgres`` (module): a throwaway PostgreSQL server (stack/postgres.py) for deploy/'s
+  connection per connection settings (programuser_dagster/cassandra/io_manager.py:
+  keep_connections).
+- ``postgres`` (module): a throwaway PostgreSQL server (devtools/stack/postgres.py) for deploy/'s
   instance files; yields their DAGSTER_PG_* variables.
 - ``dagster_home`` (session): the temporary DAGSTER_HOME set for the whole test session, so
   tests never touch the dev instance in .dagster_home.
@@ -39,9 +40,7 @@ from typing import Any
 
 import pytest
 
-from programuser_dagster.resources.cassandra import keep_connections
-from programuser_dagster.settings import Settings
-from programuser_dagster.stack import (
+from devtools.stack import (
     cassandra_cluster,
     cassandra_credentials,
     delete_topics,
@@ -54,7 +53,9 @@ from programuser_dagster.stack import (
     temporary_servers,
     up,
 )
-from programuser_dagster.stack.postgres import PostgresMissing, postgres_server
+from devtools.stack.postgres import PostgresMissing, postgres_server
+from programuser_dagster.cassandra.io_manager import keep_connections
+from programuser_dagster.settings import Settings
 
 _SAVED_ENV: dict[str, str | None] = {}
 _DAGSTER_HOME: list[Path] = []

@@ -6,7 +6,7 @@
   At the end it stops the nodes this session started.
 - ``healthy_cluster`` (function): the cluster restored to full health before and after the
   test: the fault table gone, stopped nodes continued, killed nodes started again, and every
-  node answering with all replicas in sync (stack/cluster.py: up).
+  node answering with all replicas in sync (devtools/stack/cluster.py: up).
 - ``cluster_settings`` (function): Settings with this test's own topics (3 replicas), group
   and keyspace ({'dc1': 3}), removed afterwards.
 - ``measured`` (function): ``measured(test, **figures)`` records what a test measured; all of
@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
+from devtools.stack import cluster, delete_topics, drop_keyspace, ensure_schema
+from devtools.stack import ensure_topics as ensure_kafka_topics
 from programuser_dagster.settings import Settings
-from programuser_dagster.stack import cluster, delete_topics, drop_keyspace, ensure_schema
-from programuser_dagster.stack import ensure_topics as ensure_kafka_topics
 from tests.support.cluster_faults import heal_network, restore
 from tests.support.dagster_dev import REPO
 from tests.support.pipeline import temporary_env

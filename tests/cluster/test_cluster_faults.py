@@ -19,9 +19,9 @@ import pytest
 from confluent_kafka import Producer
 from dagster import DagsterInstance
 
-from programuser_dagster.samples import message_key, sample_events
+from devtools.samples import message_key, sample_events
+from devtools.stack import cluster
 from programuser_dagster.settings import Settings
-from programuser_dagster.stack import cluster
 from tests.support.cluster_faults import bring_back, partitioned, unreachable
 from tests.support.faults import RunInThread, assert_ranges_tile, wait_for
 from tests.support.pipeline import (

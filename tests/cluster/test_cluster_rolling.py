@@ -22,12 +22,12 @@ import pytest
 from confluent_kafka import Producer
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from programuser_dagster.ages import lag_seconds
-from programuser_dagster.jobs import JOB_NAME
+from devtools.samples import message_key, sample_events
+from devtools.stack import cluster
+from programuser_dagster.core.event_ages import lag_seconds
+from programuser_dagster.ingest.job import JOB_NAME
 from programuser_dagster.resources import kafka_resource
-from programuser_dagster.samples import message_key, sample_events
 from programuser_dagster.settings import Settings
-from programuser_dagster.stack import cluster
 from tests.support.dagster_dev import dagster_dev, settings_env
 from tests.support.faults import RunInThread, assert_ranges_tile
 from tests.support.pipeline import all_rows, expected_rows

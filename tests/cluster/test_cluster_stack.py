@@ -5,20 +5,21 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
+from devtools.stack import cluster
 from programuser_dagster.settings import Settings
-from programuser_dagster.stack import cluster
 from tests.support.dagster_dev import REPO
 
 pytestmark = pytest.mark.cluster
 
 
 def status() -> tuple[int, dict[str, str]]:
-    out = subprocess.run([str(REPO / ".venv/bin/programuser-dagster"), "stack", "status",
-                          "--cluster"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "devtools", "stack", "status", "--cluster"],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
     return out.returncode, {line.split()[0]: line for line in out.stdout.splitlines()}
 
 

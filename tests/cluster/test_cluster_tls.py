@@ -17,10 +17,10 @@ import orjson
 import pytest
 from dagster import DagsterInstance
 
-from programuser_dagster.samples import message_key, sample_events
+from devtools.samples import message_key, sample_events
+from devtools.stack import cluster
+from devtools.stack.tls import Tls
 from programuser_dagster.settings import Settings
-from programuser_dagster.stack import cluster
-from programuser_dagster.stack.tls import Tls
 from tests.support.cluster_faults import redirected
 from tests.support.dagster_dev import REPO
 from tests.support.faults import entry_text

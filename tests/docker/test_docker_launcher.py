@@ -1,6 +1,6 @@
 """Runs in containers: the shipped deploy/docker/ files on a real Docker engine.
 
-The project's own `dockerd` (programuser_dagster/stack/docker.py, started here unless one of
+The project's own `dockerd` (devtools/stack/docker.py, started here unless one of
 ours answers already) builds deploy/Dockerfile; the code location runs as a container of that
 image (`dagster api grpc`), and `dagster-daemon` on this machine, with deploy/docker/dagster.yaml
 on a real PostgreSQL, launches each run as a new container of it (DockerRunLauncher). Every
@@ -24,16 +24,17 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFil
 from dagster._core.definitions.run_request import InstigatorType
 from dagster._core.scheduler.instigation import InstigatorStatus
 
-from programuser_dagster.jobs import JOB_NAME, PAUSE_BEFORE_COMMIT_ENV
-from programuser_dagster.run_tags import PARTITION_TAG
-from programuser_dagster.settings import Settings, temporary_env
-from programuser_dagster.stack import docker
-from programuser_dagster.stack.docker_deployment import (
+from devtools.stack import docker
+from devtools.stack.docker_deployment import (
     CONTAINER_TAG,
     WORKSPACE,
     DockerDeployment,
     pipeline_env,
 )
+from programuser_dagster.ingest.fault_pauses import PAUSE_BEFORE_COMMIT_ENV
+from programuser_dagster.ingest.job import JOB_NAME
+from programuser_dagster.ingest.run_tags import PARTITION_TAG
+from programuser_dagster.settings import Settings, temporary_env
 from tests.support.pipeline import all_rows, event, expected_rows, offsets, produce
 
 # A cold first build (debootstrap, then pip) takes ~2 minutes of the test's setup.

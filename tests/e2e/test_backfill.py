@@ -21,11 +21,11 @@ from typing import Any, TypeVar
 import pytest
 from dagster import DagsterInstance
 
-from programuser_dagster.drain import drain
-from programuser_dagster.jobs import JOB_NAME
-from programuser_dagster.run_tags import PARTITION_TAG
+from devtools.stack import delete_topics, ensure_topics
+from programuser_dagster.ingest.drain import drain
+from programuser_dagster.ingest.job import JOB_NAME
+from programuser_dagster.ingest.run_tags import PARTITION_TAG
 from programuser_dagster.settings import Settings
-from programuser_dagster.stack import delete_topics, ensure_topics
 from tests.support.dagster_dev import REPO, dagster_dev, free_port, settings_env
 from tests.support.pipeline import all_rows, dead_letters, event, offsets, produce
 

@@ -26,16 +26,16 @@ from typing import Any
 import pytest
 from dagster import ExecuteInProcessResult
 
-from programuser_dagster.resources import cassandra as cassandra_io
-from programuser_dagster.settings import Settings
-from programuser_dagster.stack import down, up
-from programuser_dagster.stack.launcher import (
+from devtools.stack import down, up
+from devtools.stack.launcher import (
     _CASSANDRA_JDK17_FLAGS,
     cassandra_cluster,
     ensure_libs,
     ensure_schema,
     find_java17,
 )
+from programuser_dagster.cassandra import io_manager as cassandra_io
+from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import free_port
 from tests.support.pipeline import (
     dead_letters,
@@ -190,7 +190,8 @@ def test_a_guardrail_switched_on_during_a_run_fails_it_and_dead_letters_nothing(
         if len(chunks) == 2:  # the first chunk is sent, the second not yet read
             private_node.set_guardrail("user_timestamps_enabled", "false")
 
-    # The IO manager calls it between chunks (resources/cassandra.py: handle_output).
+    # The IO manager calls it between chunks (programuser_dagster/cassandra/io_manager.py:
+    # handle_output).
     monkeypatch.setattr(cassandra_io, "collect_between_chunks", switch_on_after_the_first_chunk)
     try:
         failed = run_partition(instance, s, chunk_messages=2)

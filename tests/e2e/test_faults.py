@@ -35,23 +35,9 @@ from dagster import (
     execute_job,
 )
 
-from programuser_dagster.backlog import plan_backlog
-from programuser_dagster.drain import drain
-from programuser_dagster.jobs import (
-    JOB_NAME,
-    PAUSE_BEFORE_COMMIT_ENV,
-    kafka_partitions,
-)
-from programuser_dagster.resources import kafka_resource
-from programuser_dagster.run_tags import (
-    END_TAG,
-    PARTITION_TAG,
-    START_TAG,
-    START_TOKEN_TAG,
-)
-from programuser_dagster.samples import message_key, sample_events
-from programuser_dagster.settings import Settings
-from programuser_dagster.stack import (
+from devtools import produce as devtools_produce
+from devtools.samples import message_key, sample_events
+from devtools.stack import (
     cassandra_cluster,
     delete_topics,
     down,
@@ -61,7 +47,19 @@ from programuser_dagster.stack import (
     stack_dir,
     up,
 )
-from programuser_dagster.stack.launcher import _running_pid
+from devtools.stack.launcher import _running_pid
+from programuser_dagster.ingest.backlog import plan_backlog
+from programuser_dagster.ingest.drain import drain
+from programuser_dagster.ingest.fault_pauses import PAUSE_BEFORE_COMMIT_ENV
+from programuser_dagster.ingest.job import JOB_NAME, kafka_partitions
+from programuser_dagster.ingest.run_tags import (
+    END_TAG,
+    PARTITION_TAG,
+    START_TAG,
+    START_TOKEN_TAG,
+)
+from programuser_dagster.resources import kafka_resource
+from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import REPO, free_port
 from tests.support.faults import (
     RunInThread,
@@ -97,7 +95,7 @@ def produce_records(s: Settings, records: Sequence[tuple[bytes | None, bytes | N
     """Produce (key, value) records to partition 0, in order."""
     kafka = kafka_resource(s)
     try:
-        return kafka.produce(records, partition=0)
+        return devtools_produce.produce_records(kafka, records, partition=0)
     finally:
         kafka.close()
 

@@ -24,17 +24,13 @@ import pytest
 import yaml
 from dagster import DagsterInstance, DagsterRunStatus, ReexecutionOptions, RunsFilter, execute_job
 
-from programuser_dagster.jobs import (
-    JOB_NAME,
-    PAUSE_BEFORE_COMMIT_ENV,
-    PAUSE_BEFORE_FENCE_ENV,
-    kafka_partitions,
-)
+from devtools.stack import delete_topics, ensure_topics
+from programuser_dagster.ingest.fault_pauses import PAUSE_BEFORE_COMMIT_ENV, PAUSE_BEFORE_FENCE_ENV
+from programuser_dagster.ingest.job import JOB_NAME, kafka_partitions
+from programuser_dagster.ingest.run_tags import COMMITTED, OUTCOME_TAG, PARTITION_TAG, SUPERSEDED
+from programuser_dagster.kafka.resource import CommitState, KafkaUnavailable, Superseded
 from programuser_dagster.resources import kafka_resource
-from programuser_dagster.resources.kafka import CommitState, KafkaUnavailable, Superseded
-from programuser_dagster.run_tags import COMMITTED, OUTCOME_TAG, PARTITION_TAG, SUPERSEDED
 from programuser_dagster.settings import Settings
-from programuser_dagster.stack import delete_topics, ensure_topics
 from tests.support.dagster_dev import REPO
 from tests.support.faults import (
     committed_report,

@@ -15,14 +15,14 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from programuser_dagster.resources import kafka_resource
-from programuser_dagster.resources.kafka import (
+from devtools.stack import delete_topics, ensure_topics
+from programuser_dagster.kafka.resource import (
     CommitState,
     legacy_transactional_id,
     transactional_id,
 )
+from programuser_dagster.resources import kafka_resource
 from programuser_dagster.settings import Settings
-from programuser_dagster.stack import delete_topics, ensure_topics
 from tests.support.pipeline import event, produce
 
 pytestmark = pytest.mark.stack

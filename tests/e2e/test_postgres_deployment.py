@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from programuser_dagster.run_tags import PARTITION_TAG
+from devtools.stack.postgres import deploy_yaml
+from programuser_dagster.ingest.run_tags import PARTITION_TAG
 from programuser_dagster.settings import Settings
-from programuser_dagster.stack.postgres import deploy_yaml
 from tests.support.dagster_dev import REPO, free_port, settings_env
 from tests.support.pipeline import event, offsets, produce
 

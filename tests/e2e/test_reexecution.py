@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
-from programuser_dagster.jobs import PAUSE_BEFORE_COMMIT_ENV
+from programuser_dagster.ingest.fault_pauses import PAUSE_BEFORE_COMMIT_ENV
 from programuser_dagster.settings import Settings
 from tests.support.faults import REPO, env_for, runs_of, wait_for
 from tests.support.pipeline import all_rows, dead_letters, event, offsets, produce
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.stack
 _REEXECUTE = textwrap.dedent("""
     import sys
     from dagster import DagsterInstance, ReexecutionOptions, execute_job
-    from programuser_dagster.run_tags import PARTITION_TAG
+    from programuser_dagster.ingest.run_tags import PARTITION_TAG
     from tests.support.jobs import reconstructable_job_from_env
 
     with DagsterInstance.get() as instance:

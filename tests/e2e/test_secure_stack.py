@@ -15,11 +15,12 @@ from pathlib import Path
 import orjson
 import pytest
 
+from devtools.produce import produce_records
+from devtools.stack import down, up
+from devtools.stack.launcher import SECURE_DEFAULTS
+from programuser_dagster.cassandra.io_manager import CassandraIOManager
 from programuser_dagster.resources import build_resources
-from programuser_dagster.resources.cassandra import CassandraIOManager
 from programuser_dagster.settings import Settings
-from programuser_dagster.stack import down, up
-from programuser_dagster.stack.launcher import SECURE_DEFAULTS
 from tests.support.dagster_dev import free_port
 from tests.support.pipeline import SEED_EVENT, failure_text, row, run_partition
 
@@ -58,7 +59,7 @@ def test_the_pipeline_works_with_credentials_from_the_environment(
     resources = build_resources(s)
     kafka = resources["kafka"]
     try:
-        kafka.produce([(b"k", orjson.dumps(SEED_EVENT))], partition=0)
+        produce_records(kafka, [(b"k", orjson.dumps(SEED_EVENT))], partition=0)
     finally:
         kafka.close()
     result = run_partition(instance, s, resources=resources)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from programuser_dagster.resources.cassandra import CassandraIOManager
+from devtools.stack import CASSANDRA_SUPERUSER, cassandra_cluster
+from programuser_dagster.cassandra.io_manager import CassandraIOManager
 from programuser_dagster.settings import Settings
-from programuser_dagster.stack import CASSANDRA_SUPERUSER, cassandra_cluster
 from tests.support.dagster_dev import dagster_dev, settings_env
 from tests.support.pipeline import dead_letters, offsets, produce
 

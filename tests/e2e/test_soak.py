@@ -28,9 +28,9 @@ from dagster import (
     RunsFilter,
 )
 
-from programuser_dagster.ages import lag_seconds
+from devtools.samples import message_key, sample_events
+from programuser_dagster.core.event_ages import lag_seconds
 from programuser_dagster.resources import kafka_resource
-from programuser_dagster.samples import message_key, sample_events
 from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import REPO, dagster_dev, settings_env
 from tests.support.pipeline import all_rows, expected_rows

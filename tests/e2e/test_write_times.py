@@ -1,6 +1,6 @@
 """Writes that converge (issue 13, item 1), on the real servers: every (key, column) ends as if
 the partition's events had been applied one by one in offset order, whatever order the writes
-reach Cassandra in (clock.py).
+reach Cassandra in (programuser_dagster/core/clock.py).
 
 Here: a zombie run's writes delivered after a newer run's; each column group of a merged row
 written at its own event's time; a hand edit updated by the next event. Re-drive and replay
@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 from dagster import DagsterInstance, RunsFilter
 
-from programuser_dagster.jobs import JOB_NAME, PAUSE_BEFORE_WRITE_ENV
+from programuser_dagster.ingest.fault_pauses import PAUSE_BEFORE_WRITE_ENV
+from programuser_dagster.ingest.job import JOB_NAME
+from programuser_dagster.ingest.run_tags import START_TAG
 from programuser_dagster.resources import kafka_resource
-from programuser_dagster.run_tags import START_TAG
 from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import REPO
 from tests.support.faults import env_for, wait_for

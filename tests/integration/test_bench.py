@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from programuser_dagster import bench
+from devtools import bench
 from programuser_dagster.settings import Settings
 
 pytestmark = pytest.mark.stack

@@ -13,13 +13,13 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from dagster import AssetCheckSeverity, build_sensor_context
 
-from programuser_dagster import health
-from programuser_dagster.backlog import plan_backlog
 from programuser_dagster.cli import main
+from programuser_dagster.incidents.verify import verify
+from programuser_dagster.ingest import checks
+from programuser_dagster.ingest.backlog import plan_backlog
+from programuser_dagster.ingest.sensors import build_health_sensor
 from programuser_dagster.resources import kafka_resource
-from programuser_dagster.sensors import build_health_sensor
 from programuser_dagster.settings import Settings
-from programuser_dagster.verify import verify
 from tests.support.dagster_dev import REPO
 from tests.support.pipeline import (
     cli_env,
@@ -90,7 +90,7 @@ def test_a_committed_offset_beyond_the_log_end_is_named_everywhere_and_replay_re
             result = build_health_sensor(s)(ctx)
     finally:
         kafka.close()
-    [check] = [e for e in result.asset_events if e.check_name == health.STALLED_CHECK]
+    [check] = [e for e in result.asset_events if e.check_name == checks.STALLED_CHECK]
     assert (check.passed, check.severity) == (False, AssetCheckSeverity.ERROR)
     assert WARNING in check.description
 

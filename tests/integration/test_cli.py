@@ -71,7 +71,7 @@ def test_a_signal_inside_interrupts_deferred_is_recorded_and_the_block_goes_on(
     import signal
     from types import FrameType
 
-    from programuser_dagster.interrupts import interrupts_deferred
+    from programuser_dagster.ingest.interrupts import interrupts_deferred
 
     number = getattr(signal, signum)
     delivered: list[int] = []
@@ -106,7 +106,7 @@ def test_a_signal_inside_interrupts_deferred_is_recorded_and_the_block_goes_on(
 def test_interrupts_deferred_restores_the_handlers_when_the_block_raises() -> None:
     import signal
 
-    from programuser_dagster.interrupts import interrupts_deferred
+    from programuser_dagster.ingest.interrupts import interrupts_deferred
 
     before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
     with pytest.raises(ValueError), interrupts_deferred():
@@ -118,7 +118,7 @@ def test_interrupts_deferred_outside_the_main_thread_changes_nothing() -> None:
     import signal
     import threading
 
-    from programuser_dagster.interrupts import interrupts_deferred
+    from programuser_dagster.ingest.interrupts import interrupts_deferred
 
     before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
     seen: list[object] = []

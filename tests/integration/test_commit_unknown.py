@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from programuser_dagster.resources.kafka import FencedCommit, KafkaResource, KafkaUnavailable
+from programuser_dagster.kafka.resource import FencedCommit, KafkaResource, KafkaUnavailable
 from programuser_dagster.settings import Settings
 from tests.support.pipeline import event, failure_text, offsets, produce, run_partition
 

@@ -1,11 +1,13 @@
-"""Who owns a Cassandra connection, and for how long (resources/cassandra.py)."""
+"""Who owns a Cassandra connection, and for how long
+(programuser_dagster/cassandra/io_manager.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from programuser_dagster.resources import cassandra, cassandra_io_manager
-from programuser_dagster.resources.cassandra import keep_connections
+from programuser_dagster.cassandra import io_manager as cassandra
+from programuser_dagster.cassandra.io_manager import keep_connections
+from programuser_dagster.resources import cassandra_io_manager
 from programuser_dagster.settings import Settings
 
 pytestmark = pytest.mark.stack

@@ -15,12 +15,12 @@ from cassandra.query import UNSET_VALUE, PreparedStatement
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from programuser_dagster.clock import WriteClock
-from programuser_dagster.events import COLUMNS, NOT_WRITTEN, flatten
+from devtools.samples import sample_events
+from programuser_dagster.cassandra.cql_encoding import bound, encode_columns
+from programuser_dagster.cassandra.io_manager import group_statement, row_writes
+from programuser_dagster.core.clock import WriteClock
+from programuser_dagster.core.events import COLUMNS, NOT_WRITTEN, flatten
 from programuser_dagster.resources import cassandra_io_manager
-from programuser_dagster.resources.cassandra import group_statement, row_writes
-from programuser_dagster.resources.cql_encoding import bound, encode_columns
-from programuser_dagster.samples import sample_events
 from programuser_dagster.settings import Settings
 
 
@@ -139,7 +139,7 @@ def test_the_write_time_variable_is_the_statements_last(insert: PreparedStatemen
 
 def test_every_write_the_io_manager_sends_is_marked_idempotent(kafka_topics: Settings) -> None:
     """What lets the driver retry a write on another node and speculate
-    (resources/cassandra_policies.py): each carries its own write time."""
+    (programuser_dagster/cassandra/policies.py): each carries its own write time."""
     io = cassandra_io_manager(kafka_topics)
     try:
         insert = io.insert_statement()

@@ -1,9 +1,9 @@
 """Dead letters near the size limits (issue 11, item 1): a letter always fits its topic, so a
 poison message never blocks its partition.
 
-The first tests are pure (dead_letters.py); the rest use the real broker: the largest record
-the input topic accepts, a compressed ~20 MB record, and a dead-letter topic smaller than the
-input topic, each next to small bad messages.
+The first tests are pure (programuser_dagster/kafka/dead_letters.py); the rest use the real broker:
+the largest record the input topic accepts, a compressed ~20 MB record, and a dead-letter topic
+smaller than the input topic, each next to small bad messages.
 """
 
 from __future__ import annotations
@@ -15,23 +15,24 @@ import pytest
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from programuser_dagster.accounting import RangeReport
-from programuser_dagster.jobs import kafka_partitions, program_user_info
-from programuser_dagster.range_rows import Chunking, RangeRows
-from programuser_dagster.resources import build_resources, kafka_resource
-from programuser_dagster.resources.dead_letters import (
+from devtools.produce import input_producer, produce_records
+from devtools.stack import delete_topics
+from programuser_dagster.core.report import RangeReport
+from programuser_dagster.ingest.job import kafka_partitions, program_user_info
+from programuser_dagster.ingest.range_rows import Chunking, RangeRows
+from programuser_dagster.kafka.dead_letters import (
     TOO_LARGE,
     Source,
     letter,
     record_bytes,
     room_warning,
 )
+from programuser_dagster.resources import build_resources, kafka_resource
 from programuser_dagster.settings import (
     DEAD_LETTER_MAX_MESSAGE_BYTES,
     INPUT_MAX_MESSAGE_BYTES,
     Settings,
 )
-from programuser_dagster.stack import delete_topics
 from tests.support.pipeline import dead_letters, event, offsets, produce, row, run_partition
 
 # ----------------------------------------------------------------------------- pure
@@ -102,7 +103,7 @@ def _letters_by_offset(s: Settings, expected: int) -> dict[int, Any]:
 def _largest_accepted_value(s: Settings) -> bytes:
     """The largest value (not JSON) the project's own producer of the input topic takes."""
     kafka = kafka_resource(s)
-    producer = kafka._producer()
+    producer = input_producer(kafka)
     size = INPUT_MAX_MESSAGE_BYTES
     try:
         while True:
@@ -127,9 +128,9 @@ def test_the_largest_input_record_and_small_bad_ones_are_dead_lettered_whole(
     big = _largest_accepted_value(s)
     kafka = kafka_resource(s)
     try:
-        kafka.produce([(b"a", b"{small bad 1")], partition=0)
-        kafka.produce([(b"big", big)], partition=0)
-        kafka.produce([(b"b", b"{small bad 2")], partition=0)
+        produce_records(kafka, [(b"a", b"{small bad 1")], partition=0)
+        produce_records(kafka, [(b"big", big)], partition=0)
+        produce_records(kafka, [(b"b", b"{small bad 2")], partition=0)
     finally:
         kafka.close()
     produce(s, [event("p", "good")])

@@ -1,4 +1,5 @@
-"""`programuser-dagster drain`, `produce` and `lag` against the real servers."""
+"""`programuser-dagster drain` and `lag`, and `python -m devtools produce`, against the real
+servers."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from typing import Any
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from programuser_dagster.drain import FAILED, PROGRESS, STALLED, SUPERSEDED_RUN, drain, judge
-from programuser_dagster.run_tags import PARTITION_TAG
+from programuser_dagster.ingest.drain import FAILED, PROGRESS, STALLED, SUPERSEDED_RUN, drain, judge
+from programuser_dagster.ingest.run_tags import PARTITION_TAG
 from programuser_dagster.settings import Settings
 from tests.support.pipeline import add_run, cli_env, event, offsets, produce
 
 pytestmark = pytest.mark.stack
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_drain_on_an_empty_topic_runs_nothing(instance, kafka_topics: Settings) -> None:
@@ -66,9 +69,11 @@ def test_drain_skips_a_partition_whose_run_is_in_flight(
 
 def _cli(args: list[str], s: Settings, home: str) -> subprocess.CompletedProcess[str]:
     env = cli_env(s, home)
+    # produce is dev tooling (devtools/, run from the checkout's root); the rest is the CLI.
+    module = ["devtools"] if args[:1] == ["produce"] else ["programuser_dagster.cli"]
     return subprocess.run(
-        [sys.executable, "-m", "programuser_dagster.cli", *args],
-        env=env, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", *module, *args],
+        env=env, capture_output=True, text=True, timeout=300, cwd=REPO,
     )
 
 
@@ -95,7 +100,7 @@ def test_drain_in_two_processes_gives_each_partition_to_one_of_them(
 ) -> None:
     from dagster import DagsterInstance
 
-    from programuser_dagster.run_tags import DRAIN_PROCESS_TAG
+    from programuser_dagster.ingest.run_tags import DRAIN_PROCESS_TAG
 
     s = kafka_topics
     for p in range(4):
@@ -126,7 +131,7 @@ def test_drain_in_two_processes_gives_each_partition_to_one_of_them(
 
 
 def _offsets(partition: int, committed: int | None, high: int, low: int = 0) -> Any:
-    from programuser_dagster.resources.kafka import PartitionOffsets
+    from programuser_dagster.kafka.resource import PartitionOffsets
 
     return PartitionOffsets(partition=partition, low=low, high=high, committed=committed)
 
@@ -164,7 +169,7 @@ def test_judge_counts_a_start_below_the_low_watermark_as_its_start() -> None:
 
 
 def test_the_stop_summary_says_what_was_finished_and_what_was_not() -> None:
-    from programuser_dagster.drain import DrainResult
+    from programuser_dagster.ingest.drain import DrainResult
 
     result = DrainResult(
         runs=[(0, True, ""), (2, True, ""), (0, False, ""), (1, False, "")],
@@ -221,7 +226,7 @@ def test_drain_goes_on_after_a_superseded_run(
 ) -> None:
     """Another committer commits the range while the run waits before its fence: the run is
     superseded, drain says so, does not count it as a failure, and drains the rest."""
-    from programuser_dagster.jobs import PAUSE_BEFORE_FENCE_ENV
+    from programuser_dagster.ingest.fault_pauses import PAUSE_BEFORE_FENCE_ENV
 
     s = kafka_topics
     produce(s, [event("p", f"u{i}") for i in range(25)], partition=0)
@@ -265,12 +270,12 @@ def test_drain_prints_the_cause_of_a_failed_run_on_its_line(
 def test_failure_description_reads_past_dagsters_wrapper_to_the_cause() -> None:
     from dagster._utils.error import SerializableErrorInfo
 
-    from programuser_dagster.drain import _error_text
+    from programuser_dagster.ingest.drain import _error_text
 
     kafka = SerializableErrorInfo(
         "cimpl.KafkaException: KafkaError{code=_TRANSPORT}\n", [], "KafkaException")
     ours = SerializableErrorInfo(
-        "programuser_dagster.resources.kafka.KafkaUnavailable: Kafka at 127.0.0.1:1 did not "
+        "programuser_dagster.kafka.resource.KafkaUnavailable: Kafka at 127.0.0.1:1 did not "
         "answer.\n", [], "KafkaUnavailable", cause=kafka)
     wrapper = SerializableErrorInfo(
         'dagster._core.errors.DagsterExecutionStepExecutionError: Error occurred while '
@@ -335,7 +340,7 @@ def _backlog(s: Settings) -> None:
 
 
 def _start_drain(s: Settings, home: Path, out: Path, *args: str) -> subprocess.Popen:
-    from programuser_dagster.jobs import PAUSE_BEFORE_COMMIT_ENV
+    from programuser_dagster.ingest.fault_pauses import PAUSE_BEFORE_COMMIT_ENV
 
     # Each run waits here, its writes acknowledged, inside the commit step: the signal
     # arrives while a run is in progress.

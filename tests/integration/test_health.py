@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 from dagster import AssetCheckSeverity, SensorResult, build_sensor_context
 
-from programuser_dagster import health
+from programuser_dagster.ingest import checks
+from programuser_dagster.ingest.sensors import build_health_sensor
 from programuser_dagster.resources import kafka_resource
-from programuser_dagster.sensors import build_health_sensor
 from programuser_dagster.settings import Settings
 from tests.support.pipeline import event, produce, run_partition
 
@@ -31,12 +31,12 @@ def test_a_healthy_run_passes_every_check(instance, kafka_topics: Settings) -> N
     s = kafka_topics
     produce(s, [event("p", f"u{i}") for i in range(20)])
     assert run_partition(instance, s).success
-    checks = evaluate(instance, s)
-    assert {name: ev.passed for name, ev in checks.items()} == {
-        health.ACCOUNTING_CHECK: True,
-        health.DEAD_LETTER_SHARE_CHECK: True,
-        health.STALLED_CHECK: True,
-        health.MATCHES_SOURCE_CHECK: True,
+    verdicts = evaluate(instance, s)
+    assert {name: ev.passed for name, ev in verdicts.items()} == {
+        checks.ACCOUNTING_CHECK: True,
+        checks.DEAD_LETTER_SHARE_CHECK: True,
+        checks.STALLED_CHECK: True,
+        checks.MATCHES_SOURCE_CHECK: True,
     }
 
 
@@ -44,7 +44,7 @@ def test_a_run_with_many_dead_letters_warns(instance, kafka_topics: Settings) ->
     s = kafka_topics
     produce(s, [event("p", "u1"), b"not json", b"[]", event("p", "u2")])
     assert run_partition(instance, s).success
-    check = evaluate(instance, s)[health.DEAD_LETTER_SHARE_CHECK]
+    check = evaluate(instance, s)[checks.DEAD_LETTER_SHARE_CHECK]
     assert (check.passed, check.severity) == (False, AssetCheckSeverity.WARN)
     assert check.metadata["dead_letter_share"].value == 0.5
     assert "50.0% of the last run's 4 messages" in check.description
@@ -55,9 +55,9 @@ def test_lag_without_a_recent_successful_run_warns(instance, kafka_topics: Setti
     produce(s, [event("p", "u")], partition=0)
     assert run_partition(instance, s, partition=0).success
     produce(s, [event("p", "v")], partition=0)  # new lag, but a run succeeded just now
-    assert evaluate(instance, s)[health.STALLED_CHECK].passed
+    assert evaluate(instance, s)[checks.STALLED_CHECK].passed
     produce(s, [event("p", "w")], partition=2)  # lag on a partition that never ran
-    check = evaluate(instance, s)[health.STALLED_CHECK]
+    check = evaluate(instance, s)[checks.STALLED_CHECK]
     assert not check.passed
     assert check.metadata["stalled_partitions"].value == {"2": 1}
 
@@ -69,8 +69,8 @@ def test_accounting_fails_on_an_unbalanced_run() -> None:
         {"messages_read": 5, "messages_written": 3, "messages_skipped": 1,
          "messages_dead_lettered": 0, "partition": 2, "start_offset": 10, "end_offset": 15},
     ]
-    verdict = health.accounting(runs)
+    verdict = checks.accounting(runs)
     assert not verdict.passed
     assert verdict.severity == AssetCheckSeverity.ERROR
     assert "partition 2 offsets [10, 15)" in verdict.description
-    assert health.accounting(runs[:1]).passed
+    assert checks.accounting(runs[:1]).passed

@@ -1,5 +1,6 @@
-"""Partitions added to the input topic (growth.py), against the real broker and Cassandra: a key's
-row ends as its latest event, whatever order the old and the new partitions' runs come in."""
+"""Partitions added to the input topic (programuser_dagster/core/growth.py), against the real broker
+and Cassandra: a key's row ends as its latest event, whatever order the old and the new partitions'
+runs come in."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka.admin import AdminClient, NewPartitions
 
-from programuser_dagster import replay
-from programuser_dagster.clock import now_us
-from programuser_dagster.drain import drain
-from programuser_dagster.jobs import kafka_partitions
+from programuser_dagster.core.clock import now_us
+from programuser_dagster.incidents import replay
+from programuser_dagster.ingest.drain import drain
+from programuser_dagster.ingest.job import kafka_partitions
 from programuser_dagster.resources import kafka_resource
 from programuser_dagster.settings import Settings
 from tests.support.pipeline import event, offsets, produce, row, run_partition, tick

@@ -19,15 +19,16 @@ from dagster import (
     op,
 )
 
-from programuser_dagster.accounting import RangeReport
-from programuser_dagster.bench import cassandra_io_manager as bench_io_manager
-from programuser_dagster.clock import now_us
-from programuser_dagster.jobs import PAUSE_BEFORE_WRITE_ENV, commit_offsets
-from programuser_dagster.range_rows import Chunking, RangeRows
+from devtools.bench import cassandra_io_manager as bench_io_manager
+from programuser_dagster.cassandra.io_manager import CassandraWriteFailed
+from programuser_dagster.core.clock import now_us
+from programuser_dagster.core.report import RangeReport
+from programuser_dagster.ingest.fault_pauses import PAUSE_BEFORE_WRITE_ENV
+from programuser_dagster.ingest.job import commit_offsets
+from programuser_dagster.ingest.range_rows import Chunking, RangeRows
+from programuser_dagster.ingest.run_tags import PARTITION_TAG, START_TAG
+from programuser_dagster.kafka.resource import KafkaResource
 from programuser_dagster.resources import build_resources, kafka_resource
-from programuser_dagster.resources.cassandra import CassandraWriteFailed
-from programuser_dagster.resources.kafka import KafkaResource
-from programuser_dagster.run_tags import PARTITION_TAG, START_TAG
 from programuser_dagster.settings import Settings
 from tests.support.faults import RunInThread, job_env, logged, runs_of, wait_for
 from tests.support.jobs import reconstructable_job_from_env
@@ -159,7 +160,8 @@ def test_every_outcome_is_counted_and_dead_letters_keep_the_original_message(
     committed = offsets(s)
     assert committed.committed == produced[-1] + 1
     assert row(cassandra_session, s, "p", "u-ok")["program_name"] == "fine"
-    # The run started at offset 0: the row of offset 7 was written at base + 7 (clock.py).
+    # The run started at offset 0: the row of offset 7 was written at base + 7
+    # (programuser_dagster/core/clock.py).
     base = cassandra_session.execute(
         f"SELECT WRITETIME(program_name) AS t FROM {s.cassandra_keyspace}.{s.cassandra_table} "
         "WHERE program_id='p' AND user_id='u-ok'").one().t - produced[-1]
@@ -378,7 +380,7 @@ def test_the_range_ends_at_the_given_end_offset_and_max_messages(
 
 
 def program_user_info_with_max(instance, s: Settings, max_messages: int):
-    from programuser_dagster.jobs import program_user_info
+    from programuser_dagster.ingest.job import program_user_info
 
     return program_user_info.execute_in_process(
         run_config={"ops": {"flatten_events": {"config": {"max_messages": max_messages}}}},

@@ -1,4 +1,4 @@
-"""`programuser-dagster produce` against the real broker: refused lines are said with their line
+"""`python -m devtools produce` against the real broker: refused lines are said with their line
 number and reason, the good lines still reach the topic, and the exit code says so."""
 
 from __future__ import annotations
@@ -18,12 +18,15 @@ from tests.support.pipeline import cli_env, event
 
 pytestmark = pytest.mark.stack
 
+# `python -m devtools` runs from the checkout's root, as the Makefile runs it.
+REPO = Path(__file__).resolve().parents[2]
+
 
 def cli(args: list[str], s: Settings, home: Path, **extra: str) -> subprocess.CompletedProcess:
     env = cli_env(s, home, **extra)
     return subprocess.run(
-        [sys.executable, "-m", "programuser_dagster.cli", *args],
-        env=env, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "devtools", *args],
+        env=env, capture_output=True, text=True, timeout=300, cwd=REPO,
     )
 
 

@@ -22,12 +22,12 @@ from confluent_kafka.admin import (
 )
 from dagster import AssetKey, DagsterEventType, DagsterInstance, EventRecordsFilter
 
-from programuser_dagster import events
+from devtools.stack import INPUT_TOPIC_CONFIG, delete_topics
 from programuser_dagster.cli import main
-from programuser_dagster.incident_jobs import redrive_job
+from programuser_dagster.core import events
+from programuser_dagster.incidents.jobs import redrive_job
 from programuser_dagster.resources import build_resources
 from programuser_dagster.settings import Settings
-from programuser_dagster.stack import INPUT_TOPIC_CONFIG, delete_topics
 from tests.support.dagster_dev import REPO
 from tests.support.faults import wait_for
 from tests.support.pipeline import (

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from dagster import AssetKey, DagsterEventType, DagsterInstance, EventRecordsFilter
 
-from programuser_dagster import replay
 from programuser_dagster.cli import main
-from programuser_dagster.incident_jobs import replay_job
-from programuser_dagster.refusals import CouldNotComplete
+from programuser_dagster.incidents import replay
+from programuser_dagster.incidents.jobs import replay_job
+from programuser_dagster.incidents.outcomes import CouldNotComplete
 from programuser_dagster.resources import build_resources, kafka_resource
 from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import REPO

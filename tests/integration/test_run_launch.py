@@ -16,9 +16,9 @@ from dagster import (
     build_schedule_context,
 )
 
-from programuser_dagster.jobs import kafka_partitions, program_user_info
+from programuser_dagster.ingest.job import kafka_partitions, program_user_info
+from programuser_dagster.ingest.schedules import build_backlog_schedule
 from programuser_dagster.resources import build_resources, kafka_resource
-from programuser_dagster.schedules import build_backlog_schedule
 from programuser_dagster.settings import Settings
 from tests.support.pipeline import event, offsets, produce, tick
 

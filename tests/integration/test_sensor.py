@@ -10,7 +10,7 @@ from dagster import (
     DagsterRunStatus,
 )
 
-from programuser_dagster.backlog import plan_backlog
+from programuser_dagster.ingest.backlog import plan_backlog
 from programuser_dagster.resources import kafka_resource
 from programuser_dagster.settings import Settings
 from tests.support.pipeline import add_run, event, offsets, produce, run_partition, tick

@@ -15,9 +15,7 @@ from cassandra import InvalidRequest
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, KafkaError, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from programuser_dagster.settings import INPUT_MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
-from programuser_dagster.settings import Settings
-from programuser_dagster.stack import (
+from devtools.stack import (
     ServerStatus,
     StackError,
     delete_topics,
@@ -28,6 +26,8 @@ from programuser_dagster.stack import (
     status,
     up,
 )
+from programuser_dagster.settings import INPUT_MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
+from programuser_dagster.settings import Settings
 
 pytestmark = pytest.mark.stack
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import Producer
 
+from programuser_dagster.kafka.resource import KafkaUnavailable
 from programuser_dagster.resources import kafka_resource
-from programuser_dagster.resources.kafka import KafkaUnavailable
 from programuser_dagster.settings import Settings
 from tests.support.pipeline import event, produce
 

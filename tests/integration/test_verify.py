@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from dagster import SensorResult, build_sensor_context
 
-import programuser_dagster.verify as verify_module
+import programuser_dagster.incidents.verify as verify_module
 from programuser_dagster.cli import main
-from programuser_dagster.health import MATCHES_SOURCE_CHECK, matches_source
+from programuser_dagster.incidents.verify import verify
+from programuser_dagster.ingest.checks import MATCHES_SOURCE_CHECK, matches_source
+from programuser_dagster.ingest.sensors import build_health_sensor
 from programuser_dagster.resources import kafka_resource
-from programuser_dagster.sensors import build_health_sensor
 from programuser_dagster.settings import Settings
-from programuser_dagster.verify import verify
 from tests.support.pipeline import (
     SEED_EVENT,
     cli_env,

@@ -5,7 +5,7 @@ touches nothing else; the cluster tests remove it at the start of the session, a
 test and in `finally`, so a leftover rule can never break a later run.
 
 A node's traffic is both what is sent to its address (its CQL and storage ports) and what its
-own sockets send, matched by its cgroup (stack/cluster.py: node_cgroup): its outgoing
+own sockets send, matched by its cgroup (devtools/stack/cluster.py: node_cgroup): its outgoing
 connections to the other nodes leave from 127.0.0.1, not from its address.
 """
 
@@ -20,7 +20,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from programuser_dagster.stack import cluster
+from devtools.stack import cluster
 
 FAULT_TABLE = "programuser_fault"
 BOOT_TIMEOUT_S = 900.0

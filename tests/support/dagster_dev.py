@@ -10,8 +10,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from devtools.stack.postgres import free_port
 from programuser_dagster.settings import Settings
-from programuser_dagster.stack.postgres import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

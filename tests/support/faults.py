@@ -18,9 +18,9 @@ from typing import Any
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from programuser_dagster.jobs import JOB_NAME
-from programuser_dagster.run_tags import COMMITTED, OUTCOME_TAG
-from programuser_dagster.run_tags import PARTITION_TAG as PARTITION_TAG
+from programuser_dagster.ingest.job import JOB_NAME
+from programuser_dagster.ingest.run_tags import COMMITTED, OUTCOME_TAG
+from programuser_dagster.ingest.run_tags import PARTITION_TAG as PARTITION_TAG
 from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import REPO as REPO  # the repository root, defined once
 from tests.support.pipeline import cli_env, temporary_env

@@ -20,11 +20,11 @@ from dagster import (
 )
 from dagster._core.utils import make_new_run_id
 
-from programuser_dagster.jobs import JOB_NAME, kafka_partitions, program_user_info
+from programuser_dagster.ingest.job import JOB_NAME, kafka_partitions, program_user_info
+from programuser_dagster.ingest.run_tags import PARTITION_TAG, START_TAG, START_TOKEN_TAG
+from programuser_dagster.ingest.sensors import build_backlog_sensor
+from programuser_dagster.kafka.resource import PartitionOffsets
 from programuser_dagster.resources import build_resources, kafka_resource
-from programuser_dagster.resources.kafka import PartitionOffsets
-from programuser_dagster.run_tags import PARTITION_TAG, START_TAG, START_TOKEN_TAG
-from programuser_dagster.sensors import build_backlog_sensor
 from programuser_dagster.settings import Settings, temporary_env  # noqa: F401 (for the tests)
 from tests.support.seed import SEED_EVENT as SEED_EVENT
 
@@ -156,7 +156,7 @@ def all_rows(session: Session, settings: Settings) -> dict[tuple[str, str], dict
 def expected_rows(values: Sequence[bytes | None]) -> dict[tuple[str, str], dict[str, Any]]:
     """The table a clean run makes of these messages, in this order (as all_rows gives it):
     what the pure core flattens them to."""
-    from programuser_dagster.events import COLUMNS, NOT_WRITTEN, flatten
+    from programuser_dagster.core.events import COLUMNS, NOT_WRITTEN, flatten
 
     batch = flatten(enumerate(values))
     return {
@@ -231,7 +231,7 @@ def step_metadata(result: ExecuteInProcessResult) -> dict[str, Any]:
 
 
 def create_schema(session: Session, settings: Settings) -> None:
-    from programuser_dagster.schema import schema_statements
+    from programuser_dagster.cassandra.schema import schema_statements
 
     for stmt in schema_statements(
         settings.cassandra_keyspace, settings.cassandra_table, settings.cassandra_replication
@@ -253,7 +253,7 @@ def cli_env(s: Settings, home: Any = None, **extra: str) -> dict[str, str]:
     """The environment of a subprocess (the CLI, a daemon) on the test's topics and keyspace,
     and on Dagster home `home` (None: no DAGSTER_HOME at all). The test fault hooks of this
     process are not passed on unless given in `extra`."""
-    from programuser_dagster.jobs import (
+    from programuser_dagster.ingest.fault_pauses import (
         PAUSE_BEFORE_COMMIT_ENV,
         PAUSE_BEFORE_FENCE_ENV,
         PAUSE_BEFORE_WRITE_ENV,

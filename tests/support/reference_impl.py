@@ -2,9 +2,9 @@
 
 Written straight from the contract with the standard library only (stdlib json, datetime); it
 does not import programuser_dagster and shares no code with it. Slow and obvious on purpose:
-if it and programuser_dagster.events disagree, one of them misreads the contract.
+if it and programuser_dagster.core.events disagree, one of them misreads the contract.
 
-It follows the interpretations documented at the top of programuser_dagster/events.py (white
+It follows the interpretations documented at the top of programuser_dagster/core/events.py (white
 space = str.isspace; a field's checks run together at its place in the table; a blank id is
 missing, never too long; numbers as text; the exact date grammar).
 """

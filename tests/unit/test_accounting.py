@@ -6,7 +6,7 @@ import json
 import zlib
 from dataclasses import asdict
 
-from programuser_dagster.accounting import RangeReport, balances
+from programuser_dagster.core.report import RangeReport, balances
 
 
 def _report() -> RangeReport:

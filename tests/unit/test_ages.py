@@ -1,5 +1,5 @@
-"""Event-age histogram (ages.py): percentiles within 1% of the exact ones in bounded memory,
-clamping counted, merging and the JSON round trip lossless."""
+"""Event-age histogram (programuser_dagster/core/event_ages.py): percentiles within 1% of the exact
+ones in bounded memory, clamping counted, merging and the JSON round trip lossless."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from programuser_dagster.ages import MAX_AGE_MS, Ages, _bucket, _upper, lag_seconds
+from programuser_dagster.core.event_ages import MAX_AGE_MS, Ages, _bucket, _upper, lag_seconds
 
 QS = [0, 1, 10, 50, 90, 99, 99.9, 100]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from programuser_dagster.events import flatten
+from programuser_dagster.core.events import flatten
 from tests.support.bad_inputs import Case, load_corpus
 
 CORPUS = load_corpus()

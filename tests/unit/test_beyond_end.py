@@ -4,9 +4,9 @@ got nothing (item 9), which names the broker only when it did not answer."""
 
 from __future__ import annotations
 
-from programuser_dagster.offsets import PartitionOffsets, why_read_stalled
-from programuser_dagster.planning import decide
-from programuser_dagster.verification import PartitionReport, VerifyReport
+from programuser_dagster.core.offsets import PartitionOffsets, why_read_stalled
+from programuser_dagster.core.planning import decide
+from programuser_dagster.incidents.expected_cells import PartitionReport, VerifyReport
 
 BEYOND = PartitionOffsets(partition=3, low=0, high=40, committed=55, token=2)
 WARNING = ("committed offset 55 is beyond the log end 40: records below 55 will be skipped; "

@@ -1,4 +1,5 @@
-"""The driver's policies for a cluster (resources/cassandra_policies.py): what is retried where.
+"""The driver's policies for a cluster (programuser_dagster/cassandra/policies.py): what is retried
+where.
 
 How they behave against real nodes that die, stall or are cut off is tested in tests/cluster.
 """
@@ -9,7 +10,7 @@ from cassandra import ConsistencyLevel, WriteType
 from cassandra.policies import ConstantSpeculativeExecutionPolicy, RetryPolicy
 from cassandra.query import SimpleStatement
 
-from programuser_dagster.resources.cassandra_policies import (
+from programuser_dagster.cassandra.policies import (
     SPECULATIVE_ATTEMPTS,
     SPECULATIVE_DELAY_S,
     WRITE_TIMEOUT_RETRIES,
@@ -63,7 +64,7 @@ def test_a_missing_quorum_is_named_whichever_way_cassandra_reports_it():
     from cassandra import Unauthorized, Unavailable, WriteTimeout
     from cassandra.cluster import NoHostAvailable
 
-    from programuser_dagster.resources.cassandra import CassandraIOManager
+    from programuser_dagster.cassandra.io_manager import CassandraIOManager
 
     hint = CassandraIOManager()._quorum_hint
     timeout = WriteTimeout("timed out", write_type=WriteType.SIMPLE, consistency=LQ,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from programuser_dagster.clock_skew import skew_refusal
+from programuser_dagster.core.clock_skew import skew_refusal
 from programuser_dagster.settings import DEFAULTS, MAX_RANGE_MESSAGES
 
 NOW = 1_800_000_000_000_000  # us
@@ -77,8 +77,8 @@ def test_a_host_the_broker_vouches_for_names_the_committed_clock_as_the_wrong_on
 
 
 def test_reset_clock_resets_only_a_clock_ahead_beyond_any_runs_lead() -> None:
-    from programuser_dagster.offsets import PartitionOffsets
-    from programuser_dagster.reset_clock import ClockReset
+    from programuser_dagster.core.offsets import PartitionOffsets
+    from programuser_dagster.incidents.reset_clock import ClockReset
 
     def at(clock: int, committed: int | None = 5) -> ClockReset:
         offsets = PartitionOffsets(0, 0, 9, committed, 3, clock, clock_host="fast-host")

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from dagster import Definitions
 
+from programuser_dagster.cassandra.io_manager import CassandraIOManager, CassandraWriteFailed
 from programuser_dagster.definitions import build_definitions
-from programuser_dagster.ingest_config import FLATTEN_STEP
-from programuser_dagster.jobs import build_job
+from programuser_dagster.ingest.job import build_job
+from programuser_dagster.ingest.run_config import FLATTEN_STEP
+from programuser_dagster.kafka.resource import KafkaResource, KafkaUnavailable
 from programuser_dagster.resources import cassandra_io_manager, kafka_resource
-from programuser_dagster.resources.cassandra import CassandraIOManager, CassandraWriteFailed
-from programuser_dagster.resources.kafka import KafkaResource, KafkaUnavailable
 from programuser_dagster.settings import DEFAULTS, Settings, local_stack_hint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,7 +85,7 @@ def test_an_unreachable_broker_is_named_by_its_setting() -> None:
         kafka.close()
     assert "Check KAFKA_BOOTSTRAP_SERVERS and KAFKA_INPUT_TOPIC" in str(caught.value)
     # A loopback address: the hint to the local stack is added.
-    assert "(the local stack: `programuser-dagster stack status`)" in str(caught.value)
+    assert "(the local stack: `python -m devtools stack status`)" in str(caught.value)
 
 
 def test_an_unreachable_cassandra_is_named_by_its_settings() -> None:
@@ -93,7 +93,7 @@ def test_an_unreachable_cassandra_is_named_by_its_settings() -> None:
     with pytest.raises(CassandraWriteFailed) as caught:
         io.session()
     assert "Check CASSANDRA_HOSTS, CASSANDRA_PORT and the credentials" in str(caught.value)
-    assert "(the local stack: `programuser-dagster stack status`)" in str(caught.value)
+    assert "(the local stack: `python -m devtools stack status`)" in str(caught.value)
 
 
 @pytest.mark.parametrize(

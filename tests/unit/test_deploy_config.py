@@ -17,8 +17,8 @@ from dagster._core.workspace.config_schema import ensure_workspace_config
 from dagster_docker import DockerRunLauncher
 from dagster_k8s import K8sRunLauncher
 
+from devtools.stack.docker import env_file
 from programuser_dagster.settings import SECRET_VARIABLES, VARIABLES
-from programuser_dagster.stack.docker import env_file
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PG_ENV = {

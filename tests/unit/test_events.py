@@ -12,7 +12,7 @@ import orjson
 import pandas as pd
 import pytest
 
-from programuser_dagster.events import COLUMNS, NOT_WRITTEN, Batch, Reject, flatten
+from programuser_dagster.core.events import COLUMNS, NOT_WRITTEN, Batch, Reject, flatten
 from tests.support.seed import EVENT_1, EVENT_2, EXPECTED_AFTER_BOTH, SEED_EVENT, SEED_ROW
 
 # The seed's sample event (shared/seed/program-user-info.md), with ISODate(...) as the JSON

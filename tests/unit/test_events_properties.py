@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from programuser_dagster.events import COLUMNS, NOT_WRITTEN, Batch, flatten
+from programuser_dagster.core.events import COLUMNS, NOT_WRITTEN, Batch, flatten
 from tests.support import reference_impl as ref
 from tests.support.bad_inputs import load_corpus
 

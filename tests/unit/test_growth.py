@@ -1,12 +1,12 @@
-"""Partitions added to the input topic (growth.py): which are claimed, what holds them, and the
-clock their first run starts after; on plain data."""
+"""Partitions added to the input topic (programuser_dagster/core/growth.py): which are claimed, what
+holds them, and the clock their first run starts after; on plain data."""
 
 from __future__ import annotations
 
-from programuser_dagster.growth import Claim, claims, hold, holders, start_clock
-from programuser_dagster.offsets import CommitState, PartitionOffsets
-from programuser_dagster.planning import Launch, decide
-from programuser_dagster.resources.kafka import _barrier, _clock, _token, commit_metadata
+from programuser_dagster.core.growth import Claim, claims, hold, holders, start_clock
+from programuser_dagster.core.offsets import CommitState, PartitionOffsets
+from programuser_dagster.core.planning import Launch, decide
+from programuser_dagster.kafka.resource import _barrier, _clock, _token, commit_metadata
 
 NOW = 1_000_000.0
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from programuser_dagster.backlog import BacklogPlan
-from programuser_dagster.offsets import PartitionOffsets
-from programuser_dagster.planning import Plan
-from programuser_dagster.redrive import Filters, original_replaced, write_time
-from programuser_dagster.refusals import Refused
-from programuser_dagster.replay import Target, parse_time, plan_rewind
-from programuser_dagster.resources.dead_letters import (
+from programuser_dagster.core.offsets import PartitionOffsets
+from programuser_dagster.core.planning import Plan
+from programuser_dagster.incidents.outcomes import Refused
+from programuser_dagster.incidents.redrive import Filters, original_replaced, write_time
+from programuser_dagster.incidents.replay import Target, parse_time, plan_rewind
+from programuser_dagster.ingest.backlog import BacklogPlan
+from programuser_dagster.kafka.dead_letters import (
     Origin,
     Source,
     key_digest,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from programuser_dagster.offsets import PartitionOffsets
-from programuser_dagster.planning import (
+from programuser_dagster.core.offsets import PartitionOffsets
+from programuser_dagster.core.planning import (
     RETRY_BASE_S,
     RETRY_MAX_S,
     Launch,
@@ -142,7 +142,9 @@ def test_the_summary_counts_launches_and_lag_and_says_why_the_others_wait() -> N
 
 def test_a_launch_becomes_a_run_request_bounded_by_the_settings() -> None:
     """The live bug this guards: PROGRAMUSER_MAX_MESSAGES bounded drain's runs only."""
-    from programuser_dagster.backlog import launch_request  # Dagster, but no instance or server
+    from programuser_dagster.ingest.backlog import (
+        launch_request,  # Dagster, but no instance or server
+    )
     from programuser_dagster.settings import Settings
 
     settings = Settings.from_env({"PROGRAMUSER_MAX_MESSAGES": "3"})

@@ -471,7 +471,7 @@ def test_dead_letter_bytes_above_what_the_transaction_can_send_are_refused() -> 
 def test_the_run_config_cannot_exceed_the_cap_on_a_runs_length() -> None:
     from pydantic import ValidationError
 
-    from programuser_dagster.ingest_config import IngestConfig
+    from programuser_dagster.ingest.run_config import IngestConfig
 
     assert IngestConfig(max_messages=1_000_000).max_messages == 1_000_000
     with pytest.raises(ValidationError):

@@ -1,5 +1,6 @@
-"""The cluster stack's certificates (stack/tls.py) and the TLS check the Kafka resource makes
-before its first client (resources/tls_check.py), against a TLS listener on loopback."""
+"""The cluster stack's certificates (devtools/stack/tls.py) and the TLS check the Kafka resource
+makes before its first client (programuser_dagster/kafka/tls_check.py), against a TLS listener on
+loopback."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from programuser_dagster.resources.tls_check import verification_failure
-from programuser_dagster.stack.tls import ensure_tls
+from devtools.stack.tls import ensure_tls
+from programuser_dagster.kafka.tls_check import verification_failure
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from programuser_dagster.resources.kafka import (
+from programuser_dagster.kafka.resource import (
     _clock,
     _token,
     commit_metadata,

@@ -1,4 +1,5 @@
-"""The pure store of verify (verification.py): expected cells, last writers, comparison."""
+"""The pure store of verify (programuser_dagster/incidents/expected_cells.py): expected cells, last
+writers, comparison."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from cassandra.cqltypes import UTF8Type
 from cassandra.util import Date, OrderedMapSerializedKey
 
-from programuser_dagster.verification import (
+from programuser_dagster.incidents.expected_cells import (
     Differences,
     ExpectedCells,
     PartitionReport,

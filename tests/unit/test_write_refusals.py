@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from programuser_dagster.write_refusals import systemic_cause
+from programuser_dagster.cassandra.refusals import systemic_cause
 
 
 def _server(message: str) -> str:

@@ -1,5 +1,6 @@
-"""Write times (clock.py) and what the IO manager makes of them (row_writes): every column
-group of a merged row is written at the write time of the event that wrote it last."""
+"""Write times (programuser_dagster/core/clock.py) and what the IO manager makes of them
+(row_writes): every column group of a merged row is written at the write time of the event that
+wrote it last."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
-from programuser_dagster.clock import WriteClock
-from programuser_dagster.events import COLUMN_GROUPS, COLUMNS, NOT_WRITTEN, flatten
-from programuser_dagster.resources.cassandra import row_writes
+from programuser_dagster.cassandra.io_manager import row_writes
+from programuser_dagster.core.clock import WriteClock
+from programuser_dagster.core.events import COLUMN_GROUPS, COLUMNS, NOT_WRITTEN, flatten
 
 BASE = 1_700_000_000_000_000
 

@@ -1,0 +1,244 @@
+"""Which partitions need a run now, from the broker and the instance: the planning shared by the
+sensor, the schedule and drain.
+
+The rule itself is core/planning.py's (pure); this module reads what it decides from: the topic's
+partitions and offsets (the KafkaResource), the runs queued or in progress per partition
+(freeing those of a dead drain process), and the failed attempts at each partition's committed
+state (from the run records: a failure, a cancel, or a run that succeeded without moving the
+offset, outcome no_progress, so that a bad setting cannot loop; not a superseded run, since
+another run committed its range). It turns the launches into Dagster run requests, whose config
+and tags are built in one place (launch_request) for the sensor, the schedule and drain.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dagster import (
+    AssetObservation,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    RunRecord,
+    RunRequest,
+    RunsFilter,
+)
+
+from ..core.event_ages import lag_seconds
+from ..core.offsets import PartitionOffsets
+from ..core.planning import Launch, Plan, decide
+from ..kafka.resource import KafkaResource
+from ..settings import Settings
+from .assets import JOB_NAME, PROGRAM_ENROLLMENT
+from .job import kafka_partitions
+from .run_config import run_config
+from .run_tags import (
+    DRAIN_PROCESS_TAG,
+    END_TAG,
+    NO_PROGRESS,
+    OUTCOME_TAG,
+    PARTITION_TAG,
+    START_TAG,
+    START_TOKEN_TAG,
+)
+
+IN_FLIGHT = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+]
+
+
+@dataclass
+class BacklogPlan:
+    decision: Plan  # the pure plan: launches, and why the other partitions with lag wait
+    new_partitions: list[str]  # partitions of the topic not yet known to the job
+    run_requests: list[RunRequest]  # the launches, as run requests (launch_request)
+
+    @property
+    def offsets(self) -> list[PartitionOffsets]:
+        return self.decision.offsets
+
+    @property
+    def waiting(self) -> dict[int, str]:
+        return self.decision.waiting
+
+    def lag_observation(
+        self, oldest_ms: dict[int, int | None] | None = None, now_ms: int = 0
+    ) -> AssetObservation:
+        """Lag per partition in records and, given the record time of each lagging partition's
+        oldest uncommitted record (`oldest_ms`), in seconds."""
+        lag: dict[str, int | float] = {f"lag_partition_{o.partition}": o.lag
+                                       for o in self.offsets}
+        meta: dict[str, int | float] = {"lag_total": sum(o.lag for o in self.offsets), **lag}
+        if oldest_ms is not None:
+            # A lagging partition whose oldest record's time did not arrive is left out: its
+            # lag in seconds is unknown, not 0.
+            seconds = {o.partition: lag_seconds(oldest_ms.get(o.partition), now_ms)
+                       for o in self.offsets
+                       if o.lag == 0 or oldest_ms.get(o.partition) is not None}
+            meta["lag_s_max"] = round(max((s for s, _ in seconds.values()), default=0.0), 3)
+            meta.update({f"lag_s_partition_{p}": round(s, 3) for p, (s, _) in seconds.items()})
+            unknown = len(self.offsets) - len(seconds)
+            if unknown:
+                meta["lag_s_unknown_partitions"] = unknown
+            clamped = sum(c for _, c in seconds.values())
+            if clamped:
+                meta["lag_s_clamped"] = clamped
+        # Lag 0 there does not mean caught up: the records that arrive below will be skipped.
+        beyond = [o for o in self.offsets if o.beyond_end]
+        meta.update({f"beyond_end_partition_{o.partition}": (o.committed or 0) - o.high
+                     for o in beyond})
+        return AssetObservation(PROGRAM_ENROLLMENT, metadata=meta, description="; ".join(
+            f"partition {o.partition}: {o.beyond_end_warning()}" for o in beyond) or None)
+
+    def summary(self) -> str:
+        return self.decision.summary()
+
+
+def launch_tags(launch: Launch) -> dict[str, str]:
+    """The tags of a run launched for a range (the run corrects them to the range it really
+    reads)."""
+    return {START_TAG: str(launch.start), START_TOKEN_TAG: str(launch.token),
+            END_TAG: str(launch.end)}
+
+
+def launch_request(launch: Launch, settings: Settings) -> RunRequest:
+    """The run request of a launch: the one place a launched run's config and tags are made
+    (sensor, schedule, drain), so the settings' limits (PROGRAMUSER_MAX_MESSAGES, ...) bound
+    every run."""
+    return RunRequest(
+        run_key=launch.run_key,
+        partition_key=str(launch.partition),
+        run_config=run_config(settings, end_offset=launch.end),
+        tags=launch_tags(launch),
+    )
+
+
+def _where() -> str:
+    """This host and PID namespace: pids are only comparable within both."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = "?"
+    return f"{socket.gethostname()}/{namespace}"
+
+
+def process_token(pid: int | None = None) -> str | None:
+    """`host/pid-namespace/pid:start-time` of a process (this one by default), or None if it
+    is gone (or there is no /proc). The start time tells it from a later process reusing the pid.
+    """
+    pid = os.getpid() if pid is None else pid
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 (starttime), counted after the parenthesised command name.
+    return f"{_where()}/{pid}:{stat.rsplit(')', 1)[1].split()[19]}"
+
+
+def _dead_drain_process(run: DagsterRun) -> bool:
+    """True if the run was executed by a `drain` process that is gone, and we can tell (same
+    host and PID namespace); runs of other machines are left to run monitoring's max_runtime."""
+    token = run.tags.get(DRAIN_PROCESS_TAG)
+    # A re-execution (from the UI) copies its parent's tags, this one included, but runs in a
+    # run worker of its own: only drain's own runs (never re-executions) are judged.
+    if not token or run.parent_run_id is not None or process_token() is None:
+        return False
+    where, _, process = token.rpartition("/")
+    if where != _where():
+        return False
+    return process_token(int(process.split(":")[0])) != token
+
+
+def runs_in_flight(instance: DagsterInstance, partition: int) -> int:
+    """Runs of the partition queued or in progress.
+
+    A run that `drain` executed in its own process has no run worker that Dagster watches: if
+    that process is killed, the run would stay STARTED (holding its partition) until run
+    monitoring's max_runtime. Such a run, whose drain process on this host is gone, is marked
+    failed here, so that the next sensor tick, schedule tick or drain frees its partition.
+    """
+    records = instance.get_run_records(
+        RunsFilter(job_name=JOB_NAME, statuses=IN_FLIGHT, tags={PARTITION_TAG: str(partition)}),
+        limit=5,
+    )
+    alive = 0
+    for record in records:
+        run = record.dagster_run
+        if run.status == DagsterRunStatus.STARTED and _dead_drain_process(run):
+            instance.report_run_failed(
+                run,
+                f"The drain process that executed this run ({run.tags[DRAIN_PROCESS_TAG]}) is "
+                "gone (killed?). Marked failed to free partition "
+                f"{partition}; its range is requested again from the committed offset.",
+            )
+            continue
+        alive += 1
+    return alive
+
+
+def sync_partitions(instance: DagsterInstance, kafka: KafkaResource) -> tuple[list[int], list[str]]:
+    """The topic's partitions, and those not yet known as dynamic partitions of the job."""
+    partitions = kafka.partitions()
+    known = set(instance.get_dynamic_partitions(kafka_partitions.name or ""))
+    return partitions, [str(p) for p in partitions if str(p) not in known]
+
+
+def plan_backlog(
+    instance: DagsterInstance,
+    kafka: KafkaResource,
+    settings: Settings,
+    now: float | None = None,
+    partitions: Sequence[int] | None = None,
+) -> BacklogPlan:
+    """The runs to request now (all partitions of the topic, or `partitions`), and the topic's
+    partitions not yet known to the job (the caller adds them)."""
+    now = time.time() if now is None else now
+    _, new = sync_partitions(instance, kafka)
+    # All of them, even for some: a new partition's hold depends on the old ones (core/growth.py).
+    topic = kafka.claimed_offsets()
+    chosen = None if partitions is None else set(partitions)
+    offsets = [o for o in topic if chosen is None or o.partition in chosen]
+    lagging = [o for o in offsets if o.lag > 0]  # only these need the instance's run records
+    in_flight = {o.partition for o in lagging if runs_in_flight(instance, o.partition)}
+    failed_ends = {
+        o.partition: [r.end_time for r in failed_attempts(instance, o)]
+        for o in lagging
+        if o.partition not in in_flight
+    }
+    decision = decide(offsets, in_flight, failed_ends, now, topic)
+    return BacklogPlan(
+        decision=decision,
+        new_partitions=new,
+        run_requests=[launch_request(launch, settings) for launch in decision.launches],
+    )
+
+
+def failed_attempts(instance: DagsterInstance, o: PartitionOffsets) -> list[RunRecord]:
+    """Runs at the partition's committed state that failed, were canceled, or succeeded
+    without moving it (no progress). A run that committed moved the state on (its token), and
+    a superseded run's range was another run's: neither is counted."""
+    tags = {PARTITION_TAG: str(o.partition), START_TAG: str(o.next_offset),
+            START_TOKEN_TAG: str(o.token)}
+    records = instance.get_run_records(
+        RunsFilter(
+            job_name=JOB_NAME,
+            statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED,
+                      DagsterRunStatus.SUCCESS],
+            tags=tags,
+        ),
+        limit=100,
+    )
+    return [
+        r for r in records
+        if r.dagster_run.status != DagsterRunStatus.SUCCESS
+        or r.dagster_run.tags.get(OUTCOME_TAG) == NO_PROGRESS
+    ]

@@ -1,0 +1,366 @@
+"""The job `program_user_info`: one Kafka partition's offset range per run, in two steps.
+
+flatten_events: read the partition's committed state (offset and fence token) and plan the
+    range [start, end); hand the range, as RangeRows, to the Cassandra IO manager, which reads
+    and flattens it chunk by chunk as it writes (range_rows.py) and stores the range's report.
+commit_offsets: load that report through the IO manager (in this process, or in another when
+    the step is re-executed) and, in one Kafka transaction fenced against every other committer
+    of the partition, deliver the dead letters, check the accounting, and commit `end` only if
+    the committed state is still the one flatten_events read; otherwise the run is superseded.
+
+Message content stays in memory inside the RangeRows and the IO manager (it is personal data);
+only the report (offsets, counts and reasons) crosses from one step to the next, and the commit
+step re-reads from Kafka the few messages it dead-letters.
+"""
+
+
+import socket
+import time
+from collections.abc import Iterator
+
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSeverity,
+    AssetMaterialization,
+    DynamicPartitionsDefinition,
+    Failure,
+    In,
+    JobDefinition,
+    OpExecutionContext,
+    Out,
+    in_process_executor,
+    job,
+    op,
+)
+
+from ..core.clock import WriteClock, now_us
+from ..core.clock_skew import skew_refusal
+from ..core.event_ages import lag_seconds
+from ..core.growth import hold, start_clock
+from ..core.offsets import PartitionOffsets
+from ..core.report import RangeReport, offset_runs
+from ..kafka.resource import (
+    CommitState,
+    CommitUnknown,
+    KafkaResource,
+    KafkaUnavailable,
+    Superseded,
+)
+from ..settings import DEFAULTS, MAX_RANGE_MESSAGES, Settings
+from .assets import ACCOUNTING_CHECK, JOB_NAME, PROGRAM_ENROLLMENT
+from .fault_pauses import (
+    PAUSE_BEFORE_COMMIT_ENV,
+    PAUSE_BEFORE_FENCE_ENV,
+    PAUSE_BEFORE_WRITE_ENV,
+    pause,
+)
+from .interrupts import DeferredSignals, interrupts_deferred
+from .range_rows import Chunking, RangeRows
+from .run_config import IngestConfig, run_config
+from .run_tags import (
+    COMMITTED,
+    DRAIN,
+    END_TAG,
+    HELD,
+    LAUNCHED_BY_TAG,
+    NO_PROGRESS,
+    OUTCOME_TAG,
+    START_TAG,
+    START_TOKEN_TAG,
+    SUPERSEDED,
+)
+
+# One dynamic partition per Kafka partition of the input topic ("0", "1", ...).
+kafka_partitions = DynamicPartitionsDefinition(name="kafka_partitions")
+
+
+
+def _not_committed(context: OpExecutionContext) -> str:
+    """What becomes of a range whose run failed, in the words of whoever launched it."""
+    if context.run.tags.get(LAUNCHED_BY_TAG) == DRAIN:
+        return (
+            "drain does not retry a failed range. Run `programuser-dagster drain` again once "
+            "the cause is fixed, or re-execute this run from the UI (the sensor also retries "
+            "it, after a back-off, if it is running)."
+        )
+    return ("The sensor retries this range after a back-off, or re-execute this run from the "
+            "UI once the cause is fixed.")
+
+
+@op(
+    out={
+        "rows": Out(
+            RangeRows,
+            io_manager_key="cassandra_io_manager",
+            description="The range's flattened rows, one DataFrame per chunk and one row per "
+            "(program, user) in it, read as the IO manager upserts them; with the range's "
+            "report, which the IO manager stores for the commit step.",
+        ),
+    },
+)
+def flatten_events(
+    context: OpExecutionContext, config: IngestConfig, kafka: KafkaResource
+) -> RangeRows:
+    """Plan one partition's range from its committed state, and hand it to the IO manager; a
+    partition added to the topic reads nothing while it is held (core/growth.py)."""
+    partition = int(context.partition_key)
+    # Re-read on every (re-)execution: never process records below the committed offset, so a
+    # stale run re-executed after newer ones cannot overwrite newer values. The state read
+    # here is what the commit is fenced on.
+    offsets = kafka.partition_offsets(partition)
+    count = len(kafka.partitions())
+    held, committed_clock = None, offsets.clock
+    if offsets.partitions != count or offsets.barrier:
+        # The topic grew since this partition's commit, or this is its first run, or it is a
+        # new partition's: claim what was added (so the count this run records is safe) and
+        # check the hold, whoever launched the run (core/growth.py).
+        topic = kafka.claimed_offsets()
+        offsets = topic[[o.partition for o in topic].index(partition)]
+        held, committed_clock = hold(offsets, topic), start_clock(offsets, topic)
+        count = len(topic)
+    start = offsets.next_offset
+    end = offsets.high if config.end_offset is None else min(config.end_offset, offsets.high)
+    end = max(start, min(end, start + config.max_messages))
+    now = now_us()
+    report = RangeReport(
+        partition=partition,
+        start=start,
+        end=end,
+        high_watermark=offsets.high,
+        committed_before=offsets.committed,
+        token_before=offsets.token,
+        clock_before=offsets.clock,
+        # From the same read that fixed the start: see core/clock.py.
+        write_base=WriteClock.starting(start, committed_clock, now).base,
+        held=held,
+        partitions=count,
+    )
+    # Tag the run with the range it really reads, however it was launched, for the UI and for
+    # the sensor's count of failed attempts at a start offset.
+    context.instance.add_run_tags(
+        context.run_id,
+        {START_TAG: str(start), START_TOKEN_TAG: str(offsets.token), END_TAG: str(end)},
+    )
+    on_failure = _not_committed(context)
+    if held:
+        return RangeRows.nothing(report, on_failure)
+    if (config.end_offset is not None and offsets.committed is not None
+            and offsets.committed >= config.end_offset):
+        # Requested for a range another run committed since (a late launch, a second trigger).
+        report.superseded = (
+            f"Partition {partition} is already committed at {offsets.committed}, at or past "
+            f"the end {config.end_offset} this run was launched for: another run committed "
+            "its range first. Nothing to do."
+        )
+        return RangeRows.nothing(report, on_failure)
+    if offsets.lost_to_retention:
+        assert offsets.committed is not None  # lost only past a committed offset
+        report.lose(offsets.committed, offsets.low)
+        context.log.warning(
+            f"{offsets.lost_to_retention} records of partition {partition} were deleted by "
+            f"retention before they were read (committed {offsets.committed}, oldest retained "
+            f"{offsets.low})."
+        )
+    if end > start:
+        skewed = _clock_skew(kafka, offsets, now, config.clock_skew_max_s)
+        if skewed:
+            raise Failure(description=f"{skewed} {on_failure}")
+    context.log.info(f"Reading partition {partition} offsets [{start}, {end}).")
+    chunking = Chunking(config.chunk_messages, config.chunk_bytes, config.dead_letter_bytes)
+    pause(context, PAUSE_BEFORE_WRITE_ENV, "before the writes")
+    return RangeRows(kafka, report, chunking, on_failure)
+
+
+@op(
+    ins={"report": In(RangeReport, description="What flatten_events' range read and wrote, "
+                      "as the Cassandra IO manager recorded it.")},
+    out={},
+)
+def commit_offsets(
+    context: OpExecutionContext, report: RangeReport, kafka: KafkaResource
+) -> Iterator[AssetCheckEvaluation | AssetMaterialization]:
+    """Deliver the dead letters, check that every message is accounted for, then commit `end`:
+    one transaction, fenced against every other committer of the partition."""
+    if not report.read_to_end:
+        raise Failure(description=(
+            f"The range [{report.start}, {report.end}) of partition {report.partition} was not "
+            f"read to its end; nothing was committed. {_not_committed(context)}"
+        ))
+    if report.requested_end is not None:
+        context.instance.add_run_tags(context.run_id, {END_TAG: str(report.end)})
+        context.log.warning(
+            f"Partition {report.partition}: the range ends at {report.end}, not "
+            f"{report.requested_end}: its dead letters reached {len(report.dead_letters)} "
+            f"letters, {report.letter_bytes} bytes, as many as one run sends; the next run goes "
+            "on from there."
+        )
+    if report.lost_while_reading:
+        context.log.warning(
+            f"Partition {report.partition}: retention deleted records of the range while this "
+            f"run read it, before it got them: offsets {offset_runs(report.lost_while_reading)} "
+            "(counted lost_to_retention, not read). Retention is outrunning ingestion: raise "
+            "the input topic's retention.ms or retention.bytes, or ingest faster."
+        )
+    if report.superseded:
+        _superseded(context, report.superseded)
+        return
+    if report.held:
+        context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: HELD})
+        context.log.warning(f"Partition {report.partition} read nothing: {report.held}")
+        return
+    if report.end <= report.start:
+        # Nothing read, nothing to commit: committing would only bump the token. Records left
+        # past the start make it no progress (a failed attempt for the sensor's back-off).
+        if report.high_watermark > report.start:
+            context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: NO_PROGRESS})
+            context.log.warning(
+                f"Partition {report.partition}: the range [{report.start}, {report.end}) is "
+                f"empty though records reach {report.high_watermark}; nothing was committed."
+            )
+        else:
+            context.log.info(f"Partition {report.partition} has nothing past {report.start}.")
+        return
+    _, warnings = kafka.dead_letter_room()
+    for warning in warnings:
+        context.log.warning(warning)
+    pause(context, PAUSE_BEFORE_FENCE_ENV, "before the fence")
+    expected = CommitState(report.committed_before, report.token_before)
+    committed: CommitState | None = None
+    held = DeferredSignals()
+    try:
+        # A SIGTERM or SIGINT from here on is held to the end: the writes are acknowledged, so
+        # the run commits (or is refused) rather than leaving the transaction half done.
+        # Nothing is yielded inside: Dagster re-installs its raising handler on every resume.
+        with interrupts_deferred(held), kafka.fenced_commit(report.partition, expected) as txn:
+            clock = WriteClock(report.start, report.write_base)
+            # A report from before write times (no base) gives its letters none: a re-drive
+            # then writes them at their source_timestamp.
+            report.dead_lettered = txn.deliver(
+                report.dead_letters, write_time=clock.at if report.write_base else None)
+            if report.balanced:
+                pause(context, PAUSE_BEFORE_COMMIT_ENV, "before the commit")
+                committed = txn.commit(report.end, clock=_committed_clock(clock, report),
+                                       partitions=report.partitions)
+            # Unbalanced: the block is left without commit(), so the transaction aborts.
+    except Superseded as exc:
+        _superseded(context, str(exc))
+        return
+    except CommitUnknown as exc:  # not "not committed": it may have been (the message says)
+        raise Failure(description=f"{exc} If it was not: {_not_committed(context)}",
+                      metadata=report.metadata()) from exc
+    except KafkaUnavailable as exc:
+        raise Failure(description=f"{exc} {_uncommitted(context, report)}",
+                      metadata=report.metadata()) from exc
+    finally:
+        if held.received:
+            context.log.warning(f"{held.names()} arrived during the commit and was held until "
+                                "its transaction ended.")
+    # Yielded (not logged) so that the check's result is recorded before a failure below.
+    yield AssetCheckEvaluation(
+        asset_key=PROGRAM_ENROLLMENT,
+        check_name=ACCOUNTING_CHECK,
+        passed=report.balanced,
+        severity=AssetCheckSeverity.ERROR,
+        metadata=report.metadata(),
+        description=None if report.balanced else report.imbalance(),
+    )
+    if committed is None:
+        raise Failure(
+            description=f"Accounting does not balance: {report.imbalance()}. "
+            + _uncommitted(context, report),
+            metadata=report.metadata(),
+        )
+    context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: COMMITTED})
+    if report.dead_letters:
+        context.log.warning(
+            f"Dead-lettered {report.dead_lettered_total} messages to {kafka.dlq_topic!r}: "
+            f"{dict(sorted(report.dead_lettered.items()))}"
+        )
+    # Best effort: the range is committed whatever the broker answers now.
+    try:
+        lag = lag_left(kafka, report.partition, report.end)
+    except KafkaUnavailable as exc:
+        lag = {}
+        context.log.warning(f"Committed, but the lag left is unknown: {exc}")
+    context.log.info(
+        f"Committed {report.end}: {report.describe()}; lag left "
+        f"{lag.get('lag_left', 'unknown')} records, {lag.get('lag_left_s', 'unknown')} s; "
+        f"fence token {committed.token}."
+    )
+    yield AssetMaterialization(
+        PROGRAM_ENROLLMENT,
+        description=report.describe(),
+        metadata={**report.metadata(), "committed_offset": report.end, **lag},
+    )
+
+
+def _clock_skew(kafka: KafkaResource, offsets: PartitionOffsets, now: int,
+                bound_s: float) -> str | None:
+    """Why this host's clock must not write the range (core/clock_skew.py), before any write: it is
+    compared with the committed clock and with the broker's append time of the range's first
+    record (only a topic with LogAppendTime has one)."""
+    partition = offsets.partition
+    appended = kafka.record_times({partition: offsets.next_offset}, appended_only=True)
+    return skew_refusal(
+        partition=partition, host=socket.gethostname(), now_us=now,
+        bound_us=round(bound_s * 1_000_000), committed_clock_us=offsets.clock,
+        committed_by=offsets.clock_host, lead_allowed_us=MAX_RANGE_MESSAGES,
+        append_times_ms=[t for t in (appended.get(partition),) if t is not None])
+
+
+def _committed_clock(clock: WriteClock, report: RangeReport) -> int:
+    """The clock to commit with `end`: after every write of the range, and at least the
+    range's length (in us) past now, so that a run which read the same state before this
+    commit landed (it is superseded, but its writes go in at up to its start + its length)
+    never outruns the next run's writes (docs/contract.md: Write times)."""
+    return max(clock.after(report.end), now_us() + (report.end - report.start))
+
+
+def lag_left(kafka: KafkaResource, partition: int, committed: int) -> dict[str, int | float]:
+    """The partition's lag past `committed`: records, and the age of the oldest of them (s)."""
+    high = kafka.partition_offsets(partition).high
+    lag: dict[str, int | float] = {"lag_left": max(0, high - committed)}
+    oldest = kafka.record_times({partition: committed}).get(partition) if high > committed \
+        else None
+    if high > committed and oldest is None:
+        return lag  # its record's time did not arrive: unknown, not 0 s
+    seconds, clamped = lag_seconds(oldest, time.time_ns() // 1_000_000)
+    lag["lag_left_s"] = round(seconds, 3)
+    if clamped:
+        lag["lag_left_s_clamped"] = 1
+    return lag
+
+
+def _uncommitted(context: OpExecutionContext, report: RangeReport) -> str:
+    return (f"Offset {report.start} of partition {report.partition} was not committed. "
+            + _not_committed(context))
+
+
+def _superseded(context: OpExecutionContext, why: str) -> None:
+    """The run ends without committing: not a failure (its range is another run's), and not a
+    range in the accounting (no materialization)."""
+    context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: SUPERSEDED})
+    context.log.warning(f"Superseded: {why}")
+
+
+def build_job(settings: Settings) -> JobDefinition:
+    """The job, with the settings' limits as its default config (what the Launchpad and a
+    backfill from the UI start from; the sensor, schedule and drain pass the same)."""
+
+    @job(
+        name=JOB_NAME,
+        partitions_def=kafka_partitions,
+        # Short runs: every step in the run's one process, no process per step.
+        executor_def=in_process_executor,
+        config=run_config(settings),
+        description="Drain one Kafka partition's offset range into Cassandra, then commit it.",
+    )
+    def program_user_info() -> None:
+        commit_offsets(report=flatten_events())
+
+    return program_user_info
+
+
+# With the code's defaults, for callers that pass every run its config (drain: from its
+# settings, with backlog.launch_request) and for tests; the code location builds its own.
+program_user_info = build_job(DEFAULTS)

@@ -1,0 +1,48 @@
+"""The same planning as the sensor, on a schedule, for deployments that prefer schedules."""
+
+
+from collections.abc import Iterator
+
+from dagster import (
+    DefaultScheduleStatus,
+    JobDefinition,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    SkipReason,
+    schedule,
+)
+
+from ..kafka.resource import KafkaResource
+from ..settings import Settings
+from .backlog import plan_backlog
+from .job import kafka_partitions
+
+
+def build_backlog_schedule(job: JobDefinition, settings: Settings) -> ScheduleDefinition:
+    """The schedule launching `job` (program_user_info), with run requests built from the
+    settings (backlog.launch_request), as the sensor's."""
+
+    @schedule(
+        name="kafka_backlog_schedule",
+        job=job,
+        cron_schedule="*/5 * * * *",
+        default_status=DefaultScheduleStatus.STOPPED,
+    )
+    def kafka_backlog_schedule(
+        context: ScheduleEvaluationContext, kafka: KafkaResource
+    ) -> Iterator[RunRequest | SkipReason]:
+        """Every 5 minutes (stopped by default): one run per partition with lag, as the sensor
+        does. Keeps the job's partitions in step with the topic itself, since schedules cannot
+        return partition requests.
+        """
+        plan = plan_backlog(context.instance, kafka, settings)
+        if plan.new_partitions:
+            context.instance.add_dynamic_partitions(
+                kafka_partitions.name or "", plan.new_partitions
+            )
+        if not plan.run_requests:
+            yield SkipReason(plan.summary())
+        yield from plan.run_requests
+
+    return kafka_backlog_schedule
