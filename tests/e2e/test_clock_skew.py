@@ -36,7 +36,7 @@ HOST = socket.gethostname()
 # `programuser-dagster <argv[2:]>` with the write clock (clock.now_us) argv[1] us off.
 _SHIFTED = """
 import sys, time
-from programuser_dagster import clock
+from programuser_dagster.core import clock
 clock.now_us = lambda: time.time_ns() // 1000 + int(sys.argv[1])
 from programuser_dagster.cli import main
 sys.exit(main(sys.argv[2:]))
@@ -88,12 +88,12 @@ def test_a_host_behind_the_committed_clock_writes_nothing_and_a_control_host_wri
     assert offsets(s).committed == 1
     produce(s, [event("p", "u2")])
 
-    shifted = _cli(s, tmp_path / "shifted", "drain", shift_s=-30)
+    shifted = _cli(s, tmp_path / "shifted", "drain", shift_s=-300)
 
     said = _out(shifted)
     assert shifted.returncode == 1, said
-    # 30 s, less the time from that commit to this run's start
-    assert 20 < _lead_s(said) <= 30, said
+    # 300 s, less the time from that commit to this run's start (seconds; more on a busy host)
+    assert 200 < _lead_s(said) <= 300, said
     assert "PROGRAMUSER_CLOCK_SKEW_MAX_S (2.000 s)" in said
     assert "Nothing was written" in said
     assert row(cassandra_session, s, "p", "u2") is None
@@ -113,11 +113,13 @@ def test_on_a_log_append_time_topic_a_host_behind_the_broker_writes_nothing(
     # The producer's own clock says an hour ago: the broker's time replaces it.
     produce(s, [event("p", "u1")], timestamp=1_000)
 
-    shifted = _cli(s, tmp_path / "shifted", "drain", shift_s=-30)
+    shifted = _cli(s, tmp_path / "shifted", "drain", shift_s=-300)
 
     said = _out(shifted)
     assert shifted.returncode == 1, said
-    assert f"This host's clock ({HOST}) is at least 2" in said  # ~30 s
+    # 300 s, less the time from the append to this run's start
+    behind = re.search(rf"This host's clock \({re.escape(HOST)}\) is at least ([0-9.]+) s", said)
+    assert behind and 200 < float(behind.group(1)) <= 300, said
     assert "behind the Kafka broker's: partition 0 holds a record the broker appended" in said
     assert row(cassandra_session, s, "p", "u1") is None
     assert offsets(s).committed is None
@@ -139,7 +141,7 @@ def test_a_host_ahead_is_named_by_the_next_run_and_reset_clock_repairs_the_clock
 
     said = _out(control)
     assert control.returncode == 1, said
-    assert 3590 < _lead_s(said) <= 3600, said
+    assert 3500 < _lead_s(said) <= 3600, said  # less the time from that commit to this run
     assert "`programuser-dagster reset-clock --partition 0` (a dry run; add --apply)" in said
     assert row(cassandra_session, s, "p", "u2") is None
 
