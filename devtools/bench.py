@@ -72,21 +72,16 @@ import pandas as pd
 from cassandra import ConsistencyLevel
 from cassandra.query import UNSET_VALUE, BatchStatement, BatchType
 
+from programuser_dagster.cassandra.client import CassandraResource, CassandraWriteFailed
 from programuser_dagster.cassandra.cql_encoding import encode_columns
-from programuser_dagster.cassandra.io_manager import (
-    CassandraIOManager,
-    CassandraWriteFailed,
-    group_rows,
-    group_statement,
-)
+from programuser_dagster.cassandra.writes import CassandraWriter, group_rows, group_statement
 from programuser_dagster.core.clock import now_us
 from programuser_dagster.core.events import COLUMNS, MAYBE_NOT_WRITTEN, NOT_WRITTEN, flatten
 from programuser_dagster.core.report import RangeReport
 from programuser_dagster.ingest.memory import collect_between_chunks, gc_paused
 from programuser_dagster.ingest.range_rows import Chunking, RangeRows
 from programuser_dagster.ingest.run_tags import PARTITION_TAG
-from programuser_dagster.resources import cassandra_io_manager as _cassandra_io_manager
-from programuser_dagster.resources import kafka_resource
+from programuser_dagster.resources import cassandra_io_manager, cassandra_resource, kafka_resource
 from programuser_dagster.settings import Settings, temporary_env
 
 from .produce import produce_records
@@ -205,11 +200,12 @@ class Area:
                 cluster.shutdown()
 
 
-def cassandra_io_manager(settings: Settings) -> CassandraIOManager:
-    """The pipeline's IO manager, its EnvVar password resolved as Dagster would."""
-    io = _cassandra_io_manager(settings)
-    fields = {name: getattr(io, name) for name in CassandraIOManager.model_fields}
-    return CassandraIOManager(**{**fields, "password": os.environ.get("CASSANDRA_PASSWORD")})
+def cassandra_writer(settings: Settings) -> CassandraWriter:
+    """The pipeline's write engine, its client's EnvVar password resolved as Dagster would."""
+    client = cassandra_resource(settings)
+    fields = {name: getattr(client, name) for name in CassandraResource.model_fields}
+    client = CassandraResource(**{**fields, "password": os.environ.get("CASSANDRA_PASSWORD")})
+    return cassandra_io_manager(settings, client).writer()
 
 
 # --- 1-3: the parts alone -------------------------------------------------------------------
@@ -278,7 +274,7 @@ def client_cpu(settings: Settings, chunking: Chunking) -> float:
     driver: RangeRows reading and flattening it chunk by chunk, and the IO manager encoding
     each chunk and building its requests, with the collector as a run has it.
     """
-    kafka, io = kafka_resource(settings), cassandra_io_manager(settings)
+    kafka, io = kafka_resource(settings), cassandra_writer(settings)
     try:
         io.insert_statement()  # prepared before the clock starts, as a run's first write does
         ranges = [RangeRows(kafka, RangeReport(partition=o.partition, start=o.low, end=o.high,
@@ -295,7 +291,7 @@ def client_cpu(settings: Settings, chunking: Chunking) -> float:
                     del requests
         return time.process_time() - started
     finally:
-        io.close()
+        io.client.close()
         kafka.close()
 
 
@@ -306,7 +302,7 @@ def write_ceiling(
     settings: Settings, params: list[tuple[Any, ...]], max_batch_rows: int
 ) -> tuple[float, list[dict[str, Any]]]:
     """Best rows/s of a plain driver loop over the sweep; the sweep itself."""
-    io = cassandra_io_manager(settings)
+    io = cassandra_writer(settings)
     sweep: list[dict[str, Any]] = []
     try:
         insert = io.insert_statement()
@@ -333,7 +329,7 @@ def write_ceiling(
                      f"{point['rows_per_s']:>7} rows/s"
                      + (f" ({point['failed_rows']} timed out)" if point["failed_rows"] else ""))
     finally:
-        io.close()
+        io.client.close()
     # A point where writes timed out measured an overloaded node, not a ceiling.
     clean = [p["rows_per_s"] for p in sweep if not p["failed_rows"]]
     return max(clean or [0]), sweep
@@ -365,7 +361,7 @@ def _encoded(insert: Any, params: list[tuple[Any, ...]]) -> list[tuple[Any, ...]
 
 
 def _write(
-    io: CassandraIOManager, requests: Iterator[Any], groups: list[list[int]], concurrency: int
+    io: CassandraWriter, requests: Iterator[Any], groups: list[list[int]], concurrency: int
 ) -> int:
     """The rows Cassandra acknowledged of the groups' requests, at most `concurrency` in
     flight (an overloaded node times some writes out: they do not count). The pipeline's own
@@ -387,9 +383,9 @@ def driver_cost(settings: Settings, params: list[tuple[Any, ...]]) -> list[dict[
     rows sent by BoundedExecution on a session like the IO manager's, under each of
     DRIVER_FORMS; CPU per row of this thread (building and sending the requests) and of the
     driver's own threads (the event loop: I/O, framing, callbacks)."""
-    from programuser_dagster.cassandra.io_manager import BoundedExecution
+    from programuser_dagster.cassandra.writes import BoundedExecution
 
-    io = cassandra_io_manager(settings)
+    io = cassandra_writer(settings)
     level = ConsistencyLevel.name_to_value[settings.cassandra_consistency.upper()]
     rows = params[:DRIVER_ROWS]
     points = []
@@ -405,7 +401,7 @@ def driver_cost(settings: Settings, params: list[tuple[Any, ...]]) -> list[dict[
         else:
             from cassandra.io.libevreactor import LibevConnection as connection_class
         try:
-            cluster, session = io._connect(level, protocol, connection_class)  # the IO manager's
+            cluster, session = io.client._connect(level, protocol, connection_class)
         except CassandraWriteFailed as exc:  # e.g. asyncio over TLS did not connect here
             points.append({"protocol": protocol, "event_loop": loop, "error": str(exc)[:300]})
             _say(f"  driver: protocol v{protocol}, {loop}: could not connect ({exc})")
@@ -464,7 +460,7 @@ def _ceiling_process(
     barrier: Any, out: Any,
 ) -> None:
     """One process of the multi-process ceiling: its own rows, bound before the barrier."""
-    io = cassandra_io_manager(settings)
+    io = cassandra_writer(settings)
     try:
         insert = io.insert_statement()
         params = bind_parameters(flatten(enumerate(values)).rows)
@@ -475,7 +471,7 @@ def _ceiling_process(
         acked = _write(io, _requests(insert, params, groups, encoded=True), groups, concurrency)
         out.put((started, time.time(), acked, len(params)))
     finally:
-        io.close()
+        io.client.close()
 
 
 def write_ceiling_processes(
@@ -527,9 +523,9 @@ def baseline(settings: Settings, params: list[tuple[Any, ...]]) -> float:
     """The old job: one synchronous, unprepared INSERT per event at the same consistency."""
     from cassandra.query import UNSET_VALUE, SimpleStatement
 
-    io = cassandra_io_manager(settings)
+    io = cassandra_writer(settings)
     try:
-        session = io.session()
+        session = io.client.session()
         cql = io.insert_cql().replace("?", "%s")
         # The old job wrote every column (no UNSET in unprepared statements): nulls.
         rows = [tuple(None if v is UNSET_VALUE else v for v in row)
@@ -540,7 +536,7 @@ def baseline(settings: Settings, params: list[tuple[Any, ...]]) -> float:
             session.execute(SimpleStatement(cql), row)
         return len(rows) / (time.perf_counter() - started)
     finally:
-        io.close()
+        io.client.close()
 
 
 # --- 6-7: the real drain -------------------------------------------------------------------
@@ -912,7 +908,7 @@ def run(n: int, scale: bool, out: Path, seed: int = 42, processes: int = 1,
     # would take over a test session's servers, which it then no longer stops.
     base = Settings.from_env()
     max_messages = base.max_messages
-    io = cassandra_io_manager(base)
+    io = cassandra_writer(base)
     result: dict[str, Any] = {
         "events": n,
         "partitions": base.kafka_partitions,

@@ -194,19 +194,19 @@ def _cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:
     from .resources import cassandra_io_manager
 
     filters = redrive_filters(args.reason, args.partition, args.since, args.until)
-    kafka, io = kafka_resource(settings), cassandra_io_manager(settings)
+    kafka, writer = kafka_resource(settings), cassandra_io_manager(settings).writer()
     try:
         if not args.apply:
-            redrive.redrive(kafka, io, filters, False, print)
+            redrive.redrive(kafka, writer, filters, False, print)
             return 0
         with open_instance(_dagster_home("redrive")) as instance:
-            counts = redrive.redrive(kafka, io, filters, True, print)
+            counts = redrive.redrive(kafka, writer, filters, True, print)
             if counts:
                 instance.report_runless_asset_event(redrive_observation(counts, operator()))
         return 0
     finally:
         kafka.close()
-        io.close()
+        writer.client.close()
 
 
 def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:

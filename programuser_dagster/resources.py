@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .cassandra.client import CassandraResource
 from .cassandra.io_manager import CassandraIOManager
 from .kafka.resource import KafkaResource
 from .secrets import env_secret
@@ -26,8 +27,8 @@ def kafka_resource(settings: Settings) -> KafkaResource:
     )
 
 
-def cassandra_io_manager(settings: Settings) -> CassandraIOManager:
-    return CassandraIOManager(
+def cassandra_resource(settings: Settings) -> CassandraResource:
+    return CassandraResource(
         hosts=",".join(settings.cassandra_hosts),
         port=settings.cassandra_port,
         keyspace=settings.cassandra_keyspace,
@@ -39,16 +40,27 @@ def cassandra_io_manager(settings: Settings) -> CassandraIOManager:
         ssl_ca=settings.cassandra_ssl_ca,
         create_schema=settings.cassandra_create_schema,
         replication=settings.cassandra_replication,
+        request_timeout_s=settings.cassandra_request_timeout_s,
+    )
+
+
+def cassandra_io_manager(
+    settings: Settings, cassandra: CassandraResource | None = None
+) -> CassandraIOManager:
+    """The IO manager on `cassandra` (default: a client of its own from the settings)."""
+    return CassandraIOManager(
+        cassandra=cassandra or cassandra_resource(settings),
         concurrency=settings.cassandra_concurrency,
         batch_rows=settings.cassandra_batch_rows,
         batch_bytes=settings.cassandra_batch_bytes,
-        request_timeout_s=settings.cassandra_request_timeout_s,
     )
 
 
 def build_resources(settings: Settings | None = None) -> dict[str, Any]:
     settings = settings or Settings.from_env()
+    cassandra = cassandra_resource(settings)
     return {
         "kafka": kafka_resource(settings),
-        "cassandra_io_manager": cassandra_io_manager(settings),
+        "cassandra": cassandra,  # ad-hoc reads: the health sensor and asset checks
+        "cassandra_io_manager": cassandra_io_manager(settings, cassandra),
     }

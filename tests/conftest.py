@@ -17,7 +17,7 @@ Fixtures (use them; never write to the dev topics or keyspace from a test):
   dropped after the test.
 - ``kafka_topics`` (function): ``make_test_settings()`` once; the usual way to get a Settings.
 - ``_cassandra_connections_kept`` (session, autouse): in-process runs reuse one Cassandra
-  connection per connection settings (programuser_dagster/cassandra/io_manager.py:
+  connection per connection settings (programuser_dagster/cassandra/client.py:
   keep_connections).
 - ``postgres`` (module): a throwaway PostgreSQL server (devtools/stack/postgres.py) for deploy/'s
   instance files; yields their DAGSTER_PG_* variables.
@@ -54,7 +54,7 @@ from devtools.stack import (
     up,
 )
 from devtools.stack.postgres import PostgresMissing, postgres_server
-from programuser_dagster.cassandra.io_manager import keep_connections
+from programuser_dagster.cassandra.client import keep_connections
 from programuser_dagster.settings import Settings
 
 _SAVED_ENV: dict[str, str | None] = {}

@@ -16,7 +16,8 @@ from dagster import (
 )
 from pydantic import Field
 
-from ..cassandra.io_manager import CassandraIOManager, CassandraWriteFailed
+from ..cassandra.client import CassandraWriteFailed
+from ..cassandra.io_manager import CassandraIOManager
 from ..ingest.assets import PROGRAM_ENROLLMENT
 from ..kafka.resource import KafkaResource, KafkaUnavailable
 from . import redrive, replay
@@ -146,18 +147,18 @@ def redrive_observation(counts: list[redrive.Counts], by: str) -> AssetObservati
 @op(out={})
 def redrive_letters(
     context: OpExecutionContext, config: RedriveConfig, kafka: KafkaResource,
-    # The IO manager as a resource: it writes the letters' rows as it writes a run's.
+    # The IO manager's write engine: it writes the letters' rows as it writes a run's.
     cassandra_io_manager: ResourceParam[CassandraIOManager],
 ) -> Iterator[AssetObservation]:
     """Write the dead letters today's rules accept, at their events' write times."""
-    io = cassandra_io_manager
+    writer = cassandra_io_manager.writer()
     try:
         filters = redrive_filters(config.reasons, config.partitions, config.since, config.until)
-        counts = redrive.redrive(kafka, io, filters, config.apply, context.log.info)
+        counts = redrive.redrive(kafka, writer, filters, config.apply, context.log.info)
     except (ValueError, KafkaUnavailable, CassandraWriteFailed) as exc:
         raise Failure(description=str(exc)) from exc
     finally:
-        io.close()
+        writer.client.close()
     if config.apply and counts:
         yield redrive_observation(counts, f"launched from the UI (run {context.run_id})")
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ..cassandra.io_manager import WRITE_TIMES, CassandraIOManager
+from ..cassandra.redriven import record_redriven, redriven
+from ..cassandra.writes import WRITE_TIMES, CassandraWriter
 from ..core.events import flatten
 from ..kafka.dead_letters import Origin, key_digest, not_the_original, origin
 from ..kafka.resource import KafkaResource, record_time_ms
@@ -159,7 +160,7 @@ def scan(kafka: KafkaResource, filters: Filters) -> tuple[dict[int, dict[int, _C
 
 
 def redrive(
-    kafka: KafkaResource, io: CassandraIOManager, filters: Filters, apply: bool,
+    kafka: KafkaResource, writer: CassandraWriter, filters: Filters, apply: bool,
     say: Callable[[str], None],
 ) -> list[Counts]:
     """Re-drive the matching letters (a dry run unless `apply`); says one line per source
@@ -167,7 +168,7 @@ def redrive(
     chosen, foreign = scan(kafka, filters)
     results = []
     for partition in sorted(chosen):
-        counts = _partition(kafka, io, partition, chosen[partition], apply)
+        counts = _partition(kafka, writer, partition, chosen[partition], apply)
         say(counts.line(applied=apply))
         results.append(counts)
     if not chosen:
@@ -181,12 +182,12 @@ def redrive(
 
 
 def _partition(
-    kafka: KafkaResource, io: CassandraIOManager, partition: int,
+    kafka: KafkaResource, writer: CassandraWriter, partition: int,
     letters: dict[int, _Chosen], apply: bool,
 ) -> Counts:
     counts = Counts(partition, letters=sum(c.copies for c in letters.values()))
     counts.duplicates = counts.letters - len(letters)
-    done = io.redriven(kafka.input_topic, partition, create_schema=apply)
+    done = redriven(writer, kafka.input_topic, partition, create_schema=apply)
     todo: list[tuple[int, _Chosen]] = []
     for source_offset, c in sorted(letters.items(), key=lambda kv: (kv[1].write_time or 0, kv[0])):
         if c.letter.original_deleted:
@@ -200,7 +201,7 @@ def _partition(
     for start in range(0, len(todo), BATCH):
         batch = todo[start:start + BATCH]
         values = _values(kafka, partition, batch, counts)
-        _write(kafka, io, partition, batch, values, counts, apply)
+        _write(kafka, writer, partition, batch, values, counts, apply)
     return counts
 
 
@@ -236,7 +237,7 @@ def _values(kafka: KafkaResource, partition: int, batch: Sequence[tuple[int, _Ch
 
 
 def _write(
-    kafka: KafkaResource, io: CassandraIOManager, partition: int,
+    kafka: KafkaResource, writer: CassandraWriter, partition: int,
     batch: Sequence[tuple[int, _Chosen]], values: dict[int, bytes | None], counts: Counts,
     apply: bool,
 ) -> None:
@@ -256,12 +257,12 @@ def _write(
     if not apply:
         counts.redriven += int(rows["message_count"].sum())
         return
-    receipt = io.upsert(rows)
+    receipt = writer.upsert(rows)
     refused = set(receipt.rejected_offsets)
     if refused:
         counts.still_failing["rejected_by_cassandra"] += len(refused)
     written = [i for offsets in rows["offsets"].tolist() for i in offsets if i not in refused]
-    io.record_redriven(kafka.input_topic, _records(partition, present, written))
+    record_redriven(writer, kafka.input_topic, _records(partition, present, written))
     counts.redriven += len(written)
 
 

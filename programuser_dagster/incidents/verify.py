@@ -36,9 +36,10 @@ from typing import Any
 from cassandra.cluster import ResponseFuture, Session
 from confluent_kafka import Message
 
+from ..cassandra.client import CassandraResource
 from ..core.events import COLUMNS
 from ..kafka.resource import KafkaResource
-from ..resources import cassandra_io_manager, kafka_resource
+from ..resources import cassandra_resource, kafka_resource
 from ..settings import Settings
 from .expected_cells import Differences, ExpectedCells, Key, PartitionReport, VerifyReport
 
@@ -66,13 +67,18 @@ def verify(
     concurrency: int | None = None,
     ranges: dict[int, tuple[int, int]] | None = None,
     max_keys: int | None = None,
+    kafka: KafkaResource | None = None,
+    cassandra: CassandraResource | None = None,
 ) -> VerifyReport:
     """Verify the chosen partitions (default all) below their committed offsets; see the
     module docstring. `directory`: where the temporary store goes (default: the system's).
     `ranges`: only these partitions' offset ranges [start, end) instead (the asset check's
-    last run); `max_keys`: compare at most this many keys (a sample, in key order)."""
-    kafka = kafka_resource(settings)
-    manager = cassandra_io_manager(settings)
+    last run); `max_keys`: compare at most this many keys (a sample, in key order).
+    `kafka`, `cassandra`: the clients to use (Dagster's, in a sensor or check), left open;
+    by default clients of its own from the settings, closed at the end."""
+    own_kafka, own_cassandra = kafka is None, cassandra is None
+    kafka = kafka or kafka_resource(settings)
+    cassandra = cassandra or cassandra_resource(settings)
     try:
         snapshot = kafka.offsets(list(ranges) if ranges else kafka.chosen_partitions(partitions))
         bounds = {o.partition: (ranges or {}).get(o.partition) or (o.low, o.committed)
@@ -89,7 +95,7 @@ def verify(
             store.flush()
             read_s = time.monotonic() - started
             # Reading only: a missing table is an error to report, not one to create.
-            reader = _RowReader(manager.session(create_schema=False), settings, concurrency
+            reader = _RowReader(cassandra.session(create_schema=False), settings, concurrency
                                 or settings.cassandra_concurrency)
             found = _compare(store, reader, differing=False, max_keys=max_keys)
             if found.differing_keys:
@@ -106,8 +112,10 @@ def verify(
             report.read_s, report.compare_s = read_s, time.monotonic() - started - read_s
             return report
     finally:
-        kafka.close()
-        manager.close()
+        if own_kafka:
+            kafka.close()
+        if own_cassandra:
+            cassandra.close()
 
 
 def _read_retained(kafka: KafkaResource, store: ExpectedCells, partition: int, low: int,

@@ -13,6 +13,7 @@ from dagster import (
     asset_check,
 )
 
+from ..cassandra.client import CassandraResource
 from ..kafka.resource import KafkaResource
 from ..settings import Settings
 from . import checks
@@ -68,7 +69,9 @@ def build_asset_checks(settings: Settings) -> list[AssetChecksDefinition]:
         ).result()
 
     @asset_check(asset=PROGRAM_ENROLLMENT, name=checks.MATCHES_SOURCE_CHECK, blocking=False)
-    def table_matches_source(context: AssetCheckExecutionContext) -> AssetCheckResult:
+    def table_matches_source(
+        context: AssetCheckExecutionContext, kafka: KafkaResource, cassandra: CassandraResource
+    ) -> AssetCheckResult:
         """The keys and columns the last run's events wrote hold what Kafka's records say (a
         sample of at most 1,000 keys, re-checked once). The health sensor evaluates it after
         each new run; `programuser-dagster verify` checks every retained record."""
@@ -76,6 +79,6 @@ def build_asset_checks(settings: Settings) -> list[AssetChecksDefinition]:
         last = checks.last_range(runs)
         if last is None:
             return AssetCheckResult(passed=True, description="No run has written a range yet.")
-        return checks.matches_source(settings, *last).result()
+        return checks.matches_source(settings, *last, kafka=kafka, cassandra=cassandra).result()
 
     return [accounting_balanced, dead_letter_share, lag_without_progress, table_matches_source]

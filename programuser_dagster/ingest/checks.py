@@ -19,10 +19,12 @@ from dagster import (
     RunsFilter,
 )
 
+from ..cassandra.client import CassandraResource
 from ..core.offsets import PartitionOffsets
 from ..core.report import balances
 from ..incidents.expected_cells import unverified_line
 from ..incidents.verify import VerifyReport, verify
+from ..kafka.resource import KafkaResource
 from ..settings import Settings
 from .run_tags import PARTITION_TAG
 
@@ -202,8 +204,12 @@ def table_matches(report: VerifyReport, partition: int, start: int, end: int) ->
     )
 
 
-def matches_source(settings: Settings, partition: int, start: int, end: int) -> Verdict:
-    """Evaluate table_matches_source on the range [start, end) of a partition."""
+def matches_source(
+    settings: Settings, partition: int, start: int, end: int,
+    kafka: KafkaResource | None = None, cassandra: CassandraResource | None = None,
+) -> Verdict:
+    """Evaluate table_matches_source on the range [start, end) of a partition, with the
+    clients Dagster gives the sensor or the check (default: verify's own)."""
     report = verify(settings, ranges={partition: (start, end)}, max_keys=MATCHES_SOURCE_KEYS,
-                    recheck_delay_s=1.0)
+                    recheck_delay_s=1.0, kafka=kafka, cassandra=cassandra)
     return table_matches(report, partition, start, end)

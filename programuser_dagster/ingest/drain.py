@@ -35,7 +35,7 @@ from dagster import (
 from dagster._core.storage.tags import REPOSITORY_LABEL_TAG  # not exported publicly
 
 from .. import client_logs
-from ..cassandra.io_manager import keep_connections
+from ..cassandra.client import keep_connections
 from ..core.growth import hold
 from ..core.offsets import PartitionOffsets
 from ..core.planning import Launch

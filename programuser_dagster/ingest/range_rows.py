@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 from dagster import Failure
 
-from ..cassandra.io_manager import RECORD_TIMES, WRITE_TIMES
+from ..cassandra.writes import RECORD_TIMES, WRITE_TIMES
 from ..core.clock import WriteClock
 from ..core.events import flatten
 from ..core.report import RangeReport

@@ -14,6 +14,7 @@ from dagster import (
     sensor,
 )
 
+from ..cassandra.client import CassandraResource
 from ..kafka.resource import KafkaResource, KafkaUnavailable
 from ..settings import Settings
 from . import checks
@@ -69,7 +70,7 @@ def build_health_sensor(settings: Settings) -> SensorDefinition:
         default_status=DefaultSensorStatus.RUNNING,
     )
     def ingestion_health_sensor(
-        context: SensorEvaluationContext, kafka: KafkaResource
+        context: SensorEvaluationContext, kafka: KafkaResource, cassandra: CassandraResource
     ) -> SensorResult:
         """Every minute, whichever of the ingestion sensor or the schedule launches the runs:
         evaluates the asset checks of program_enrollment (lag without progress, dead-letter
@@ -88,7 +89,8 @@ def build_health_sensor(settings: Settings) -> SensorDefinition:
         last = checks.last_range(runs[:1])
         if last is not None and context.cursor != repr(last):
             try:
-                verdicts.append(checks.matches_source(settings, *last))
+                verdicts.append(
+                    checks.matches_source(settings, *last, kafka=kafka, cassandra=cassandra))
                 context.update_cursor(repr(last))
             except (ValueError, RuntimeError) as exc:
                 context.log.warning(f"table_matches_source not evaluated this tick: {exc}")

@@ -18,7 +18,7 @@ import pytest
 from devtools.produce import produce_records
 from devtools.stack import down, up
 from devtools.stack.launcher import SECURE_DEFAULTS
-from programuser_dagster.cassandra.io_manager import CassandraIOManager
+from programuser_dagster.cassandra.client import CassandraResource
 from programuser_dagster.resources import build_resources
 from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import free_port
@@ -64,7 +64,7 @@ def test_the_pipeline_works_with_credentials_from_the_environment(
         kafka.close()
     result = run_partition(instance, s, resources=resources)
     assert result.success, failure_text(result)
-    io = resources["cassandra_io_manager"]
+    io = resources["cassandra"]
     try:
         stored = row(io.session(), s, SEED_EVENT["programId"], SEED_EVENT["userId"])
     finally:
@@ -86,7 +86,7 @@ def test_without_the_kafka_login_the_run_fails_and_says_what_to_set(
 
 
 def test_without_the_cassandra_login_the_writer_says_so(secure_stack: Settings) -> None:
-    io = CassandraIOManager(
+    io = CassandraResource(
         port=secure_stack.cassandra_port, keyspace=secure_stack.cassandra_keyspace
     )
     with pytest.raises(Exception, match=r"Could not connect to Cassandra.*credentials"):

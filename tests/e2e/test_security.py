@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from devtools.stack import CASSANDRA_SUPERUSER, cassandra_cluster
-from programuser_dagster.cassandra.io_manager import CassandraIOManager
+from programuser_dagster.cassandra.client import CassandraResource
 from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import dagster_dev, settings_env
 from tests.support.pipeline import dead_letters, offsets, produce
@@ -31,7 +31,7 @@ def test_a_keyspace_or_table_that_is_not_a_plain_identifier_is_refused(name: str
     with pytest.raises(ValueError, match="not a plain identifier"):
         Settings(cassandra_table=name)
     with pytest.raises(ValueError, match="not a plain identifier"):
-        CassandraIOManager(keyspace=name).session()
+        CassandraResource(keyspace=name).session()
 
 
 def _files_containing(root: Path, needles: dict[str, bytes]) -> list[str]:

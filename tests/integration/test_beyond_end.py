@@ -18,7 +18,7 @@ from programuser_dagster.incidents.verify import verify
 from programuser_dagster.ingest import checks
 from programuser_dagster.ingest.backlog import plan_backlog
 from programuser_dagster.ingest.sensors import build_health_sensor
-from programuser_dagster.resources import kafka_resource
+from programuser_dagster.resources import cassandra_resource, kafka_resource
 from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import REPO
 from tests.support.pipeline import (
@@ -84,12 +84,14 @@ def test_a_committed_offset_beyond_the_log_end_is_named_everywhere_and_replay_re
     assert observation.metadata["beyond_end_partition_0"].value == 8
 
     # the asset check fails, as an error
-    kafka = kafka_resource(s)
+    kafka, cassandra = kafka_resource(s), cassandra_resource(s)
     try:
-        with build_sensor_context(instance=instance, resources={"kafka": kafka}) as ctx:
+        with build_sensor_context(instance=instance,
+                                  resources={"kafka": kafka, "cassandra": cassandra}) as ctx:
             result = build_health_sensor(s)(ctx)
     finally:
         kafka.close()
+        cassandra.close()
     [check] = [e for e in result.asset_events if e.check_name == checks.STALLED_CHECK]
     assert (check.passed, check.severity) == (False, AssetCheckSeverity.ERROR)
     assert WARNING in check.description

@@ -1,13 +1,13 @@
 """Who owns a Cassandra connection, and for how long
-(programuser_dagster/cassandra/io_manager.py)."""
+(programuser_dagster/cassandra/client.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from programuser_dagster.cassandra import io_manager as cassandra
-from programuser_dagster.cassandra.io_manager import keep_connections
-from programuser_dagster.resources import cassandra_io_manager
+from programuser_dagster.cassandra import client as cassandra
+from programuser_dagster.cassandra.client import keep_connections
+from programuser_dagster.resources import cassandra_resource
 from programuser_dagster.settings import Settings
 
 pytestmark = pytest.mark.stack
@@ -20,7 +20,7 @@ def no_keeper(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_run_shuts_its_connection_down_when_it_ends(no_keeper, kafka_topics: Settings) -> None:
-    io = cassandra_io_manager(kafka_topics)
+    io = cassandra_resource(kafka_topics)
     io.session().execute("SELECT release_version FROM system.local")
     cluster = io._connection.cluster
     io.teardown_after_execution(None)
@@ -32,15 +32,15 @@ def test_a_keep_block_shares_one_connection_until_it_ends_and_a_failure_drops_it
     no_keeper, kafka_topics: Settings
 ) -> None:
     with keep_connections():
-        first = cassandra_io_manager(kafka_topics)
+        first = cassandra_resource(kafka_topics)
         session = first.session()
         first.teardown_after_execution(None)  # the run ends: the connection stays for the next
         assert not session.cluster.is_shutdown
-        second = cassandra_io_manager(kafka_topics)
+        second = cassandra_resource(kafka_topics)
         assert second.session() is session
         second.disconnect()  # after a write failure: gone for good, even though kept
         assert session.cluster.is_shutdown
-        third = cassandra_io_manager(kafka_topics)
+        third = cassandra_resource(kafka_topics)
         fresh = third.session()
         assert fresh is not session
         third.teardown_after_execution(None)

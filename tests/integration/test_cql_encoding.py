@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from devtools.samples import sample_events
 from programuser_dagster.cassandra.cql_encoding import bound, encode_columns
-from programuser_dagster.cassandra.io_manager import group_statement, row_writes
+from programuser_dagster.cassandra.writes import group_statement, row_writes
 from programuser_dagster.core.clock import WriteClock
 from programuser_dagster.core.events import COLUMNS, NOT_WRITTEN, flatten
 from programuser_dagster.resources import cassandra_io_manager
@@ -26,7 +26,7 @@ from programuser_dagster.settings import Settings
 
 @pytest.fixture(scope="module")
 def insert(stack: Settings, cassandra_session: Any) -> Iterator[PreparedStatement]:
-    yield cassandra_session.prepare(cassandra_io_manager(stack).insert_cql())
+    yield cassandra_session.prepare(cassandra_io_manager(stack).writer().insert_cql())
 
 
 def _driver(insert: PreparedStatement, columns: list[list[Any]]) -> list[tuple[Any, ...]]:
@@ -140,7 +140,7 @@ def test_the_write_time_variable_is_the_statements_last(insert: PreparedStatemen
 def test_every_write_the_io_manager_sends_is_marked_idempotent(kafka_topics: Settings) -> None:
     """What lets the driver retry a write on another node and speculate
     (programuser_dagster/cassandra/policies.py): each carries its own write time."""
-    io = cassandra_io_manager(kafka_topics)
+    io = cassandra_io_manager(kafka_topics).writer()
     try:
         insert = io.insert_statement()
         columns, extra = row_writes(_stamped([orjson.dumps(e) for e in sample_events(3, seed=9)]))
@@ -149,4 +149,4 @@ def test_every_write_the_io_manager_sends_is_marked_idempotent(kafka_topics: Set
         assert bound(insert, encoded[0]).is_idempotent
         assert group_statement(insert, encoded, [0, 1, 2], extra).is_idempotent
     finally:
-        io.close()
+        io.client.close()

@@ -9,7 +9,7 @@ from dagster import AssetCheckSeverity, SensorResult, build_sensor_context
 
 from programuser_dagster.ingest import checks
 from programuser_dagster.ingest.sensors import build_health_sensor
-from programuser_dagster.resources import kafka_resource
+from programuser_dagster.resources import cassandra_resource, kafka_resource
 from programuser_dagster.settings import Settings
 from tests.support.pipeline import event, produce, run_partition
 
@@ -17,12 +17,14 @@ pytestmark = pytest.mark.stack
 
 
 def evaluate(instance, s: Settings) -> dict[str, object]:
-    kafka = kafka_resource(s)
+    kafka, cassandra = kafka_resource(s), cassandra_resource(s)
     try:
-        with build_sensor_context(instance=instance, resources={"kafka": kafka}) as ctx:
+        with build_sensor_context(instance=instance,
+                                  resources={"kafka": kafka, "cassandra": cassandra}) as ctx:
             result = build_health_sensor(s)(ctx)
     finally:
         kafka.close()
+        cassandra.close()
     assert isinstance(result, SensorResult)
     return {e.check_name: e for e in result.asset_events}
 

@@ -19,8 +19,8 @@ from dagster import (
     op,
 )
 
-from devtools.bench import cassandra_io_manager as bench_io_manager
-from programuser_dagster.cassandra.io_manager import CassandraWriteFailed
+from devtools.bench import cassandra_writer as bench_writer
+from programuser_dagster.cassandra.client import CassandraWriteFailed
 from programuser_dagster.core.clock import now_us
 from programuser_dagster.core.report import RangeReport
 from programuser_dagster.ingest.fault_pauses import PAUSE_BEFORE_WRITE_ENV
@@ -70,7 +70,7 @@ def test_a_failed_write_closes_the_range_it_was_reading(kafka_topics: Settings) 
     s = dataclasses.replace(kafka_topics, cassandra_keyspace=f"{kafka_topics.cassandra_keyspace}x",
                             cassandra_create_schema=False)
     produce(s, [event("p", f"u{i}") for i in range(30)], partition=0)
-    kafka, io = kafka_resource(s), bench_io_manager(s)
+    kafka, io = kafka_resource(s), bench_writer(s)
     rows = RangeRows(kafka, RangeReport(partition=0, start=0, end=30, high_watermark=30,
                                         write_base=now_us()), Chunking(10, 1 << 20, 1 << 20), "")
     try:
@@ -83,7 +83,7 @@ def test_a_failed_write_closes_the_range_it_was_reading(kafka_topics: Settings) 
         assert kafka.consumer.assignment() == []
         assert rows.report.read == 2  # the first chunk (a fifth) was read, nothing more
     finally:
-        io.close()
+        io.client.close()
         kafka.close()
 
 

@@ -15,7 +15,7 @@ from programuser_dagster.cli import main
 from programuser_dagster.incidents.verify import verify
 from programuser_dagster.ingest.checks import MATCHES_SOURCE_CHECK, matches_source
 from programuser_dagster.ingest.sensors import build_health_sensor
-from programuser_dagster.resources import kafka_resource
+from programuser_dagster.resources import cassandra_resource, kafka_resource
 from programuser_dagster.settings import Settings
 from tests.support.pipeline import (
     SEED_EVENT,
@@ -187,14 +187,15 @@ def test_the_health_sensor_checks_the_last_runs_range_once(
     assert run_partition(instance, s).success
 
     def tick(cursor: str | None) -> tuple[SensorResult, str | None]:
-        kafka = kafka_resource(s)
+        kafka, cassandra = kafka_resource(s), cassandra_resource(s)
         try:
-            with build_sensor_context(instance=instance, resources={"kafka": kafka},
-                                      cursor=cursor) as ctx:
+            with build_sensor_context(instance=instance, cursor=cursor,
+                                      resources={"kafka": kafka, "cassandra": cassandra}) as ctx:
                 result = build_health_sensor(s)(ctx)
                 return result, ctx.cursor
         finally:
             kafka.close()
+            cassandra.close()
 
     result, cursor = tick(None)
     [check] = [e for e in result.asset_events if e.check_name == MATCHES_SOURCE_CHECK]

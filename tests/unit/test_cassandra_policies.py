@@ -66,7 +66,7 @@ def test_a_missing_quorum_is_named_whichever_way_cassandra_reports_it():
 
     from programuser_dagster.cassandra.io_manager import CassandraIOManager
 
-    hint = CassandraIOManager()._quorum_hint
+    hint = CassandraIOManager().writer()._quorum_hint
     timeout = WriteTimeout("timed out", write_type=WriteType.SIMPLE, consistency=LQ,
                            required_responses=2,
                            received_responses=1)

@@ -10,12 +10,17 @@ from pathlib import Path
 import pytest
 from dagster import Definitions
 
-from programuser_dagster.cassandra.io_manager import CassandraIOManager, CassandraWriteFailed
+from programuser_dagster.cassandra.client import CassandraResource, CassandraWriteFailed
+from programuser_dagster.cassandra.io_manager import CassandraIOManager
 from programuser_dagster.definitions import build_definitions
 from programuser_dagster.ingest.job import build_job
 from programuser_dagster.ingest.run_config import FLATTEN_STEP
 from programuser_dagster.kafka.resource import KafkaResource, KafkaUnavailable
-from programuser_dagster.resources import cassandra_io_manager, kafka_resource
+from programuser_dagster.resources import (
+    cassandra_io_manager,
+    cassandra_resource,
+    kafka_resource,
+)
 from programuser_dagster.settings import DEFAULTS, Settings, local_stack_hint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,7 +94,7 @@ def test_an_unreachable_broker_is_named_by_its_setting() -> None:
 
 
 def test_an_unreachable_cassandra_is_named_by_its_settings() -> None:
-    io = CassandraIOManager(hosts="127.0.0.1", port=1)
+    io = CassandraResource(hosts="127.0.0.1", port=1)
     with pytest.raises(CassandraWriteFailed) as caught:
         io.session()
     assert "Check CASSANDRA_HOSTS, CASSANDRA_PORT and the credentials" in str(caught.value)
@@ -111,6 +116,8 @@ def test_the_local_stack_hint_only_for_servers_on_loopback(hosts: str, local: bo
 
 def test_the_resources_defaults_are_the_settings_defaults() -> None:
     for built, bare in ((kafka_resource(DEFAULTS), KafkaResource()),
+                        (cassandra_resource(DEFAULTS), CassandraResource()),
                         (cassandra_io_manager(DEFAULTS), CassandraIOManager())):
-        fields = [f for f in type(bare).model_fields if "password" not in f]
+        # The IO manager's client is compared on the line above.
+        fields = [f for f in type(bare).model_fields if "password" not in f and f != "cassandra"]
         assert {f: getattr(built, f) for f in fields} == {f: getattr(bare, f) for f in fields}

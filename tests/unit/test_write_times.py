@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from programuser_dagster.cassandra.io_manager import row_writes
+from programuser_dagster.cassandra.writes import row_writes
 from programuser_dagster.core.clock import WriteClock
 from programuser_dagster.core.events import COLUMN_GROUPS, COLUMNS, NOT_WRITTEN, flatten
 
