@@ -36,7 +36,7 @@ HOST = socket.gethostname()
 # `programuser-dagster <argv[2:]>` with the write clock (clock.now_us) argv[1] us off.
 _SHIFTED = """
 import sys, time
-from programuser_dagster import clock
+from programuser_dagster.core import clock
 clock.now_us = lambda: time.time_ns() // 1000 + int(sys.argv[1])
 from programuser_dagster.cli import main
 sys.exit(main(sys.argv[2:]))
