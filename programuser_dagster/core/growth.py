@@ -18,7 +18,7 @@ times (clock.py), the earlier events would win every column group. So:
 A topic on which no commit records a count (a fresh deployment, or commits made before this
 rule) has no new partitions: its first runs need no hold.
 
-Pure: no I/O, no client library. kafka/resource.py reads and writes the commit metadata;
+Pure: no I/O, no client library. kafka/metadata.py writes and parses the commit metadata;
 ingest/backlog.py (sensor, schedule), ingest/drain.py and ingest/job.py (every run) apply the rule.
 """
 

@@ -1,4 +1,4 @@
-"""A partition's offsets and committed state: plain values, read from Kafka by kafka/resource.py
+"""A partition's offsets and committed state: plain values, read from Kafka by kafka/offsets.py
 and decided on by planning.py (no client library here)."""
 
 from __future__ import annotations

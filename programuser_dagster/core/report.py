@@ -37,7 +37,7 @@ class RangeReport:
     lost_to_retention: int = 0
     lost_offsets: list[tuple[int, int]] = field(default_factory=list)
     # The partition's committed state when the run started (offset, fence token): the commit
-    # lands only if it is still this (kafka/resource.py: fenced_commit).
+    # lands only if it is still this (kafka/fence.py: fenced_commit).
     committed_before: int | None = None
     token_before: int = 0
     # The write clock committed then, and this range's: the event at offset o is written at

@@ -38,7 +38,7 @@ from ..core.clock_skew import skew_refusal
 from ..core.event_ages import lag_seconds
 from ..core.growth import hold, start_clock
 from ..core.offsets import PartitionOffsets
-from ..core.report import RangeReport, offset_runs
+from ..core.report import RangeReport
 from ..kafka.resource import (
     CommitState,
     CommitUnknown,
@@ -48,6 +48,15 @@ from ..kafka.resource import (
 )
 from ..settings import DEFAULTS, MAX_RANGE_MESSAGES, Settings
 from .assets import ACCOUNTING_CHECK, JOB_NAME, PROGRAM_ENROLLMENT
+from .commit_plan import (
+    Stop,
+    committed_clock,
+    committed_message,
+    dead_letter_summary,
+    letter_times,
+    plan_commit,
+    superseded,
+)
 from .fault_pauses import (
     PAUSE_BEFORE_COMMIT_ENV,
     PAUSE_BEFORE_FENCE_ENV,
@@ -61,13 +70,10 @@ from .run_tags import (
     COMMITTED,
     DRAIN,
     END_TAG,
-    HELD,
     LAUNCHED_BY_TAG,
-    NO_PROGRESS,
     OUTCOME_TAG,
     START_TAG,
     START_TOKEN_TAG,
-    SUPERSEDED,
 )
 
 # One dynamic partition per Kafka partition of the input topic ("0", "1", ...).
@@ -180,45 +186,17 @@ def commit_offsets(
     context: OpExecutionContext, report: RangeReport, kafka: KafkaResource
 ) -> Iterator[AssetCheckEvaluation | AssetMaterialization]:
     """Deliver the dead letters, check that every message is accounted for, then commit `end`:
-    one transaction, fenced against every other committer of the partition."""
-    if not report.read_to_end:
-        raise Failure(description=(
-            f"The range [{report.start}, {report.end}) of partition {report.partition} was not "
-            f"read to its end; nothing was committed. {_not_committed(context)}"
-        ))
-    if report.requested_end is not None:
-        context.instance.add_run_tags(context.run_id, {END_TAG: str(report.end)})
-        context.log.warning(
-            f"Partition {report.partition}: the range ends at {report.end}, not "
-            f"{report.requested_end}: its dead letters reached {len(report.dead_letters)} "
-            f"letters, {report.letter_bytes} bytes, as many as one run sends; the next run goes "
-            "on from there."
-        )
-    if report.lost_while_reading:
-        context.log.warning(
-            f"Partition {report.partition}: retention deleted records of the range while this "
-            f"run read it, before it got them: offsets {offset_runs(report.lost_while_reading)} "
-            "(counted lost_to_retention, not read). Retention is outrunning ingestion: raise "
-            "the input topic's retention.ms or retention.bytes, or ingest faster."
-        )
-    if report.superseded:
-        _superseded(context, report.superseded)
-        return
-    if report.held:
-        context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: HELD})
-        context.log.warning(f"Partition {report.partition} read nothing: {report.held}")
-        return
-    if report.end <= report.start:
-        # Nothing read, nothing to commit: committing would only bump the token. Records left
-        # past the start make it no progress (a failed attempt for the sensor's back-off).
-        if report.high_watermark > report.start:
-            context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: NO_PROGRESS})
-            context.log.warning(
-                f"Partition {report.partition}: the range [{report.start}, {report.end}) is "
-                f"empty though records reach {report.high_watermark}; nothing was committed."
-            )
-        else:
-            context.log.info(f"Partition {report.partition} has nothing past {report.start}.")
+    one transaction, fenced against every other committer of the partition. The decisions are
+    commit_plan.py's; this is their wiring to Kafka, the run's tags and its log."""
+    plan = plan_commit(report, _not_committed(context))
+    if plan.failure:
+        raise Failure(description=plan.failure)
+    if plan.end_tag is not None:
+        context.instance.add_run_tags(context.run_id, {END_TAG: str(plan.end_tag)})
+    for warning in plan.warnings:
+        context.log.warning(warning)
+    if plan.stop:
+        _stop(context, plan.stop)
         return
     _, warnings = kafka.dead_letter_room()
     for warning in warnings:
@@ -232,18 +210,15 @@ def commit_offsets(
         # the run commits (or is refused) rather than leaving the transaction half done.
         # Nothing is yielded inside: Dagster re-installs its raising handler on every resume.
         with interrupts_deferred(held), kafka.fenced_commit(report.partition, expected) as txn:
-            clock = WriteClock(report.start, report.write_base)
-            # A report from before write times (no base) gives its letters none: a re-drive
-            # then writes them at their source_timestamp.
-            report.dead_lettered = txn.deliver(
-                report.dead_letters, write_time=clock.at if report.write_base else None)
+            clock, write_time = letter_times(report)
+            report.dead_lettered = txn.deliver(report.dead_letters, write_time=write_time)
             if report.balanced:
                 pause(context, PAUSE_BEFORE_COMMIT_ENV, "before the commit")
-                committed = txn.commit(report.end, clock=_committed_clock(clock, report),
+                committed = txn.commit(report.end, clock=committed_clock(clock, report, now_us()),
                                        partitions=report.partitions)
             # Unbalanced: the block is left without commit(), so the transaction aborts.
     except Superseded as exc:
-        _superseded(context, str(exc))
+        _stop(context, superseded(str(exc)))
         return
     except CommitUnknown as exc:  # not "not committed": it may have been (the message says)
         raise Failure(description=f"{exc} If it was not: {_not_committed(context)}",
@@ -271,22 +246,16 @@ def commit_offsets(
             metadata=report.metadata(),
         )
     context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: COMMITTED})
-    if report.dead_letters:
-        context.log.warning(
-            f"Dead-lettered {report.dead_lettered_total} messages to {kafka.dlq_topic!r}: "
-            f"{dict(sorted(report.dead_lettered.items()))}"
-        )
+    summary = dead_letter_summary(report, kafka.dlq_topic)
+    if summary:
+        context.log.warning(summary)
     # Best effort: the range is committed whatever the broker answers now.
     try:
         lag = lag_left(kafka, report.partition, report.end)
     except KafkaUnavailable as exc:
         lag = {}
         context.log.warning(f"Committed, but the lag left is unknown: {exc}")
-    context.log.info(
-        f"Committed {report.end}: {report.describe()}; lag left "
-        f"{lag.get('lag_left', 'unknown')} records, {lag.get('lag_left_s', 'unknown')} s; "
-        f"fence token {committed.token}."
-    )
+    context.log.info(committed_message(report, lag, committed.token))
     yield AssetMaterialization(
         PROGRAM_ENROLLMENT,
         description=report.describe(),
@@ -306,14 +275,6 @@ def _clock_skew(kafka: KafkaResource, offsets: PartitionOffsets, now: int,
         bound_us=round(bound_s * 1_000_000), committed_clock_us=offsets.clock,
         committed_by=offsets.clock_host, lead_allowed_us=MAX_RANGE_MESSAGES,
         append_times_ms=[t for t in (appended.get(partition),) if t is not None])
-
-
-def _committed_clock(clock: WriteClock, report: RangeReport) -> int:
-    """The clock to commit with `end`: after every write of the range, and at least the
-    range's length (in us) past now, so that a run which read the same state before this
-    commit landed (it is superseded, but its writes go in at up to its start + its length)
-    never outruns the next run's writes (docs/contract.md: Write times)."""
-    return max(clock.after(report.end), now_us() + (report.end - report.start))
 
 
 def lag_left(kafka: KafkaResource, partition: int, committed: int) -> dict[str, int | float]:
@@ -336,11 +297,14 @@ def _uncommitted(context: OpExecutionContext, report: RangeReport) -> str:
             + _not_committed(context))
 
 
-def _superseded(context: OpExecutionContext, why: str) -> None:
-    """The run ends without committing: not a failure (its range is another run's), and not a
-    range in the accounting (no materialization)."""
-    context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: SUPERSEDED})
-    context.log.warning(f"Superseded: {why}")
+def _stop(context: OpExecutionContext, stop: Stop) -> None:
+    """End the run before (or at) the fence, as commit_plan decided: its outcome tag, its word."""
+    if stop.outcome:
+        context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: stop.outcome})
+    if stop.warn:
+        context.log.warning(stop.message)
+    else:
+        context.log.info(stop.message)
 
 
 def build_job(settings: Settings) -> JobDefinition:

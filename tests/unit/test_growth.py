@@ -6,7 +6,7 @@ from __future__ import annotations
 from programuser_dagster.core.growth import Claim, claims, hold, holders, start_clock
 from programuser_dagster.core.offsets import CommitState, PartitionOffsets
 from programuser_dagster.core.planning import Launch, decide
-from programuser_dagster.kafka.resource import _barrier, _clock, _token, commit_metadata
+from programuser_dagster.kafka.metadata import _barrier, _clock, _token, commit_metadata
 
 NOW = 1_000_000.0
 

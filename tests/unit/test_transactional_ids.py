@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from programuser_dagster.kafka.resource import (
-    _clock,
-    _token,
-    commit_metadata,
-    legacy_transactional_id,
-    transactional_id,
-)
+from programuser_dagster.kafka.fence import legacy_transactional_id, transactional_id
+from programuser_dagster.kafka.metadata import _clock, _token, commit_metadata
 
 
 def test_group_a_b_with_topic_c_and_group_a_with_topic_b_c_have_different_ids() -> None:
