@@ -10,20 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
-from dagster import AssetCheckSeverity, build_sensor_context
+from dagster import AssetCheckSeverity
 
 from programuser_dagster.cli import main
 from programuser_dagster.incidents.verify import verify
 from programuser_dagster.ingest import checks
 from programuser_dagster.ingest.backlog import plan_backlog
-from programuser_dagster.ingest.sensors import build_health_sensor
-from programuser_dagster.resources import cassandra_resource, kafka_resource
+from programuser_dagster.resources import kafka_resource
 from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import REPO
 from tests.support.pipeline import (
     cli_env,
+    commit_outside,
     event,
+    health_tick,
     offsets,
     produce,
     run_partition,
@@ -35,16 +35,6 @@ pytestmark = pytest.mark.stack
 WARNING = ("partition 0: committed offset 10 is beyond the log end 2: records below 10 will be "
            "skipped; to re-read them: `programuser-dagster replay --partition 0 --to-offset 2 "
            "--apply`")
-
-
-def commit_with_a_plain_consumer(s: Settings, partition: int, offset: int) -> None:
-    consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers,
-                         "group.id": s.kafka_group_id, "enable.auto.commit": False})
-    try:
-        consumer.commit(offsets=[TopicPartition(s.kafka_input_topic, partition, offset)],
-                        asynchronous=False)
-    finally:
-        consumer.close()
 
 
 def cli(s: Settings, home: Path, capsys: Any, *args: str) -> tuple[int, str]:
@@ -63,7 +53,7 @@ def test_a_committed_offset_beyond_the_log_end_is_named_everywhere_and_replay_re
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     produce(s, [event("p", "u0"), event("p", "u1")])
     assert run_partition(instance, s).success
-    commit_with_a_plain_consumer(s, 0, 10)
+    commit_outside(s, 0, 10)
     o = offsets(s)
     assert (o.committed, o.high, o.lag) == (10, 2, 0)
 
@@ -84,14 +74,7 @@ def test_a_committed_offset_beyond_the_log_end_is_named_everywhere_and_replay_re
     assert observation.metadata["beyond_end_partition_0"].value == 8
 
     # the asset check fails, as an error
-    kafka, cassandra = kafka_resource(s), cassandra_resource(s)
-    try:
-        with build_sensor_context(instance=instance,
-                                  resources={"kafka": kafka, "cassandra": cassandra}) as ctx:
-            result = build_health_sensor(s)(ctx)
-    finally:
-        kafka.close()
-        cassandra.close()
+    result, _ = health_tick(instance, s)
     [check] = [e for e in result.asset_events if e.check_name == checks.STALLED_CHECK]
     assert (check.passed, check.severity) == (False, AssetCheckSeverity.ERROR)
     assert WARNING in check.description

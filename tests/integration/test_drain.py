@@ -19,7 +19,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from programuser_dagster.ingest.drain import FAILED, PROGRESS, STALLED, SUPERSEDED_RUN, drain, judge
 from programuser_dagster.ingest.run_tags import PARTITION_TAG
 from programuser_dagster.settings import Settings
-from tests.support.pipeline import add_run, cli_env, event, offsets, produce
+from tests.support.pipeline import add_run, cli_env, commit_outside, event, offsets, produce
 
 pytestmark = pytest.mark.stack
 
@@ -207,7 +207,7 @@ def test_drain_stops_on_a_partition_whose_run_did_not_move_its_offset(
     def say(line: str) -> None:
         lines.append(line)
         if line.startswith("partition 0: run") and " ok: " in line and len(lines) == 1:
-            _commit(s, 0, 0)
+            commit_outside(s, 0, 0)
 
     result = drain(instance, s, say=say, max_messages=10)
 
@@ -236,7 +236,7 @@ def test_drain_goes_on_after_a_superseded_run(
     def interfere() -> None:
         [run] = _wait_for("the first run", lambda: _runs(instance)[:1], 120)
         _wait_for("its pause", lambda: _logged(instance, run.run_id, "Test fault hook"), 120)
-        _commit(s, 0, 10)  # as another run would have
+        commit_outside(s, 0, 10)  # as another run would have
 
     thread = threading.Thread(target=interfere, daemon=True)
     thread.start()
@@ -291,17 +291,6 @@ def test_failure_description_reads_past_dagsters_wrapper_to_the_cause() -> None:
 # ------------------------------------------------------------ drain stops on SIGTERM/SIGINT
 
 
-def _commit(s: Settings, partition: int, offset: int) -> None:
-    """Commit an offset for the test's group from outside the pipeline (an operator's tool)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers,
-                         "group.id": s.kafka_group_id, "enable.auto.commit": False})
-    try:
-        consumer.commit(offsets=[TopicPartition(s.kafka_input_topic, partition, offset)],
-                        asynchronous=False)
-    finally:
-        consumer.close()
 
 
 def _wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:

@@ -5,27 +5,17 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from dagster import AssetCheckSeverity, SensorResult, build_sensor_context
+from dagster import AssetCheckSeverity
 
 from programuser_dagster.ingest import checks
-from programuser_dagster.ingest.sensors import build_health_sensor
-from programuser_dagster.resources import cassandra_resource, kafka_resource
 from programuser_dagster.settings import Settings
-from tests.support.pipeline import event, produce, run_partition
+from tests.support.pipeline import event, health_tick, produce, run_partition
 
 pytestmark = pytest.mark.stack
 
 
 def evaluate(instance, s: Settings) -> dict[str, object]:
-    kafka, cassandra = kafka_resource(s), cassandra_resource(s)
-    try:
-        with build_sensor_context(instance=instance,
-                                  resources={"kafka": kafka, "cassandra": cassandra}) as ctx:
-            result = build_health_sensor(s)(ctx)
-    finally:
-        kafka.close()
-        cassandra.close()
-    assert isinstance(result, SensorResult)
+    result, _ = health_tick(instance, s)
     return {e.check_name: e for e in result.asset_events}
 
 

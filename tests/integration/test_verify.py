@@ -8,19 +8,18 @@ import sys
 from typing import Any
 
 import pytest
-from dagster import SensorResult, build_sensor_context
+from dagster import SensorResult
 
 import programuser_dagster.incidents.verify as verify_module
 from programuser_dagster.cli import main
 from programuser_dagster.incidents.verify import verify
 from programuser_dagster.ingest.checks import MATCHES_SOURCE_CHECK, matches_source
-from programuser_dagster.ingest.sensors import build_health_sensor
-from programuser_dagster.resources import cassandra_resource, kafka_resource
 from programuser_dagster.settings import Settings
 from tests.support.pipeline import (
     SEED_EVENT,
     cli_env,
     event,
+    health_tick,
     produce,
     run_partition,
     temporary_env,
@@ -187,15 +186,7 @@ def test_the_health_sensor_checks_the_last_runs_range_once(
     assert run_partition(instance, s).success
 
     def tick(cursor: str | None) -> tuple[SensorResult, str | None]:
-        kafka, cassandra = kafka_resource(s), cassandra_resource(s)
-        try:
-            with build_sensor_context(instance=instance, cursor=cursor,
-                                      resources={"kafka": kafka, "cassandra": cassandra}) as ctx:
-                result = build_health_sensor(s)(ctx)
-                return result, ctx.cursor
-        finally:
-            kafka.close()
-            cassandra.close()
+        return health_tick(instance, s, cursor)
 
     result, cursor = tick(None)
     [check] = [e for e in result.asset_events if e.check_name == MATCHES_SOURCE_CHECK]

@@ -22,9 +22,9 @@ from dagster._core.utils import make_new_run_id
 
 from programuser_dagster.ingest.job import JOB_NAME, kafka_partitions, program_user_info
 from programuser_dagster.ingest.run_tags import PARTITION_TAG, START_TAG, START_TOKEN_TAG
-from programuser_dagster.ingest.sensors import build_backlog_sensor
+from programuser_dagster.ingest.sensors import build_backlog_sensor, build_health_sensor
 from programuser_dagster.kafka.resource import PartitionOffsets
-from programuser_dagster.resources import build_resources, kafka_resource
+from programuser_dagster.resources import build_resources, cassandra_resource, kafka_resource
 from programuser_dagster.settings import Settings, temporary_env  # noqa: F401 (for the tests)
 from tests.support.seed import SEED_EVENT as SEED_EVENT
 
@@ -287,3 +287,32 @@ def tick(instance: DagsterInstance, s: Settings) -> SensorResult:
         kafka.close()
     assert isinstance(result, SensorResult)
     return result
+
+
+def health_tick(
+    instance: DagsterInstance, s: Settings, cursor: str | None = None
+) -> tuple[SensorResult, str | None]:
+    """One evaluation of the real health sensor for these settings, with the resources Dagster
+    would inject: its result and the cursor it leaves."""
+    kafka, cassandra = kafka_resource(s), cassandra_resource(s)
+    try:
+        with build_sensor_context(instance=instance, cursor=cursor,
+                                  resources={"kafka": kafka, "cassandra": cassandra}) as ctx:
+            result = build_health_sensor(s)(ctx)
+            assert isinstance(result, SensorResult)
+            return result, ctx.cursor
+    finally:
+        kafka.close()
+        cassandra.close()
+
+
+def commit_outside(s: Settings, partition: int, offset: int) -> None:
+    """Commit an offset for the test's group from outside the pipeline, as an operator's tool
+    (or a plain consumer) would: no token, no clock in its metadata."""
+    consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap_servers,
+                         "group.id": s.kafka_group_id, "enable.auto.commit": False})
+    try:
+        consumer.commit(offsets=[TopicPartition(s.kafka_input_topic, partition, offset)],
+                        asynchronous=False)
+    finally:
+        consumer.close()
