@@ -78,9 +78,9 @@ from programuser_dagster.cassandra.writes import CassandraWriter, group_rows, gr
 from programuser_dagster.core.clock import now_us
 from programuser_dagster.core.events import COLUMNS, MAYBE_NOT_WRITTEN, NOT_WRITTEN, flatten
 from programuser_dagster.core.report import RangeReport
-from programuser_dagster.ingest.memory import collect_between_chunks, gc_paused
 from programuser_dagster.ingest.range_rows import Chunking, RangeRows
 from programuser_dagster.ingest.run_tags import PARTITION_TAG
+from programuser_dagster.memory import collect_between_chunks, gc_paused
 from programuser_dagster.resources import cassandra_io_manager, cassandra_resource, kafka_resource
 from programuser_dagster.settings import Settings, temporary_env
 

@@ -15,7 +15,7 @@ from dagster import ConfigurableIOManager, Failure, InputContext, MetadataValue,
 from pydantic import Field, PrivateAttr
 
 from ..core.report import RangeReport
-from ..ingest.memory import collect_between_chunks, gc_paused
+from ..memory import collect_between_chunks, gc_paused
 from ..settings import DEFAULTS, RECEIPT_DAYS, RECEIPTS_TABLE
 from .client import CassandraResource, CassandraWriteFailed, receipt_statement
 from .writes import CassandraWriter, RowSource

@@ -18,8 +18,8 @@ from pydantic import Field
 
 from ..cassandra.client import CassandraWriteFailed
 from ..cassandra.io_manager import CassandraIOManager
-from ..ingest.assets import PROGRAM_ENROLLMENT
 from ..kafka.resource import KafkaResource, KafkaUnavailable
+from ..names import PROGRAM_ENROLLMENT
 from . import redrive, replay
 from .outcomes import CouldNotComplete
 

@@ -7,7 +7,6 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetChecksDefinition,
-    AssetKey,
     AssetSpec,
     FreshnessPolicy,
     asset_check,
@@ -15,12 +14,12 @@ from dagster import (
 
 from ..cassandra.client import CassandraResource
 from ..kafka.resource import KafkaResource
+from ..names import JOB_NAME as JOB_NAME
+from ..names import PROGRAM_ENROLLMENT as PROGRAM_ENROLLMENT
 from ..settings import Settings
 from . import checks
 from .checks import ACCOUNTING_CHECK as ACCOUNTING_CHECK
 
-PROGRAM_ENROLLMENT = AssetKey("program_enrollment")
-JOB_NAME = "program_user_info"
 RECENT_RUNS = 20
 
 

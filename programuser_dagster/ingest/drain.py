@@ -40,13 +40,13 @@ from ..core.growth import hold
 from ..core.offsets import PartitionOffsets
 from ..core.planning import Launch
 from ..kafka.resource import KafkaUnavailable
+from ..memory import release_memory
 from ..resources import build_resources
 from ..settings import Settings
 from .backlog import launch_request, process_token, runs_in_flight, sync_partitions
 from .instance import add_partitions, hold_connections
 from .interrupts import STOP_SIGNALS
 from .job import program_user_info
-from .memory import release_memory
 from .run_tags import DRAIN, DRAIN_PROCESS_TAG, HELD, LAUNCHED_BY_TAG, OUTCOME_TAG, SUPERSEDED
 
 # What a finished run did to its partition (judge()).

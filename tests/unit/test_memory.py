@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from programuser_dagster.ingest import memory
+from programuser_dagster import memory
 
 
 def test_memory_is_given_back_only_once_the_process_grew(monkeypatch: pytest.MonkeyPatch) -> None:
