@@ -32,9 +32,7 @@ class RangeReport:
     start: int
     end: int  # exclusive; may end up below requested_end (see cut_at)
     high_watermark: int
-    # Records deleted by retention before this run read them (see lose): how many, and their
-    # offsets, as [first, end) runs.
-    lost_to_retention: int = 0
+    # Records deleted by retention before this run read them (see lose), as [first, end) runs.
     lost_offsets: list[tuple[int, int]] = field(default_factory=list)
     # The partition's committed state when the run started (offset, fence token): the commit
     # lands only if it is still this (kafka/fence.py: fenced_commit).
@@ -78,7 +76,10 @@ class RangeReport:
         it read). They are not read, so not in the balance: counted here instead."""
         if end > first:
             self.lost_offsets.append((first, end))
-            self.lost_to_retention += end - first
+
+    @property
+    def lost_to_retention(self) -> int:
+        return sum(end - first for first, end in self.lost_offsets)
 
     @property
     def lost_while_reading(self) -> list[tuple[int, int]]:
@@ -93,9 +94,8 @@ class RangeReport:
             self.requested_end = self.end
         self.end = end
         # Losses past the cut are the next run's (it finds them below its start when it plans).
-        lost, self.lost_offsets, self.lost_to_retention = self.lost_offsets, [], 0
-        for first, last in lost:
-            self.lose(first, min(last, end))
+        self.lost_offsets = [(first, min(last, end)) for first, last in self.lost_offsets
+                             if first < end]
 
     def to_bytes(self) -> bytes:
         """The report as compressed JSON (offsets, counts and reasons: no message content)."""
@@ -108,7 +108,11 @@ class RangeReport:
         # left out rather than refused; the ones it needs are all in every receipt.
         fields = {k: v for k, v in stored.items() if k in cls.__dataclass_fields__}
         fields["dead_letters"] = [(int(o), str(r)) for o, r in fields["dead_letters"]]
-        fields["lost_offsets"] = [(int(a), int(b)) for a, b in fields.get("lost_offsets", ())]
+        lost = stored.get("lost_offsets")
+        if lost is None and stored.get("lost_to_retention"):
+            # A receipt of the version before lost_offsets: it lost only below its start.
+            lost = [(stored["start"] - stored["lost_to_retention"], stored["start"])]
+        fields["lost_offsets"] = [(int(a), int(b)) for a, b in lost or ()]
         return cls(**fields)
 
     @property

@@ -64,3 +64,12 @@ def test_lost_offsets_are_counted_kept_and_cut_with_the_range() -> None:
     md = report.metadata()
     assert (md["lost_to_retention"], md["lost_to_retention_offsets"]) == (3, "[7, 10)")
     assert "3 lost to retention before they were read (offsets [7, 10))" in report.describe()
+
+
+def test_a_receipt_from_before_lost_offsets_keeps_its_count() -> None:
+    """The version before kept only the count, lost below the range's start when it planned."""
+    stored = asdict(_report())
+    del stored["lost_offsets"]
+    stored["lost_to_retention"] = 3
+    old = RangeReport.from_bytes(zlib.compress(json.dumps(stored).encode()))
+    assert (old.lost_offsets, old.lost_to_retention) == ([(7, 10)], 3)
