@@ -159,10 +159,9 @@ def apply(
         state = rewind.offsets
         try:
             with kafka.fenced_commit(rewind.partition, state.state) as txn:
-                # The count and a claim's barrier go forward too: a rewind releases no hold
-                # (core/growth.py).
-                txn.commit(rewind.target, clock=max(state.clock, now_us()),
-                           partitions=state.partitions, barrier=state.barrier)
+                # The fence carries the count, a claim's barrier and the clock forward: a
+                # rewind releases no hold and never turns the clock back (core/growth.py).
+                txn.commit(rewind.target, clock=now_us())
         except (Superseded, KafkaUnavailable) as exc:
             before = ", ".join(str(r.partition) for r in done) or "none"
             why = ("a run committed it while replay ran" if isinstance(exc, Superseded)

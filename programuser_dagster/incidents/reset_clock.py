@@ -70,9 +70,7 @@ def apply(kafka: KafkaResource, resets: Sequence[ClockReset],
         try:
             with kafka.fenced_commit(o.partition, o.state) as txn:
                 assert o.committed is not None  # reset.wrong
-                # The count and a claim's barrier go forward too (core/growth.py), as in replay.
-                txn.commit(o.committed, clock=now_us(), partitions=o.partitions,
-                           barrier=o.barrier, lower_clock=True)
+                txn.commit(o.committed, clock=now_us(), lower_clock=True)
         except (Superseded, KafkaUnavailable) as exc:
             raise CouldNotComplete(
                 f"partition {o.partition}: its clock was not reset ({exc}). Reset before it: "

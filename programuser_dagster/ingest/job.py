@@ -215,7 +215,7 @@ def commit_offsets(
             if report.balanced:
                 pause(context, PAUSE_BEFORE_COMMIT_ENV, "before the commit")
                 committed = txn.commit(report.end, clock=committed_clock(clock, report, now_us()),
-                                       partitions=report.partitions)
+                                       partitions=report.partitions, barrier=())
             # Unbalanced: the block is left without commit(), so the transaction aborts.
     except Superseded as exc:
         _stop(context, superseded(str(exc)))

@@ -131,7 +131,7 @@ class FencedCommits(DeadLetterTopic):
                     f"started (then: {expected.describe()}; now: {state.describe()}). This "
                     "run's commit was refused; nothing of it was committed."
                 )
-            txn.state, txn.clock = state, current.clock
+            txn.state, txn.before = state, current
             producer.begin_transaction()
             yield txn
         finally:
@@ -148,7 +148,7 @@ class FencedCommit:
         self.kafka, self.producer, self.partition = kafka, producer, partition
         self.expected, self.limit, self.timeout_s = expected, limit, timeout_s
         self.state: CommitState | None = None
-        self.clock = 0  # the write clock of the committed state
+        self.before: PartitionOffsets | None = None  # the committed state, as the fence read it
         self.committed = False
 
     def call(self, what: str, fn: Callable[[], T], patience_s: float | None = None) -> T:
@@ -246,15 +246,19 @@ class FencedCommit:
             )
         return delivered
 
-    def commit(self, end: int, clock: int = 0, partitions: int = 0,
-               barrier: Barrier = (), lower_clock: bool = False) -> CommitState:
+    def commit(self, end: int, clock: int = 0, partitions: int | None = None,
+               barrier: Barrier | None = None, lower_clock: bool = False) -> CommitState:
         """Commit `end` with the next token, together with the letters delivered; the write
         clock recorded is `clock`, never below the one committed (it only moves forward) unless
         `lower_clock` (reset-clock: the committed one is wrong). `partitions`: the topic's
-        partition count the run saw; `barrier`: a claim's (core/growth.py)."""
-        assert self.state is not None
+        partition count the run saw; `barrier`: a claim's (core/growth.py). Either, when not
+        given, is carried forward from the committed state: a commit that is not a run's
+        (replay, reset-clock) neither forgets the count nor releases a hold."""
+        assert self.state is not None and self.before is not None
         new = CommitState(end, self.state.token + 1)
-        recorded = clock if lower_clock else max(clock, self.clock)
+        recorded = clock if lower_clock else max(clock, self.before.clock)
+        partitions = self.before.partitions if partitions is None else partitions
+        barrier = self.before.barrier if barrier is None else barrier
         offsets = [TopicPartition(
             self.kafka.input_topic, self.partition, end,
             metadata=commit_metadata(new.token, recorded, partitions, barrier,
