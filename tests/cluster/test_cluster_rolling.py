@@ -28,7 +28,7 @@ from programuser_dagster.core.event_ages import lag_seconds
 from programuser_dagster.ingest.job import JOB_NAME
 from programuser_dagster.resources import kafka_resource
 from programuser_dagster.settings import Settings
-from tests.support.dagster_dev import dagster_dev, settings_env
+from tests.support.dagster_dev import dagster_dev, settings_env, settle_runs
 from tests.support.faults import RunInThread, assert_ranges_tile
 from tests.support.pipeline import all_rows, expected_rows
 
@@ -136,6 +136,7 @@ def test_f_rolling_restart_under_load_loses_nothing(
             assert time.monotonic() - stopped < CATCH_UP_LIMIT_S, f"lag still {now}"
             time.sleep(2)
         catch_up_s = time.monotonic() - stopped
+        settle_runs(home, dev, log, JOB_NAME)
 
     assert all_rows(cassandra, s) == expected_rows(producer.values)
     kafka = kafka_resource(s)

@@ -6,14 +6,19 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from devtools.stack.postgres import free_port
 from programuser_dagster.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
+UNFINISHED = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, *IN_PROGRESS_RUN_STATUSES]
 
 
 def settings_env(s: Settings) -> dict[str, str]:
@@ -51,3 +56,21 @@ def dagster_dev(
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
+
+
+def settle_runs(home: Path, dev: subprocess.Popen[bytes], log: Path, job: str,
+                limit_s: float = 120) -> int:
+    """Wait (bounded) until no run of `job` is queued or in progress: a test's last commit is
+    not the end of its run, and leaving dagster_dev interrupts the runs still finishing.
+    Returns how many were unfinished when called."""
+    deadline = time.monotonic() + limit_s
+    first = None
+    with DagsterInstance.from_config(str(home)) as instance:
+        while unfinished := instance.get_run_records(RunsFilter(
+                job_name=job, statuses=UNFINISHED)):
+            first = len(unfinished) if first is None else first
+            assert dev.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, (
+                f"{len(unfinished)} runs still unfinished {limit_s:.0f} s after the lag reached 0")
+            time.sleep(1)
+    return first or 0
