@@ -328,12 +328,13 @@ def _backlog(s: Settings) -> None:
         produce(s, [event(f"p{p}", f"u{i}") for i in range(25)], partition=p)
 
 
-def _start_drain(s: Settings, home: Path, out: Path, *args: str) -> subprocess.Popen:
+def _start_drain(s: Settings, home: Path, out: Path, *args: str,
+                 pause_s: float = 4) -> subprocess.Popen:
     from programuser_dagster.ingest.fault_pauses import PAUSE_BEFORE_COMMIT_ENV
 
     # Each run waits here, its writes acknowledged, inside the commit step: the signal
     # arrives while a run is in progress.
-    env = cli_env(s, home, **{PAUSE_BEFORE_COMMIT_ENV: "4"})
+    env = cli_env(s, home, **{PAUSE_BEFORE_COMMIT_ENV: str(pause_s)})
     return subprocess.Popen(
         [sys.executable, "-m", "programuser_dagster.cli", "drain", "--max-messages", "10",
          *args],
@@ -399,7 +400,9 @@ def test_drain_in_two_processes_forwards_a_signal_and_waits_for_the_workers(
     _backlog(s)
     home = _home(tmp_path)
     out = tmp_path / "drain.out"
-    proc = _start_drain(s, home, out, "--processes", "2")
+    # Long enough that the first worker's run is still paused when the second's pause begins,
+    # however far apart a busy machine starts them (4 s was not: the signal came after one commit).
+    proc = _start_drain(s, home, out, "--processes", "2", pause_s=15)
     try:
         with DagsterInstance.from_config(str(home)) as instance:
             first = _wait_for("a run in each worker", lambda: _runs(instance)[1:] and
