@@ -5,10 +5,11 @@ committed offset and no run of it is queued or in progress. A range whose run fa
 requested again (the sensor is the one owner of retries), after a back-off that doubles with
 each failed attempt at the same committed state (offset and fence token): the caller passes only
 the failed attempts at each partition's current state, so a commit (a new token) starts the count
-afresh. Given a trigger (core/trigger.py: the sensor's), a partition with no failed attempt
-waits until its lag or the age of its oldest uncommitted record reaches the trigger's. What counts as a failed attempt (a failure, a cancel, a run that succeeded without moving
+afresh. What counts as a failed attempt (a failure, a cancel, a run that succeeded without moving
 the offset; not a superseded run) is the caller's reading of the run records (ingest/backlog.py). A
-partition added to the topic waits for the old partitions' backlog (growth.py).
+partition added to the topic waits for the old partitions' backlog (growth.py). Given a trigger
+(trigger.py: the sensor's), a partition's first attempt also waits until its lag or the age of
+its oldest uncommitted record reaches the trigger's.
 
 No I/O and no client library here (no dagster, confluent_kafka or cassandra): ingest/backlog.py
 reads the broker and the instance, and turns the launches into Dagster run requests.

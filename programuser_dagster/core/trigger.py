@@ -16,7 +16,10 @@ producer's wrong clock) is unknown too: its age would hold the partition back fo
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+from .offsets import PartitionOffsets
 
 # A record time up to this far ahead of the clock reads as age 0 (clocks differ by a little);
 # further ahead it is not believed.
@@ -40,3 +43,10 @@ class Trigger:
             return None
         return (f"{lag:,} records, oldest {max(age_s, 0.0):.0f} s, launches at "
                 f"{self.lag_records:,} records or {self.age_s:,.0f} s")
+
+    def holds(
+        self, offsets: Iterable[PartitionOffsets], ages_s: Mapping[int, float | None]
+    ) -> set[int]:
+        """The partitions with lag that wait for the trigger: not stalled, gathering."""
+        return {o.partition for o in offsets
+                if o.lag > 0 and self.wait_reason(o.lag, ages_s.get(o.partition))}
