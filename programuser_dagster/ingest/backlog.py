@@ -17,7 +17,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,8 @@ class BacklogPlan:
     decision: Plan  # the pure plan: launches, and why the other partitions with lag wait
     new_partitions: list[str]  # partitions of the topic not yet known to the job
     run_requests: list[RunRequest]  # the launches, as run requests (launch_request)
-    oldest: OldestRecords  # with a trigger, each lagging partition's oldest record time
+    # With a trigger, each lagging partition's oldest record time (default: not read).
+    oldest: OldestRecords = field(default_factory=OldestRecords)
 
     @property
     def offsets(self) -> list[PartitionOffsets]:

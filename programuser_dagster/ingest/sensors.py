@@ -42,11 +42,11 @@ def build_backlog_sensor(job: JobDefinition, settings: Settings) -> SensorDefini
         """Fires every PROGRAMUSER_SENSOR_INTERVAL_S seconds. For each partition with records
         past its committed offset and no run queued or in progress, once they reach
         PROGRAMUSER_TRIGGER_LAG_RECORDS or the oldest is PROGRAMUSER_TRIGGER_AGE_S old
-        (core/trigger.py), requests one run of
-        [committed, high-water mark), at most PROGRAMUSER_MAX_MESSAGES offsets (a partition
-        added to the topic waits for the old partitions' backlog: core/growth.py). Re-requests
-        failed ranges with a growing back-off, adds new partitions of the topic, and reports
-        consumer lag per partition as an observation of program_enrollment.
+        (core/trigger.py), requests one run of [committed, high-water mark), at most
+        PROGRAMUSER_MAX_MESSAGES offsets (a partition added to the topic waits for the old
+        partitions' backlog: core/growth.py). Re-requests failed ranges with a growing back-off,
+        adds new partitions of the topic, and reports consumer lag per partition as an
+        observation of program_enrollment when it changes (core/recording.py).
         """
         plan = plan_backlog(context.instance, kafka, settings, trigger=trigger)
         if plan.oldest.why:
