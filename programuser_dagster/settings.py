@@ -343,6 +343,10 @@ _TABLE: tuple[_Variable, ...] = (
     # Above it a run refuses to write (core/clock_skew.py); a few seconds is what NTP keeps easily.
     _Variable("PROGRAMUSER_CLOCK_SKEW_MAX_S", "clock_skew_max_s", _number, _seconds(
         at_most=3600, allowed="seconds above 0, at most 3600")),
+    # -- the trigger policy (core/trigger.py): when the sensor starts a partition's run --
+    _Variable("PROGRAMUSER_TRIGGER_LAG_RECORDS", "trigger_lag_records", _whole, _count(
+        allowed="a whole number of at least 1 (1: a run as soon as there is a record)")),
+    _Variable("PROGRAMUSER_TRIGGER_AGE_S", "trigger_age_s", _number, _seconds()),
 )
 
 # Every variable Settings reads -> the field it sets (e.g. to check that a deployment passes
@@ -411,6 +415,14 @@ class Settings:
     # How far a run's host clock may be from the partition's clock or the broker's before the
     # run refuses to write (docs/contract.md: Write times).
     clock_skew_max_s: float = 2.0
+    # -- the trigger policy (core/trigger.py) --
+    # The sensor starts a partition's run at this many records (a backlog starts at once: at
+    # most ~1/100 of a full run, a few seconds of work behind) ...
+    trigger_lag_records: int = 1_000
+    # ... or once its oldest uncommitted record is this old: at a trickle a partition's run
+    # every ~5 min (1 event/s over 4 partitions: ~1,150 runs a day instead of 11,520), each event
+    # in Cassandra within this, a sensor interval and one run (docs/configuration.md).
+    trigger_age_s: float = 300.0
 
     def __post_init__(self) -> None:
         # Topic and group names default from the environment name, as the Flink job's did.
@@ -443,6 +455,13 @@ class Settings:
                 f"KAFKA_DELIVERY_TIMEOUT_S + {TRANSACTION_EXTRA_S} s, at "
                 f"{DEAD_LETTER_SEND_BYTES_PER_S // (1024 * 1024)} MiB/s): use at most {most}, "
                 "or raise KAFKA_DELIVERY_TIMEOUT_S.")
+        if self.trigger_age_s + self.sensor_interval_s >= self.freshness_fail_s:
+            raise ValueError(
+                f"PROGRAMUSER_TRIGGER_AGE_S={self.trigger_age_s:g} plus the sensor's interval "
+                f"(PROGRAMUSER_SENSOR_INTERVAL_S={self.sensor_interval_s}) reaches "
+                f"PROGRAMUSER_FRESHNESS_FAIL_S={self.freshness_fail_s}: at a trickle the table "
+                "would be reported stale by design. Lower PROGRAMUSER_TRIGGER_AGE_S or raise "
+                "PROGRAMUSER_FRESHNESS_FAIL_S.")
 
     def for_env(self, env: str, keyspace: str, partitions: int | None = None) -> Settings:
         """These settings for another environment name: its default topics and group (derived

@@ -25,7 +25,10 @@ Fixtures (use them; never write to the dev topics or keyspace from a test):
   tests never touch the dev instance in .dagster_home.
 
 Also for the session: CASSANDRA_USERNAME / CASSANDRA_PASSWORD default to the stack's ordinary
-role, so ``Settings.from_env()`` and the resources log in the way the stack expects.
+role, so ``Settings.from_env()`` and the resources log in the way the stack expects; and
+PROGRAMUSER_TRIGGER_LAG_RECORDS defaults to 1, so the sensor (in-process ticks and the
+``dagster dev`` of e2e tests, which inherit the environment) launches at a partition's first
+record, as the tests expect; a test of the trigger policy gives its own.
 """
 
 from __future__ import annotations
@@ -71,6 +74,10 @@ def pytest_configure(config: pytest.Config) -> None:
     home = Path(tempfile.mkdtemp(prefix="programuser-dagster-home-"))
     _DAGSTER_HOME.append(home)
     _set_env("DAGSTER_HOME", str(home))
+    # The sensor launches at the first record, as the tests expect of a tick after producing a
+    # few records; tests of the trigger policy set it themselves.
+    if not os.environ.get("PROGRAMUSER_TRIGGER_LAG_RECORDS"):
+        _set_env("PROGRAMUSER_TRIGGER_LAG_RECORDS", "1")
     login = cassandra_credentials()
     if login is not None and not os.environ.get("CASSANDRA_USERNAME"):
         _set_env("CASSANDRA_USERNAME", login[0])

@@ -7,7 +7,9 @@ each failed attempt at the same committed state (offset and fence token): the ca
 the failed attempts at each partition's current state, so a commit (a new token) starts the count
 afresh. What counts as a failed attempt (a failure, a cancel, a run that succeeded without moving
 the offset; not a superseded run) is the caller's reading of the run records (ingest/backlog.py). A
-partition added to the topic waits for the old partitions' backlog (growth.py).
+partition added to the topic waits for the old partitions' backlog (growth.py). Given a trigger
+(trigger.py: the sensor's), a partition's first attempt also waits until its lag or the age of
+its oldest uncommitted record reaches the trigger's.
 
 No I/O and no client library here (no dagster, confluent_kafka or cassandra): ingest/backlog.py
 reads the broker and the instance, and turns the launches into Dagster run requests.
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 
 from .growth import hold
 from .offsets import PartitionOffsets
+from .trigger import Trigger
 
 RETRY_BASE_S = 30.0
 RETRY_MAX_S = 900.0
@@ -79,6 +82,8 @@ def decide(
     failed_ends: Mapping[int, Sequence[float | None]],
     now: float,
     topic: Sequence[PartitionOffsets] = (),
+    trigger: Trigger | None = None,
+    ages_s: Mapping[int, float | None] | None = None,
 ) -> Plan:
     """The plan for these partitions at time `now` (seconds since the epoch).
 
@@ -86,6 +91,8 @@ def decide(
     the end times of its failed attempts at its current committed state (None: unknown, taken as
     long ago); a partition missing from it has none. `topic`: every partition's offsets, read
     with `offsets` (default: `offsets` are all of them), for the holds of new partitions.
+    `trigger`: when a partition's first attempt starts (None: as soon as it has lag), given
+    `ages_s`, per partition the age of its oldest uncommitted record (missing or None: unknown).
     """
     plan = Plan(offsets=list(offsets))
     for o in offsets:
@@ -110,5 +117,10 @@ def decide(
                 f"retrying in {wait - (now - last_end):.0f}s"
             )
             continue
+        if not ends and trigger is not None:
+            why = trigger.wait_reason(o.lag, (ages_s or {}).get(o.partition))
+            if why:
+                plan.waiting[o.partition] = why
+                continue
         plan.launches.append(Launch.of(o, attempt=len(ends) + 1))
     return plan

@@ -6,8 +6,9 @@ partitions and offsets (the KafkaResource), the runs queued or in progress per p
 (freeing those of a dead drain process), and the failed attempts at each partition's committed
 state (from the run records: a failure, a cancel, or a run that succeeded without moving the
 offset, outcome no_progress, so that a bad setting cannot loop; not a superseded run, since
-another run committed its range). It turns the launches into Dagster run requests, whose config
-and tags are built in one place (launch_request) for the sensor, the schedule and drain.
+another run committed its range), and, for the sensor's trigger, the record time of each lagging
+partition's oldest uncommitted record. It turns the launches into Dagster run requests, whose
+config and tags are built in one place (launch_request) for the sensor, the schedule and drain.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dagster import (
     AssetObservation,
@@ -32,7 +34,9 @@ from dagster import (
 from ..core.event_ages import lag_seconds
 from ..core.offsets import PartitionOffsets
 from ..core.planning import Launch, Plan, decide
-from ..kafka.resource import KafkaResource
+from ..core.recording import lag_level
+from ..core.trigger import Trigger
+from ..kafka.resource import KafkaResource, KafkaUnavailable
 from ..settings import Settings
 from .assets import JOB_NAME, PROGRAM_ENROLLMENT
 from .job import kafka_partitions
@@ -56,11 +60,37 @@ IN_FLIGHT = [
 ]
 
 
+@dataclass(frozen=True)
+class OldestRecords:
+    """The record time (ms) of each lagging partition's oldest uncommitted record (None: it did
+    not arrive), read at `read_ms`; `times_ms` None when not read, or Kafka refused (`why`)."""
+
+    times_ms: dict[int, int | None] | None = None
+    read_ms: int = 0
+    why: str | None = None
+
+    @classmethod
+    def read(cls, kafka: KafkaResource, offsets: Sequence[PartitionOffsets]) -> OldestRecords:
+        """One record per lagging partition, read together (<= ~1 s)."""
+        try:
+            times = kafka.oldest_uncommitted_times(offsets)
+        except KafkaUnavailable as exc:  # unknown ages: for the trigger, those partitions launch
+            return cls(read_ms=time.time_ns() // 1_000_000, why=str(exc))
+        return cls(times, time.time_ns() // 1_000_000)
+
+    def ages_s(self) -> dict[int, float | None]:
+        """Per partition read, its oldest record's age in seconds (None: unknown)."""
+        return {p: None if t is None else (self.read_ms - t) / 1000
+                for p, t in (self.times_ms or {}).items()}
+
+
 @dataclass
 class BacklogPlan:
     decision: Plan  # the pure plan: launches, and why the other partitions with lag wait
     new_partitions: list[str]  # partitions of the topic not yet known to the job
     run_requests: list[RunRequest]  # the launches, as run requests (launch_request)
+    # With a trigger, each lagging partition's oldest record time (default: not read).
+    oldest: OldestRecords = field(default_factory=OldestRecords)
 
     @property
     def offsets(self) -> list[PartitionOffsets]:
@@ -74,7 +104,9 @@ class BacklogPlan:
         self, oldest_ms: dict[int, int | None] | None = None, now_ms: int = 0
     ) -> AssetObservation:
         """Lag per partition in records and, given the record time of each lagging partition's
-        oldest uncommitted record (`oldest_ms`), in seconds."""
+        oldest uncommitted record (`oldest_ms`, default: the plan's own), in seconds."""
+        if oldest_ms is None and self.oldest.times_ms is not None:
+            oldest_ms, now_ms = self.oldest.times_ms, self.oldest.read_ms
         lag: dict[str, int | float] = {f"lag_partition_{o.partition}": o.lag
                                        for o in self.offsets}
         meta: dict[str, int | float] = {"lag_total": sum(o.lag for o in self.offsets), **lag}
@@ -101,6 +133,13 @@ class BacklogPlan:
 
     def summary(self) -> str:
         return self.decision.summary()
+
+    def lag_seen(self, lag_records: int) -> dict[str, Any]:
+        """What the lag observation is recorded on a change of (core/recording.py): each
+        partition's lag level, and the partitions committed beyond the log end."""
+        return {"levels": {str(o.partition): lag_level(o.lag, lag_records)
+                           for o in self.offsets},
+                "beyond_end": sorted(o.partition for o in self.offsets if o.beyond_end)}
 
 
 def launch_tags(launch: Launch) -> dict[str, str]:
@@ -198,9 +237,12 @@ def plan_backlog(
     settings: Settings,
     now: float | None = None,
     partitions: Sequence[int] | None = None,
+    trigger: Trigger | None = None,
 ) -> BacklogPlan:
     """The runs to request now (all partitions of the topic, or `partitions`), and the topic's
-    partitions not yet known to the job (the caller adds them)."""
+    partitions not yet known to the job (the caller adds them). With a `trigger` (the sensor's)
+    a partition's first attempt waits for its records or their age (core/trigger.py); without
+    one, every partition with lag gets its run."""
     now = time.time() if now is None else now
     _, new = sync_partitions(instance, kafka)
     # All of them, even for some: a new partition's hold depends on the old ones (core/growth.py).
@@ -214,11 +256,13 @@ def plan_backlog(
         for o in lagging
         if o.partition not in in_flight
     }
-    decision = decide(offsets, in_flight, failed_ends, now, topic)
+    oldest = OldestRecords.read(kafka, offsets) if trigger is not None else OldestRecords()
+    decision = decide(offsets, in_flight, failed_ends, now, topic, trigger, oldest.ages_s())
     return BacklogPlan(
         decision=decision,
         new_partitions=new,
         run_requests=[launch_request(launch, settings) for launch in decision.launches],
+        oldest=oldest,
     )
 
 

@@ -6,7 +6,7 @@ and sensors.py into an evaluation reported by the monitoring sensor.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,14 +126,16 @@ def stalled_partitions(
     offsets: Sequence[PartitionOffsets],
     now: float,
     max_age_s: float,
+    gathering: Collection[int] = (),
 ) -> Verdict:
     """Partitions with lag whose last successful run is older than max_age_s (or never ran),
-    and partitions whose committed offset is beyond the log end (no lag, and no progress ever:
-    an error, whatever the runs did)."""
+    but for those `gathering` (their lag waits for the sensor's trigger, core/trigger.py: a
+    quiet partition's first records), and partitions whose committed offset is beyond the log
+    end (no lag, and no progress ever: an error, whatever the runs did)."""
     stalled: dict[str, int] = {}
     beyond = [o for o in offsets if o.beyond_end]
     for o in offsets:
-        if o.lag == 0:
+        if o.lag == 0 or o.partition in gathering:
             continue
         last = instance.get_run_records(
             RunsFilter(

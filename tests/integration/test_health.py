@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 from dagster import AssetCheckSeverity
 
+from programuser_dagster.core.recording import HEARTBEAT_S, read_cursor, write_cursor
 from programuser_dagster.ingest import checks
 from programuser_dagster.settings import Settings
 from tests.support.pipeline import event, health_tick, produce, run_partition
@@ -66,3 +68,40 @@ def test_accounting_fails_on_an_unbalanced_run() -> None:
     assert verdict.severity == AssetCheckSeverity.ERROR
     assert "partition 2 offsets [10, 15)" in verdict.description
     assert checks.accounting(runs[:1]).passed
+
+
+def test_a_partition_gathering_for_the_trigger_is_not_stalled(
+    instance, kafka_topics: Settings
+) -> None:
+    """A quiet partition's first records wait for the trigger's age: not lag without progress.
+    Once they are older than the age, they are."""
+    s = dataclasses.replace(kafka_topics, stall_warn_s=60, trigger_lag_records=1000,
+                            trigger_age_s=300)
+    produce(s, [event("p", "w")], partition=2)  # a partition that never ran
+    assert evaluate(instance, s)[checks.STALLED_CHECK].passed
+    time.sleep(0.6)
+    old = dataclasses.replace(s, trigger_age_s=0.5)
+    check = evaluate(instance, old)[checks.STALLED_CHECK]
+    assert not check.passed
+    assert check.metadata["stalled_partitions"].value == {"2": 1}
+
+
+def test_the_checks_are_recorded_when_they_change_or_every_few_minutes(
+    instance, kafka_topics: Settings
+) -> None:
+    s = dataclasses.replace(kafka_topics, stall_warn_s=60)
+    first, cursor = health_tick(instance, s)
+    assert {e.check_name for e in first.asset_events} == {
+        checks.ACCOUNTING_CHECK, checks.DEAD_LETTER_SHARE_CHECK, checks.STALLED_CHECK}
+    assert cursor is not None and len(cursor) < 400
+    again, cursor = health_tick(instance, s, cursor)
+    assert again.asset_events == []  # nothing changed
+    produce(s, [event("p", "w")], partition=2)  # lag, and no run ever: stalled
+    changed, cursor = health_tick(instance, s, cursor)
+    assert [(e.check_name, e.passed) for e in changed.asset_events] == [
+        (checks.STALLED_CHECK, False)]
+    stale = read_cursor(cursor)
+    for name in stale["checks"]:
+        stale["checks"][name][1] -= HEARTBEAT_S
+    heartbeat, _ = health_tick(instance, s, write_cursor(stale))
+    assert len(heartbeat.asset_events) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -10,6 +11,7 @@ from dagster import (
     DagsterRunStatus,
 )
 
+from programuser_dagster.core.recording import HEARTBEAT_S, read_cursor, write_cursor
 from programuser_dagster.ingest.backlog import plan_backlog
 from programuser_dagster.resources import kafka_resource
 from programuser_dagster.settings import Settings
@@ -166,3 +168,54 @@ def test_a_superseded_run_is_not_a_failed_attempt(instance, kafka_topics: Settin
     add_run(instance, 0, DagsterRunStatus.FAILURE, token=7)  # another committed state's
     [request] = tick(instance, s).run_requests
     assert request.run_key == "partition-0:0-1:token-0:attempt-1"
+
+
+def test_a_few_young_records_wait_for_the_trigger_and_the_tick_says_why(
+    instance, kafka_topics: Settings
+) -> None:
+    s = dataclasses.replace(kafka_topics, trigger_lag_records=1000, trigger_age_s=300)
+    produce(s, [event("p", f"u{i}") for i in range(3)], partition=2)
+    result = tick(instance, s)
+    assert result.run_requests == []
+    assert result.skip_reason is not None
+    reason = result.skip_reason.skip_message or ""
+    assert reason.startswith("0 run(s) requested, total lag 3; partition 2: 3 records, oldest ")
+    assert reason.endswith(" s, launches at 1,000 records or 300 s")
+
+
+def test_a_record_as_old_as_the_age_or_a_lag_at_the_threshold_launches(
+    instance, kafka_topics: Settings
+) -> None:
+    """The record times are the broker's (LogAppendTime), so "old" is the age scaled down."""
+    s = dataclasses.replace(kafka_topics, trigger_lag_records=5, trigger_age_s=2)
+    produce(s, [event("p", "old")], partition=0)
+    time.sleep(2.2)  # partition 0's record is now older than the age
+    produce(s, [event("p", "young")], partition=1)
+    produce(s, [event("p", f"u{i}") for i in range(5)], partition=3)  # the threshold
+    result = tick(instance, s)
+    assert [(r.partition_key, r.run_key) for r in result.run_requests] == [
+        ("0", "partition-0:0-1:token-0:attempt-1"), ("3", "partition-3:0-5:token-0:attempt-1")]
+    assert result.skip_reason is None
+    time.sleep(2.2)
+    assert [r.partition_key for r in tick(instance, s).run_requests] == ["0", "1", "3"]
+
+
+def test_the_lag_observation_is_recorded_on_a_change_or_every_few_minutes(
+    instance, kafka_topics: Settings
+) -> None:
+    s = dataclasses.replace(kafka_topics, trigger_lag_records=10, trigger_age_s=300)
+    first = tick(instance, s)
+    assert len(first.asset_events) == 1  # nothing recorded yet
+    assert first.cursor is not None and len(first.cursor) < 200
+    produce(s, [event("p", f"u{i}") for i in range(3)], partition=0)
+    gathering = tick(instance, s, first.cursor)
+    assert gathering.asset_events == [] and gathering.cursor is None  # below the threshold
+    produce(s, [event("p", f"v{i}") for i in range(7)], partition=0)
+    backlog = tick(instance, s, first.cursor)  # a backlog now: the level changed
+    [obs] = backlog.asset_events
+    assert obs.metadata["lag_partition_0"].value == 10
+    assert tick(instance, s, backlog.cursor).asset_events == []
+    # The last recording 5 minutes ago: recorded again, so that "last observed" stays fresh.
+    stale = read_cursor(backlog.cursor)
+    stale["lag"][1] -= HEARTBEAT_S
+    assert len(tick(instance, s, write_cursor(stale)).asset_events) == 1

@@ -22,12 +22,15 @@ UNFINISHED = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, *IN_PROGRES
 
 
 def settings_env(s: Settings) -> dict[str, str]:
-    """The environment that points the deployed code at a test's own topics and keyspace."""
+    """The environment that points the deployed code at a test's own topics and keyspace, with
+    the test's trigger policy."""
     return {
         "KAFKA_INPUT_TOPIC": s.kafka_input_topic,
         "KAFKA_GROUP_ID": s.kafka_group_id,
         "KAFKA_DLQ_TOPIC": s.kafka_dlq_topic,
         "CASSANDRA_KEYSPACE": s.cassandra_keyspace,
+        "PROGRAMUSER_TRIGGER_LAG_RECORDS": str(s.trigger_lag_records),
+        "PROGRAMUSER_TRIGGER_AGE_S": str(s.trigger_age_s),
     }
 
 

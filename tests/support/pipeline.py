@@ -276,12 +276,14 @@ def cli_env(s: Settings, home: Any = None, **extra: str) -> dict[str, str]:
     return env
 
 
-def tick(instance: DagsterInstance, s: Settings) -> SensorResult:
-    """One evaluation of the real backlog sensor for these settings."""
+def tick(instance: DagsterInstance, s: Settings, cursor: str | None = None) -> SensorResult:
+    """One evaluation of the real backlog sensor for these settings, from `cursor` (the one it
+    leaves, if it sets one: the result's)."""
     sensor = build_backlog_sensor(program_user_info, s)
     kafka = kafka_resource(s)
     try:
-        with build_sensor_context(instance=instance, resources={"kafka": kafka}) as ctx:
+        with build_sensor_context(instance=instance, cursor=cursor,
+                                  resources={"kafka": kafka}) as ctx:
             result = sensor(ctx)
     finally:
         kafka.close()
@@ -300,7 +302,7 @@ def health_tick(
                                   resources={"kafka": kafka, "cassandra": cassandra}) as ctx:
             result = build_health_sensor(s)(ctx)
             assert isinstance(result, SensorResult)
-            return result, ctx.cursor
+            return result, result.cursor if result.cursor is not None else cursor
     finally:
         kafka.close()
         cassandra.close()

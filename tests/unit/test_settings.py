@@ -283,10 +283,12 @@ def test_every_variable_sets_its_field(name: str, field: str, tmp_path: Path) ->
         "CASSANDRA_REPLICATION": "{'class': 'SimpleStrategy', 'replication_factor': 3}",
         "PROGRAMUSER_DLQ_SHARE_WARN": "0.5",
     }
+    # Numbers the rules between variables allow beside the defaults: above the trigger's age
+    # plus the sensor's interval.
+    numbers: dict[str, tuple[str, Any]] = {"PROGRAMUSER_FRESHNESS_FAIL_S": ("7000", 7000)}
     default = getattr(DEFAULTS, field)
-    raw, expected = (special[name], special[name]) if name in special else by_kind[
-        str if default is None else type(default)
-    ]
+    raw, expected = (special[name], special[name]) if name in special else numbers.get(
+        name, by_kind[str if default is None else type(default)])
     got = getattr(Settings.from_env({name: raw}), field)
     assert got != default
     assert got == (float(expected) if isinstance(default, float) else expected)
@@ -306,6 +308,7 @@ EXPECTED_VARIABLES = {
     "KAFKA_REQUEST_TIMEOUT_S", "CASSANDRA_CONCURRENCY", "CASSANDRA_BATCH_ROWS",
     "CASSANDRA_BATCH_BYTES", "CASSANDRA_REQUEST_TIMEOUT_S",
     "PROGRAMUSER_CLOCK_SKEW_MAX_S",  # issue 24
+    "PROGRAMUSER_TRIGGER_LAG_RECORDS", "PROGRAMUSER_TRIGGER_AGE_S",  # issue 26: the trigger
 }
 
 
@@ -466,6 +469,33 @@ def test_dead_letter_bytes_above_what_the_transaction_can_send_are_refused() -> 
     # A longer delivery timeout makes the transaction, and the room, larger.
     assert Settings.from_env({"PROGRAMUSER_DEAD_LETTER_BYTES": str(most + 1),
                               "KAFKA_DELIVERY_TIMEOUT_S": "40"}).dead_letter_bytes == most + 1
+
+
+def test_a_trigger_age_that_makes_the_table_stale_by_design_is_refused() -> None:
+    assert Settings.from_env({"PROGRAMUSER_TRIGGER_AGE_S": "3569"}).trigger_age_s == 3569
+    with pytest.raises(ValueError) as caught:
+        Settings.from_env({"PROGRAMUSER_TRIGGER_AGE_S": "3570"})
+    message = str(caught.value)
+    assert message.startswith("PROGRAMUSER_TRIGGER_AGE_S=3570 plus the sensor's interval "
+                              "(PROGRAMUSER_SENSOR_INTERVAL_S=30) reaches "
+                              "PROGRAMUSER_FRESHNESS_FAIL_S=3600")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(("name", "raw"), [
+    ("PROGRAMUSER_TRIGGER_LAG_RECORDS", "0"), ("PROGRAMUSER_TRIGGER_LAG_RECORDS", "1.5"),
+    ("PROGRAMUSER_TRIGGER_AGE_S", "0"), ("PROGRAMUSER_TRIGGER_AGE_S", "-5"),
+    ("PROGRAMUSER_TRIGGER_AGE_S", "soon"),
+])
+def test_a_trigger_that_could_never_fire_or_fires_on_nothing_is_refused(
+    name: str, raw: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"^{name}={raw!r} "):
+        Settings.from_env({name: raw})
+
+
+def test_the_trigger_defaults_are_the_documented_ones() -> None:
+    assert (DEFAULTS.trigger_lag_records, DEFAULTS.trigger_age_s) == (1000, 300.0)
 
 
 def test_the_run_config_cannot_exceed_the_cap_on_a_runs_length() -> None:
