@@ -39,6 +39,9 @@ RECEIPT_DAYS = 30
 # What `redrive` wrote, by (source partition, source offset, write time): a letter is written
 # once however often redrive runs, with whatever filters (schema.cql).
 REDRIVEN_TABLE = "redriven_letters"
+# Each partition's last commit, kept without TTL where Kafka's offset retention cannot remove it
+# (core/kept_commit.py, schema.cql).
+KEPT_COMMITS_TABLE = "kept_commits"
 # A run also ends its range once it has this many dead letters: its receipt, which lists each
 # one's offset and reason, stays ~3 MB compressed, far below Cassandra's largest mutation.
 DEAD_LETTERS_PER_RUN = 1_000_000
@@ -222,7 +225,7 @@ def _identifier(what: str) -> Check:
 
 
 def _table(value: Any) -> str:
-    if value in (RECEIPTS_TABLE, REDRIVEN_TABLE):
+    if value in (RECEIPTS_TABLE, REDRIVEN_TABLE, KEPT_COMMITS_TABLE):
         raise _use(f"another name: {value} is one of the pipeline's own tables")
     return _identifier("CASSANDRA_TABLE")(value)
 
