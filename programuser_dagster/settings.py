@@ -346,6 +346,10 @@ _TABLE: tuple[_Variable, ...] = (
     # Above it a run refuses to write (core/clock_skew.py); a few seconds is what NTP keeps easily.
     _Variable("PROGRAMUSER_CLOCK_SKEW_MAX_S", "clock_skew_max_s", _number, _seconds(
         at_most=3600, allowed="seconds above 0, at most 3600")),
+    # Unset: half of the broker's offsets.retention.minutes (core/kept_commit.py).
+    _Variable("PROGRAMUSER_OFFSET_RENEW_S", "offset_renew_s", _whole, _optional(_count(
+        allowed="a whole number of seconds of at least 1 (or blank: half of the broker's "
+        "offsets.retention.minutes)"))),
 )
 
 # Every variable Settings reads -> the field it sets (e.g. to check that a deployment passes
@@ -414,6 +418,9 @@ class Settings:
     # How far a run's host clock may be from the partition's clock or the broker's before the
     # run refuses to write (docs/contract.md: Write times).
     clock_skew_max_s: float = 2.0
+    # A commit older than this is renewed, so that Kafka's offset retention never removes it
+    # (None: half of the broker's offsets.retention.minutes; core/kept_commit.py).
+    offset_renew_s: int | None = None
 
     def __post_init__(self) -> None:
         # Topic and group names default from the environment name, as the Flink job's did.

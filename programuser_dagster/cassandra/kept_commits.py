@@ -4,6 +4,7 @@ written after every commit that landed."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from cassandra import InvalidRequest
@@ -19,8 +20,8 @@ def kept_commits(client: CassandraResource, group: str, topic: str) -> dict[int,
     not answer."""
     try:
         rows = client.session(create_schema=False).execute(receipt_statement(
-            "SELECT partition, committed_offset, token, clock, partitions, committed_at, host "
-            f"FROM {client.keyspace}.{KEPT_COMMITS_TABLE} WHERE group_id = %s AND topic = %s"),
+            "SELECT partition, committed_offset, fence_token, clock, partitions, committed_at, "
+            f"host FROM {client.keyspace}.{KEPT_COMMITS_TABLE} WHERE group_id = %s AND topic = %s"),
             (group, topic))
     except InvalidRequest:
         return {}  # no such keyspace or table: nothing was kept here yet
@@ -29,7 +30,7 @@ def kept_commits(client: CassandraResource, group: str, topic: str) -> dict[int,
             f"{client.where()} did not return the kept commits of {topic!r} "
             f"({type(exc).__name__}: {exc}).") from exc
     return {r.partition: KeptCommit(
-        r.partition, r.committed_offset, r.token, r.clock, r.partitions or 0,
+        r.partition, r.committed_offset, r.fence_token, r.clock, r.partitions or 0,
         r.committed_at.replace(tzinfo=UTC).timestamp() if r.committed_at else 0.0,
         r.host or "") for r in rows}
 
@@ -39,7 +40,7 @@ def keep(client: CassandraResource, group: str, topic: str, kept: KeptCommit) ->
     try:
         client.session().execute(receipt_statement(
             f"INSERT INTO {client.keyspace}.{KEPT_COMMITS_TABLE} (group_id, topic, partition, "
-            "committed_offset, token, clock, partitions, committed_at, host) "
+            "committed_offset, fence_token, clock, partitions, committed_at, host) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"),
             (group, topic, kept.partition, kept.offset, kept.token, kept.clock, kept.partitions,
              datetime.fromtimestamp(kept.committed_at, UTC), kept.host))
@@ -47,3 +48,16 @@ def keep(client: CassandraResource, group: str, topic: str, kept: KeptCommit) ->
         raise CassandraWriteFailed(
             f"{client.where()} did not record the commit of {topic!r} partition "
             f"{kept.partition} at {kept.offset} ({type(exc).__name__}: {exc}).") from exc
+
+
+def keep_commit(client: CassandraResource, group: str, topic: str, kept: KeptCommit | None,
+                warn: Callable[[str], None]) -> None:
+    """Keep a commit that landed (None: none did); a failure is only warned of: the kept record
+    stays at an older commit, which never stops a partition (core/kept_commit.py: lost)."""
+    if kept is None:
+        return
+    try:
+        keep(client, group, topic, kept)
+    except CassandraWriteFailed as exc:
+        warn(f"Partition {kept.partition} committed {kept.offset}, but its commit was not kept "
+             f"in Cassandra: {exc} The next commit keeps it.")

@@ -16,7 +16,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dagster import (
@@ -29,6 +29,7 @@ from dagster import (
     RunsFilter,
 )
 
+from ..cassandra.client import CassandraResource, CassandraWriteFailed
 from ..core.event_ages import lag_seconds
 from ..core.offsets import PartitionOffsets
 from ..core.planning import Launch, Plan, decide
@@ -36,6 +37,7 @@ from ..kafka.resource import KafkaResource
 from ..settings import Settings
 from .assets import JOB_NAME, PROGRAM_ENROLLMENT
 from .job import kafka_partitions
+from .offset_retention import lost_partitions
 from .run_config import run_config
 from .run_tags import (
     DRAIN_PROCESS_TAG,
@@ -61,6 +63,7 @@ class BacklogPlan:
     decision: Plan  # the pure plan: launches, and why the other partitions with lag wait
     new_partitions: list[str]  # partitions of the topic not yet known to the job
     run_requests: list[RunRequest]  # the launches, as run requests (launch_request)
+    warnings: list[str] = field(default_factory=list)  # for the tick's log
 
     @property
     def offsets(self) -> list[PartitionOffsets]:
@@ -198,9 +201,11 @@ def plan_backlog(
     settings: Settings,
     now: float | None = None,
     partitions: Sequence[int] | None = None,
+    cassandra: CassandraResource | None = None,
 ) -> BacklogPlan:
     """The runs to request now (all partitions of the topic, or `partitions`), and the topic's
-    partitions not yet known to the job (the caller adds them)."""
+    partitions not yet known to the job (the caller adds them). Given `cassandra`, a partition
+    whose commit Kafka lost waits, with the line that says so (skip_lost)."""
     now = time.time() if now is None else now
     _, new = sync_partitions(instance, kafka)
     # All of them, even for some: a new partition's hold depends on the old ones (core/growth.py).
@@ -215,11 +220,26 @@ def plan_backlog(
         if o.partition not in in_flight
     }
     decision = decide(offsets, in_flight, failed_ends, now, topic)
+    warnings = [] if cassandra is None else skip_lost(decision, kafka, cassandra)
     return BacklogPlan(
         decision=decision,
         new_partitions=new,
         run_requests=[launch_request(launch, settings) for launch in decision.launches],
+        warnings=warnings,
     )
+
+
+def skip_lost(decision: Plan, kafka: KafkaResource, cassandra: CassandraResource) -> list[str]:
+    """Take the partitions whose commit Kafka lost out of the plan's launches, each waiting with
+    its line (core/kept_commit.py); the warning when Cassandra could not tell (then the runs
+    launched check it themselves, and refuse)."""
+    try:
+        lost = lost_partitions(kafka, cassandra, decision.offsets)
+    except CassandraWriteFailed as exc:
+        return [f"Could not check for commits Kafka lost this tick: {exc}"]
+    decision.launches = [launch for launch in decision.launches if launch.partition not in lost]
+    decision.waiting.update(lost)
+    return []
 
 
 def failed_attempts(instance: DagsterInstance, o: PartitionOffsets) -> list[RunRecord]:

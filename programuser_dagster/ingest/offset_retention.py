@@ -8,9 +8,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from ..cassandra.client import CassandraResource, CassandraWriteFailed
-from ..cassandra.kept_commits import keep, kept_commits
-from ..core.kept_commit import KeptCommit, lost, lost_line, renew_after_s, renewal_due
+from ..cassandra.client import CassandraResource
+from ..cassandra.kept_commits import keep_commit, kept_commits
+from ..core.kept_commit import lost, lost_line, renew_after_s, renewal_due
 from ..core.offsets import PartitionOffsets
 from ..kafka.resource import KafkaResource, KafkaUnavailable, Superseded
 
@@ -46,19 +46,6 @@ def refusal(kafka: KafkaResource, cassandra: CassandraResource, partition: int,
     return offsets, None
 
 
-def keep_commit(kafka: KafkaResource, cassandra: CassandraResource, kept: KeptCommit | None,
-                warn: Callable[[str], None]) -> None:
-    """Keep a commit that landed; a failure is only warned of: the kept record stays at an older
-    commit, which never stops a partition (only a record ahead of Kafka's does)."""
-    if kept is None:
-        return
-    try:
-        keep(cassandra, kafka.group_id, kafka.input_topic, kept)
-    except CassandraWriteFailed as exc:
-        warn(f"Partition {kept.partition} committed {kept.offset}, but its commit was not kept "
-             f"in Cassandra: {exc} The next commit keeps it.")
-
-
 def renew_commits(
     kafka: KafkaResource, cassandra: CassandraResource, offsets: Sequence[PartitionOffsets],
     setting_s: int | None, busy: Callable[[int], bool], say: Callable[[str], None],
@@ -89,7 +76,7 @@ def renew_commits(
         except KafkaUnavailable as exc:
             warn(f"Partition {o.partition}'s commit was not renewed this time: {exc}")
             continue
-        keep_commit(kafka, cassandra, txn.kept, warn)
+        keep_commit(cassandra, kafka.group_id, kafka.input_topic, txn.kept, warn)
         age = "of unknown age" if o.committed_at <= 0 else f"{now - o.committed_at:.0f} s old"
         say(f"Partition {o.partition}: renewed its commit at {o.committed} (token {o.token}; it "
             f"was {age}, renewed after {after_s:.0f} s) so that Kafka's offset retention keeps "

@@ -14,13 +14,14 @@ from dagster import (
     sensor,
 )
 
-from ..cassandra.client import CassandraResource
+from ..cassandra.client import CassandraResource, CassandraWriteFailed
 from ..kafka.resource import KafkaResource, KafkaUnavailable
 from ..settings import Settings
 from . import checks
 from .assets import JOB_NAME, PROGRAM_ENROLLMENT, RECENT_RUNS
-from .backlog import plan_backlog
+from .backlog import plan_backlog, runs_in_flight
 from .job import kafka_partitions
+from .offset_retention import lost_partitions, renew_commits
 
 
 def build_backlog_sensor(job: JobDefinition, settings: Settings) -> SensorDefinition:
@@ -34,7 +35,7 @@ def build_backlog_sensor(job: JobDefinition, settings: Settings) -> SensorDefini
         default_status=DefaultSensorStatus.RUNNING,
     )
     def kafka_backlog_sensor(
-        context: SensorEvaluationContext, kafka: KafkaResource
+        context: SensorEvaluationContext, kafka: KafkaResource, cassandra: CassandraResource
     ) -> SensorResult:
         """Fires every PROGRAMUSER_SENSOR_INTERVAL_S seconds. For each partition with records
         past its committed offset and no run queued or in progress, requests one run of
@@ -43,7 +44,9 @@ def build_backlog_sensor(job: JobDefinition, settings: Settings) -> SensorDefini
         failed ranges with a growing back-off, adds new partitions of the topic, and reports
         consumer lag per partition as an observation of program_enrollment.
         """
-        plan = plan_backlog(context.instance, kafka, settings)
+        plan = plan_backlog(context.instance, kafka, settings, cassandra=cassandra)
+        for warning in plan.warnings:
+            context.log.warning(warning)
         try:  # the lag in seconds: one record per lagging partition, read together, <= ~1 s
             oldest: dict[int, int | None] | None = kafka.oldest_uncommitted_times(plan.offsets)
         except KafkaUnavailable as exc:
@@ -74,12 +77,23 @@ def build_health_sensor(settings: Settings) -> SensorDefinition:
     ) -> SensorResult:
         """Every minute, whichever of the ingestion sensor or the schedule launches the runs:
         evaluates the asset checks of program_enrollment (lag without progress, dead-letter
-        share, accounting) and records them, so that the asset page shows ingestion's health.
+        share, accounting) and records them, so that the asset page shows ingestion's health;
+        and renews the partitions' commits before Kafka's offset retention removes them.
         """
         runs = checks.recent_runs_counts(context.instance, PROGRAM_ENROLLMENT, RECENT_RUNS)
+        offsets = kafka.offsets()
+        # Commits older than half the broker's offset retention are renewed (core/kept_commit.py).
+        renew_commits(kafka, cassandra, offsets, settings.offset_renew_s,
+                      lambda p: runs_in_flight(context.instance, p) > 0,
+                      context.log.info, context.log.warning)
+        try:
+            lost = lost_partitions(kafka, cassandra, offsets)
+        except CassandraWriteFailed as exc:
+            lost = {}
+            context.log.warning(f"Could not check for commits Kafka lost this tick: {exc}")
         verdicts = [
             checks.stalled_partitions(
-                context.instance, JOB_NAME, kafka.offsets(), time.time(), settings.stall_warn_s
+                context.instance, JOB_NAME, offsets, time.time(), settings.stall_warn_s, lost
             ),
             checks.dead_letter_share(runs[:1], settings.dead_letter_share_warn),
             checks.accounting(runs),

@@ -279,12 +279,14 @@ def cli_env(s: Settings, home: Any = None, **extra: str) -> dict[str, str]:
 def tick(instance: DagsterInstance, s: Settings) -> SensorResult:
     """One evaluation of the real backlog sensor for these settings."""
     sensor = build_backlog_sensor(program_user_info, s)
-    kafka = kafka_resource(s)
+    kafka, cassandra = kafka_resource(s), cassandra_resource(s)
     try:
-        with build_sensor_context(instance=instance, resources={"kafka": kafka}) as ctx:
+        with build_sensor_context(instance=instance,
+                                  resources={"kafka": kafka, "cassandra": cassandra}) as ctx:
             result = sensor(ctx)
     finally:
         kafka.close()
+        cassandra.close()
     assert isinstance(result, SensorResult)
     return result
 
