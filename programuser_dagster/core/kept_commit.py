@@ -76,17 +76,18 @@ def lost_line(o: PartitionOffsets, kept: KeptCommit) -> str:
     replay command that resumes where it was."""
     last = (f"last committed {kept.offset} at {kept.when()}"
             + (f" by {kept.host}" if kept.host else ""))
+    # No semicolon: the sensor's skip reason joins partitions' lines with them.
     if o.committed is None:
-        what = (f"Kafka no longer has the committed offset ({last}; the broker removes a "
-                "group's offsets offsets.retention.minutes after its last commit when it has no "
-                "active member)")
+        what = (f"Kafka no longer has the committed offset ({last}, kept in Cassandra: the "
+                "broker removes a group's offsets offsets.retention.minutes after its last "
+                "commit when it has no active member)")
     else:
         what = (f"Kafka's committed offset {o.committed} (token {o.token}) is behind the last "
-                f"commit ({last}, token {kept.token}; moved by another tool, or the broker "
+                f"commit ({last}, token {kept.token}: moved by another tool, or the broker "
                 "lost commits)")
-    return (f"{what}; not run, so that history is not ingested again (the next run would start "
-            f"at {o.next_offset}) — resume with `{resume_command(o.partition, kept.offset)}` "
-            "(or another --to-offset or --to-time of your choosing)")
+    return (f"{what}, so it is not run: its next run would start at {o.next_offset} and ingest "
+            f"history again — resume with `{resume_command(o.partition, kept.offset)}` (or "
+            "another --to-offset or --to-time of your choosing)")
 
 
 def renew_after_s(setting_s: int | None, retention_s: float | None) -> tuple[float, str | None]:
