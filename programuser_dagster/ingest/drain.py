@@ -275,7 +275,7 @@ def _drain(
             offsets = [o for o in topic if o.partition in partitions]
             lag.update((o.partition, o.lag) for o in offsets)
             pending = [o for o in offsets if o.lag > 0 and o.partition not in done]
-            for p, why in _lost(kafka, settings, pending, say).items():
+            for p, why in _lost(kafka, settings, pending).items():
                 result.lost[p] = why
                 say(f"partition {p}: not drained: {why}")
                 done.add(p)
@@ -330,14 +330,12 @@ def _drain(
                     return _stopped(result, stop, lag, done)
 
 
-def _lost(kafka: Any, settings: Settings, pending: list[PartitionOffsets],
-          say: Callable[[str], None]) -> dict[int, str]:
+def _lost(kafka: Any, settings: Settings, pending: list[PartitionOffsets]) -> dict[int, str]:
     """The pending partitions whose commit Kafka lost, each with its line; none when Cassandra
-    does not tell (said: each run then checks, and refuses)."""
+    does not answer: each run then checks it before reading (and fails, saying why)."""
     try:  # the runs' own connection: keep_connections() shares it
         return lost_partitions(kafka, cassandra_resource(settings), pending)
-    except CassandraWriteFailed as exc:
-        say(f"could not check for commits Kafka lost: {exc}")
+    except CassandraWriteFailed:
         return {}
 
 

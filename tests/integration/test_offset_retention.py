@@ -19,6 +19,7 @@ from dagster import DagsterInstance, RunsFilter
 
 from programuser_dagster.cassandra.kept_commits import kept_commits
 from programuser_dagster.cli import main
+from programuser_dagster.core.offsets import PartitionOffsets
 from programuser_dagster.ingest.drain import drain, failure_description
 from programuser_dagster.ingest.fault_pauses import PAUSE_BEFORE_FENCE_ENV
 from programuser_dagster.ingest.offset_retention import renew_commits
@@ -58,15 +59,21 @@ def kept(s: Settings) -> dict[int, Any]:
         cassandra.close()
 
 
+def committed_ten(instance: DagsterInstance, s: Settings, partition: int) -> PartitionOffsets:
+    """Ten events ingested on the partition by a run: its commit, as Kafka has it (and kept)."""
+    produce(s, [event("p", f"u{i}") for i in range(10)], partition=partition)
+    assert run_partition(instance, s, partition=partition).success
+    committed = offsets(s, partition)
+    assert committed.committed == 10 and committed.committed_at > 0
+    assert kept(s)[partition].offset == 10 and kept(s)[partition].token == committed.token
+    return committed
+
+
 def test_a_lost_commit_stops_the_partition_and_its_replay_command_resumes_it(
     instance: DagsterInstance, kafka_topics: Settings, tmp_path: Path, capsys: Any
 ) -> None:
     s = kafka_topics
-    produce(s, [event("p", f"u{i}") for i in range(10)], partition=0)
-    assert run_partition(instance, s, partition=0).success
-    before = offsets(s, 0)
-    assert before.committed == 10 and before.committed_at > 0
-    assert kept(s)[0].offset == 10 and kept(s)[0].token == before.token
+    before = committed_ten(instance, s, 0)
 
     delete_committed_offsets(s)
     assert offsets(s, 0).committed is None
@@ -119,11 +126,10 @@ def test_a_lost_commit_stops_the_partition_and_its_replay_command_resumes_it(
 
 
 def test_a_deliberate_replay_backwards_is_not_taken_for_a_loss(
-    instance: DagsterInstance, kafka_topics: Settings, tmp_path: Path, capsys: Any
+    instance: DagsterInstance, kafka_topics: Settings, tmp_path: Path
 ) -> None:
     s = kafka_topics
-    produce(s, [event("p", f"u{i}") for i in range(10)], partition=1)
-    assert run_partition(instance, s, partition=1).success
+    committed_ten(instance, s, 1)
     with temporary_env(cli_env(s, _home(tmp_path))):
         assert main(["replay", "--partition", "1", "--to-offset", "4", "--apply"]) == 0
     assert kept(s)[1].offset == 4
@@ -137,9 +143,7 @@ def test_an_old_commit_is_renewed_unchanged_and_a_run_that_read_it_before_still_
     instance: DagsterInstance, kafka_topics: Settings, monkeypatch: Any
 ) -> None:
     s = replace(kafka_topics, offset_renew_s=1)
-    produce(s, [event("p", f"u{i}") for i in range(10)], partition=2)
-    assert run_partition(instance, s, partition=2).success
-    before = offsets(s, 2)
+    before = committed_ten(instance, s, 2)
     time.sleep(2.1)  # commit times are whole seconds: the commit is now older than 1 s
 
     # The health sensor's tick renews it: same offset, token, clock; a later time; kept.
