@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .core.offsets import PartitionOffsets
-from .resources import kafka_resource
+from .resources import cassandra_resource, kafka_resource
 from .settings import MAX_RANGE_MESSAGES, Settings
 
 # Where `make run` keeps its instance (see the Makefile's run target), relative to the
@@ -114,7 +114,7 @@ def _cmd_drain(args: argparse.Namespace, settings: Settings) -> int:
                        processes=args.processes)
     if result.signal:
         return 128 + result.signal  # as a shell reports a process ended by the signal
-    if not result.runs and not result.skipped:
+    if not result.runs and not result.skipped and not result.lost:
         kafka = kafka_resource(settings)
         try:
             offsets = kafka.offsets()
@@ -148,16 +148,16 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         time_ms=None if args.to_time is None else replay.parse_time(args.to_time),
         earliest=args.to_earliest,
     )
-    kafka = kafka_resource(settings)
+    kafka, cassandra = kafka_resource(settings), cassandra_resource(settings)
     try:
         if not args.apply:
-            run_replay(kafka, args.partition, target, False, print, lambda _: None)
+            run_replay(kafka, cassandra, args.partition, target, False, print, lambda _: None)
             return 0
         # The instance first: each rewind is recorded where the UI shows it as it is applied.
         with open_instance(_dagster_home("replay")) as instance:
             by = operator()
             done = run_replay(
-                kafka, args.partition, target, True, print,
+                kafka, cassandra, args.partition, target, True, print,
                 lambda rewind: instance.report_runless_asset_event(
                     replay_observation(rewind, by)))
         print(f"rewound {len(done)} partitions; the sensor (or `programuser-dagster drain`) "
@@ -165,19 +165,23 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     finally:
         kafka.close()
+        cassandra.close()
 
 
 def _cmd_reset_clock(args: argparse.Namespace, settings: Settings) -> int:
+    from .cassandra.kept_commits import keep_commit
     from .incidents import reset_clock
 
-    kafka = kafka_resource(settings)
+    kafka, cassandra = kafka_resource(settings), cassandra_resource(settings)
     try:
         resets = reset_clock.plan(kafka, args.partition)
         if not args.apply:
             for reset in resets:
                 print(reset.line(applied=False))
             return 0
-        done = reset_clock.apply(kafka, resets, lambda r: print(r.line(applied=True)))
+        done = reset_clock.apply(
+            kafka, resets, lambda r: print(r.line(applied=True)),
+            lambda kept: keep_commit(cassandra, kafka.group_id, kafka.input_topic, kept, print))
         for reset in resets:
             if not reset.wrong:
                 print(reset.line(applied=True))
@@ -185,6 +189,7 @@ def _cmd_reset_clock(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     finally:
         kafka.close()
+        cassandra.close()
 
 
 def _cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:

@@ -39,6 +39,9 @@ RECEIPT_DAYS = 30
 # What `redrive` wrote, by (source partition, source offset, write time): a letter is written
 # once however often redrive runs, with whatever filters (schema.cql).
 REDRIVEN_TABLE = "redriven_letters"
+# Each partition's last commit, kept without TTL where Kafka's offset retention cannot remove it
+# (core/kept_commit.py, schema.cql).
+KEPT_COMMITS_TABLE = "kept_commits"
 # A run also ends its range once it has this many dead letters: its receipt, which lists each
 # one's offset and reason, stays ~3 MB compressed, far below Cassandra's largest mutation.
 DEAD_LETTERS_PER_RUN = 1_000_000
@@ -222,7 +225,7 @@ def _identifier(what: str) -> Check:
 
 
 def _table(value: Any) -> str:
-    if value in (RECEIPTS_TABLE, REDRIVEN_TABLE):
+    if value in (RECEIPTS_TABLE, REDRIVEN_TABLE, KEPT_COMMITS_TABLE):
         raise _use(f"another name: {value} is one of the pipeline's own tables")
     return _identifier("CASSANDRA_TABLE")(value)
 
@@ -347,6 +350,10 @@ _TABLE: tuple[_Variable, ...] = (
     _Variable("PROGRAMUSER_TRIGGER_LAG_RECORDS", "trigger_lag_records", _whole, _count(
         allowed="a whole number of at least 1 (1: a run as soon as there is a record)")),
     _Variable("PROGRAMUSER_TRIGGER_AGE_S", "trigger_age_s", _number, _seconds()),
+    # Unset: half of the broker's offsets.retention.minutes (core/kept_commit.py).
+    _Variable("PROGRAMUSER_OFFSET_RENEW_S", "offset_renew_s", _whole, _optional(_count(
+        allowed="a whole number of seconds of at least 1 (or blank: half of the broker's "
+        "offsets.retention.minutes)"))),
 )
 
 # Every variable Settings reads -> the field it sets (e.g. to check that a deployment passes
@@ -423,6 +430,9 @@ class Settings:
     # every ~5 min (1 event/s over 4 partitions: ~1,150 runs a day instead of 11,520), each event
     # in Cassandra within this, a sensor interval and one run (docs/configuration.md).
     trigger_age_s: float = 300.0
+    # A commit older than this is renewed, so that Kafka's offset retention never removes it
+    # (None: half of the broker's offsets.retention.minutes; core/kept_commit.py).
+    offset_renew_s: int | None = None
 
     def __post_init__(self) -> None:
         # Topic and group names default from the environment name, as the Flink job's did.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-from ..settings import RECEIPTS_TABLE, REDRIVEN_TABLE, check_identifier
+from ..settings import KEPT_COMMITS_TABLE, RECEIPTS_TABLE, REDRIVEN_TABLE, check_identifier
 
 
 def schema_statements(keyspace: str, table: str, replication: str) -> list[str]:
@@ -15,6 +15,6 @@ def schema_statements(keyspace: str, table: str, replication: str) -> list[str]:
     lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
     cql = "\n".join(lines).format(
         keyspace=keyspace, table=table, replication=replication, receipts=RECEIPTS_TABLE,
-        redriven=REDRIVEN_TABLE,
+        redriven=REDRIVEN_TABLE, kept=KEPT_COMMITS_TABLE,
     )
     return [stmt.strip() for stmt in cql.split(";") if stmt.strip()]

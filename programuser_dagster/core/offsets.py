@@ -22,6 +22,7 @@ class PartitionOffsets:
     partitions: int = 0
     barrier: Barrier = ()
     clock_host: str = ""  # the host that committed it ("": unknown; clock_skew.py)
+    committed_at: float = 0.0  # when, s since the epoch (0: unknown; kept_commit.py)
 
     @property
     def state(self) -> CommitState:

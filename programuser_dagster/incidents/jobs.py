@@ -16,8 +16,9 @@ from dagster import (
 )
 from pydantic import Field
 
-from ..cassandra.client import CassandraWriteFailed
+from ..cassandra.client import CassandraResource, CassandraWriteFailed
 from ..cassandra.io_manager import CassandraIOManager
+from ..cassandra.kept_commits import keep_commit, kept_commits
 from ..kafka.resource import KafkaResource, KafkaUnavailable
 from ..names import PROGRAM_ENROLLMENT
 from . import redrive, replay
@@ -51,12 +52,15 @@ def replay_observation(rewind: replay.Rewind, by: str) -> AssetObservation:
 
 
 def run_replay(
-    kafka: KafkaResource, partitions: list[int], target: replay.Target, do_apply: bool,
-    say: Callable[[str], None], record: Callable[[replay.Rewind], None],
+    kafka: KafkaResource, cassandra: CassandraResource, partitions: list[int],
+    target: replay.Target, do_apply: bool, say: Callable[[str], None],
+    record: Callable[[replay.Rewind], None],
 ) -> list[replay.Rewind]:
     """Plan, apply if asked, say each partition's line: the CLI's and the job's replay.
-    `record` is given each rewind as soon as it is applied."""
-    rewinds = replay.plan(kafka, partitions, target)
+    `record` is given each rewind as soon as it is applied. The partitions' kept commits
+    (`cassandra`) are read first, and each rewind's commit is kept there."""
+    kept = kept_commits(cassandra, kafka.group_id, kafka.input_topic)
+    rewinds = replay.plan(kafka, partitions, target, kept)
     if not do_apply:
         for rewind in rewinds:
             say(rewind.line(applied=False))
@@ -67,16 +71,18 @@ def run_replay(
         say(rewind.line(applied=True))
         record(rewind)
 
-    done = replay.apply(kafka, rewinds, applied)
+    done = replay.apply(kafka, rewinds, applied, lambda committed: keep_commit(
+        cassandra, kafka.group_id, kafka.input_topic, committed, say))
     for rewind in rewinds:
-        if rewind.records_again == 0:
+        if not rewind.due:
             say(rewind.line(applied=True))
     return done
 
 
 @op(out={})
 def replay_partitions(
-    context: OpExecutionContext, config: ReplayConfig, kafka: KafkaResource
+    context: OpExecutionContext, config: ReplayConfig, kafka: KafkaResource,
+    cassandra: CassandraResource,
 ) -> Iterator[AssetObservation]:
     """Rewind the consumer group of the chosen partitions; the sensor re-ingests from there."""
     by = f"launched from the UI (run {context.run_id})"
@@ -88,9 +94,9 @@ def replay_partitions(
             time_ms=None if config.to_time is None else replay.parse_time(config.to_time),
             earliest=config.to_earliest,
         )
-        run_replay(kafka, config.partitions, target, config.apply, context.log.info,
+        run_replay(kafka, cassandra, config.partitions, target, config.apply, context.log.info,
                    done.append)
-    except (ValueError, CouldNotComplete, KafkaUnavailable) as exc:
+    except (ValueError, CouldNotComplete, KafkaUnavailable, CassandraWriteFailed) as exc:
         failure = exc
     # Every rewind applied is recorded, also when a later partition's failed.
     for rewind in done:

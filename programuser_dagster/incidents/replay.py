@@ -7,15 +7,22 @@ fenced transaction as runs: it cannot race the sensor or a run (a run that start
 is superseded at its commit), and it carries the partition's write clock forward, so that the
 re-ingested events are written after everything written so far (core/clock.py): a replay rewrites
 what it replays, hand edits included.
+
+A partition whose commit Kafka lost (core/kept_commit.py: its committed offset was removed by the
+broker's offset retention, or is behind the last commit kept in Cassandra) is resumed: its
+effective start is the kept commit's offset, and the replay commits the kept clock, partition
+count and a token above the kept one, as if the commit had never been lost. Every replay's
+commit is kept in Cassandra, so that a deliberate rewind is not taken for a loss.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from ..core.clock import now_us
+from ..core.kept_commit import KeptCommit, lost
 from ..core.offsets import PartitionOffsets
 from ..kafka.resource import CommitUnknown, KafkaResource, KafkaUnavailable, Superseded
 from .outcomes import CouldNotComplete, Refused
@@ -64,6 +71,8 @@ class Rewind:
     offsets: PartitionOffsets  # the state it was planned on: the commit is fenced on it
     target: int
     note: str = ""  # e.g. the target was below the oldest retained record
+    # The last commit, when Kafka lost it (core/kept_commit.py): the replay resumes from it.
+    resumed: KeptCommit | None = None
 
     @property
     def partition(self) -> int:
@@ -75,8 +84,16 @@ class Rewind:
 
     @property
     def start(self) -> int:
-        """The effective start: where the next run would begin."""
+        """The effective start: where the next run would begin (for a partition whose commit
+        Kafka lost: where its last commit left it)."""
+        if self.resumed is not None:
+            return max(self.resumed.offset, self.offsets.low)
         return self.offsets.next_offset
+
+    @property
+    def due(self) -> bool:
+        """There is something to commit: records to read again, or a lost commit to restore."""
+        return self.records_again > 0 or self.resumed is not None
 
     @property
     def records_again(self) -> int:
@@ -84,6 +101,13 @@ class Rewind:
 
     def line(self, applied: bool) -> str:
         committed = "none" if self.committed is None else str(self.committed)
+        if self.resumed is not None:
+            verb = "resumed at" if applied else "would resume at"
+            return (f"partition {self.partition}: committed {committed}, but Kafka lost its last "
+                    f"commit ({self.resumed.offset} at {self.resumed.when()}, kept in "
+                    f"Cassandra): {verb} {self.target}, with its clock and a token after "
+                    f"{self.resumed.token}: {self.records_again} records "
+                    f"{'will' if applied else 'would'} be read again{self.note}")
         if self.records_again == 0:
             return (f"partition {self.partition}: committed {committed}, target {self.target}: "
                     f"nothing to read again{self.note}")
@@ -100,17 +124,20 @@ class Rewind:
 
 
 def plan_rewind(
-    offsets: PartitionOffsets, target: int, asked: str, by_time: bool = False
+    offsets: PartitionOffsets, target: int, asked: str, by_time: bool = False,
+    kept: KeptCommit | None = None,
 ) -> Rewind:
     """The rewind of one partition to `target` (an offset, already resolved), or Refused.
     `by_time`: the target is the partition's first record at or after a time; on a partition
     whose records from before that time are not all processed yet, there is nothing to
-    rewind (rather than a refusal that would stop every other partition's rewind)."""
-    start = offsets.next_offset
+    rewind (rather than a refusal that would stop every other partition's rewind). `kept`: the
+    partition's kept commit (core/kept_commit.py); when Kafka lost it, the rewind resumes it."""
+    resumed = kept if kept is not None and lost(offsets, kept) else None
+    start = Rewind(offsets, 0, resumed=resumed).start
     note = ""
     if by_time and target > start:
         return Rewind(offsets, start, f" (its records before {asked} are not all processed "
-                      "yet: nothing to rewind)")
+                      "yet: nothing to rewind)", resumed)
     if target < offsets.low:
         note = (f" ({asked} is below the oldest retained record, {offsets.low}: "
                 "replay starts there)")
@@ -121,12 +148,14 @@ def plan_rewind(
             f"run starts ({start}): replay only rewinds, and moving the offset forward would "
             "skip records that were not processed. Nothing was changed."
         )
-    return Rewind(offsets, target, note)
+    return Rewind(offsets, target, note, resumed)
 
 
-def plan(kafka: KafkaResource, partitions: Sequence[int] | None, target: Target) -> list[Rewind]:
+def plan(kafka: KafkaResource, partitions: Sequence[int] | None, target: Target,
+         kept: Mapping[int, KeptCommit]) -> list[Rewind]:
     """Every chosen partition's rewind, or Refused for the first that cannot be (then none is
-    applied)."""
+    applied). `kept`: the partitions' kept commits (read before the offsets: a kept commit is
+    never newer than the state Kafka returns after it)."""
     chosen = kafka.chosen_partitions(partitions)
     offsets = kafka.offsets(chosen)
     resolved: dict[int, int] = {}
@@ -140,28 +169,37 @@ def plan(kafka: KafkaResource, partitions: Sequence[int] | None, target: Target)
             to = resolved[o.partition]
         else:
             to = o.low
-        rewinds.append(plan_rewind(o, to, target.describe(), by_time=target.time_ms is not None))
+        rewinds.append(plan_rewind(o, to, target.describe(), by_time=target.time_ms is not None,
+                                   kept=kept.get(o.partition)))
     return rewinds
 
 
 def apply(
-    kafka: KafkaResource, rewinds: Sequence[Rewind], applied: Callable[[Rewind], None]
+    kafka: KafkaResource, rewinds: Sequence[Rewind], applied: Callable[[Rewind], None],
+    keep: Callable[[KeptCommit | None], None] = lambda _: None,
 ) -> list[Rewind]:
     """Commit each rewind through the fenced commit, against the state it was planned on; the
-    clock is carried forward. `applied` is told of each rewind as soon as it is committed (so
-    that it is recorded even if a later one fails). Returns the rewinds applied; raises
+    clock is carried forward (a resumed partition's from its kept commit). `applied` is told of
+    each rewind as soon as it is committed (so that it is recorded even if a later one fails),
+    after `keep` is given what it committed (cassandra/kept_commits.py). Returns the rewinds
+    applied; raises
     CouldNotComplete at the first partition that could not be rewound (another committer
     changed it since, or the broker failed); the ones before it stay applied."""
     done: list[Rewind] = []
     for rewind in rewinds:
-        if rewind.records_again == 0:
+        if not rewind.due:
             continue
-        state = rewind.offsets
+        state, resumed = rewind.offsets, rewind.resumed
         try:
             with kafka.fenced_commit(rewind.partition, state.state) as txn:
                 # The fence carries the count, a claim's barrier and the clock forward: a
                 # rewind releases no hold and never turns the clock back (core/growth.py).
-                txn.commit(rewind.target, clock=now_us())
+                if resumed is None:
+                    txn.commit(rewind.target, clock=now_us())
+                else:  # what Kafka lost comes from the kept commit
+                    txn.commit(rewind.target, clock=max(now_us(), resumed.clock),
+                               partitions=resumed.partitions or None,
+                               token_floor=resumed.token)
         except (Superseded, KafkaUnavailable) as exc:
             before = ", ".join(str(r.partition) for r in done) or "none"
             why = ("a run committed it while replay ran" if isinstance(exc, Superseded)
@@ -174,5 +212,6 @@ def apply(
                 "state)."
             ) from exc
         done.append(rewind)
+        keep(txn.kept)
         applied(rewind)
     return done

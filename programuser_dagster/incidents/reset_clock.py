@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from ..core.clock import now_us
 from ..core.clock_skew import utc_time
+from ..core.kept_commit import KeptCommit
 from ..core.offsets import PartitionOffsets
 from ..kafka.resource import KafkaResource, KafkaUnavailable, Superseded
 from ..settings import MAX_RANGE_MESSAGES
@@ -59,9 +60,12 @@ def plan(kafka: KafkaResource, partitions: Sequence[int] | None) -> list[ClockRe
 
 
 def apply(kafka: KafkaResource, resets: Sequence[ClockReset],
-          applied: Callable[[ClockReset], None]) -> list[ClockReset]:
+          applied: Callable[[ClockReset], None],
+          keep: Callable[[KeptCommit | None], None] = lambda _: None) -> list[ClockReset]:
     """Commit each wrong clock's reset against the state it was planned on (the offset is
-    committed again, unchanged); raises CouldNotComplete at the first that could not be."""
+    committed again, unchanged), and give `keep` what was committed (cassandra/kept_commits.py:
+    a replay that resumes a lost commit must not bring the wrong clock back); raises
+    CouldNotComplete at the first that could not be."""
     done: list[ClockReset] = []
     for reset in resets:
         if not reset.wrong:
@@ -77,5 +81,6 @@ def apply(kafka: KafkaResource, resets: Sequence[ClockReset],
                 f"partitions {', '.join(str(r.offsets.partition) for r in done) or 'none'}. "
                 "Run reset-clock again (its dry run shows the new state).") from exc
         done.append(reset)
+        keep(txn.kept)
         applied(reset)
     return done

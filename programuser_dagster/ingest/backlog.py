@@ -31,6 +31,7 @@ from dagster import (
     RunsFilter,
 )
 
+from ..cassandra.client import CassandraResource, CassandraWriteFailed
 from ..core.event_ages import lag_seconds
 from ..core.offsets import PartitionOffsets
 from ..core.planning import Launch, Plan, decide
@@ -40,6 +41,7 @@ from ..kafka.resource import KafkaResource, KafkaUnavailable
 from ..settings import Settings
 from .assets import JOB_NAME, PROGRAM_ENROLLMENT
 from .job import kafka_partitions
+from .offset_retention import lost_partitions
 from .run_config import run_config
 from .run_tags import (
     DRAIN_PROCESS_TAG,
@@ -91,6 +93,7 @@ class BacklogPlan:
     run_requests: list[RunRequest]  # the launches, as run requests (launch_request)
     # With a trigger, each lagging partition's oldest record time (default: not read).
     oldest: OldestRecords = field(default_factory=OldestRecords)
+    warnings: list[str] = field(default_factory=list)  # for the tick's log
 
     @property
     def offsets(self) -> list[PartitionOffsets]:
@@ -238,11 +241,13 @@ def plan_backlog(
     now: float | None = None,
     partitions: Sequence[int] | None = None,
     trigger: Trigger | None = None,
+    cassandra: CassandraResource | None = None,
 ) -> BacklogPlan:
     """The runs to request now (all partitions of the topic, or `partitions`), and the topic's
     partitions not yet known to the job (the caller adds them). With a `trigger` (the sensor's)
     a partition's first attempt waits for its records or their age (core/trigger.py); without
-    one, every partition with lag gets its run."""
+    one, every partition with lag gets its run. Given `cassandra`, a partition whose commit
+    Kafka lost waits, with the line that says so (skip_lost)."""
     now = time.time() if now is None else now
     _, new = sync_partitions(instance, kafka)
     # All of them, even for some: a new partition's hold depends on the old ones (core/growth.py).
@@ -258,12 +263,27 @@ def plan_backlog(
     }
     oldest = OldestRecords.read(kafka, offsets) if trigger is not None else OldestRecords()
     decision = decide(offsets, in_flight, failed_ends, now, topic, trigger, oldest.ages_s())
+    warnings = [] if cassandra is None else skip_lost(decision, kafka, cassandra)
     return BacklogPlan(
         decision=decision,
         new_partitions=new,
         run_requests=[launch_request(launch, settings) for launch in decision.launches],
         oldest=oldest,
+        warnings=warnings,
     )
+
+
+def skip_lost(decision: Plan, kafka: KafkaResource, cassandra: CassandraResource) -> list[str]:
+    """Take the partitions whose commit Kafka lost out of the plan's launches, each waiting with
+    its line (core/kept_commit.py); the warning when Cassandra could not tell (then the runs
+    launched check it themselves, and refuse)."""
+    try:
+        lost = lost_partitions(kafka, cassandra, decision.offsets)
+    except CassandraWriteFailed as exc:
+        return [f"Could not check for commits Kafka lost this tick: {exc}"]
+    decision.launches = [launch for launch in decision.launches if launch.partition not in lost]
+    decision.waiting.update(lost)
+    return []
 
 
 def failed_attempts(instance: DagsterInstance, o: PartitionOffsets) -> list[RunRecord]:

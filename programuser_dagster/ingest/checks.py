@@ -6,7 +6,7 @@ and sensors.py into an evaluation reported by the monitoring sensor.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,15 +127,20 @@ def stalled_partitions(
     now: float,
     max_age_s: float,
     gathering: Collection[int] = (),
+    lost: Mapping[int, str] | None = None,
 ) -> Verdict:
     """Partitions with lag whose last successful run is older than max_age_s (or never ran),
     but for those `gathering` (their lag waits for the sensor's trigger, core/trigger.py: a
-    quiet partition's first records), and partitions whose committed offset is beyond the log
-    end (no lag, and no progress ever: an error, whatever the runs did)."""
+    quiet partition's first records); partitions whose committed offset is beyond the log end
+    (no lag, and no progress ever: an error, whatever the runs did), or whose commit Kafka lost
+    (`lost`: each one's line, core/kept_commit.py; not run until an operator resumes it: an
+    error too)."""
+    lost = lost or {}
     stalled: dict[str, int] = {}
     beyond = [o for o in offsets if o.beyond_end]
     for o in offsets:
-        if o.lag == 0 or o.partition in gathering:
+        # Gathering: waits for the trigger; lost: not run, said below.
+        if o.lag == 0 or o.partition in gathering or o.partition in lost:
             continue
         last = instance.get_run_records(
             RunsFilter(
@@ -149,18 +154,20 @@ def stalled_partitions(
         if now - ended > max_age_s:
             stalled[str(o.partition)] = o.lag
     said = [f"partition {o.partition}: {o.beyond_end_warning()}." for o in beyond]
+    said += [f"partition {p}: {line}." for p, line in sorted(lost.items())]
     if stalled:
         said.append(f"Partitions {sorted(stalled)} have lag but no successful run in the last "
                     f"{max_age_s:.0f}s: is the sensor (or schedule) on, and are their runs "
                     "failing?")
     return Verdict(
         STALLED_CHECK,
-        passed=not stalled and not beyond,
-        severity=AssetCheckSeverity.ERROR if beyond else AssetCheckSeverity.WARN,
+        passed=not stalled and not beyond and not lost,
+        severity=AssetCheckSeverity.ERROR if beyond or lost else AssetCheckSeverity.WARN,
         description=" ".join(said) or "Every partition with lag had a successful run recently.",
         metadata={"stalled_partitions": stalled, "max_age_s": max_age_s,
                   "beyond_end_partitions": {str(o.partition): (o.committed or 0) - o.high
-                                            for o in beyond}},
+                                            for o in beyond},
+                  "lost_commit_partitions": sorted(lost)},
     )
 
 

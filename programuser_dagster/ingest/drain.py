@@ -35,18 +35,19 @@ from dagster import (
 from dagster._core.storage.tags import REPOSITORY_LABEL_TAG  # not exported publicly
 
 from .. import client_logs
-from ..cassandra.client import keep_connections
+from ..cassandra.client import CassandraWriteFailed, keep_connections
 from ..core.growth import hold
 from ..core.offsets import PartitionOffsets
 from ..core.planning import Launch
 from ..kafka.resource import KafkaUnavailable
 from ..memory import release_memory
-from ..resources import build_resources
+from ..resources import build_resources, cassandra_resource
 from ..settings import Settings
 from .backlog import launch_request, process_token, runs_in_flight, sync_partitions
 from .instance import add_partitions, hold_connections
 from .interrupts import STOP_SIGNALS
 from .job import program_user_info
+from .offset_retention import lost_partitions
 from .run_tags import DRAIN, DRAIN_PROCESS_TAG, HELD, LAUNCHED_BY_TAG, OUTCOME_TAG, SUPERSEDED
 
 # What a finished run did to its partition (judge()).
@@ -80,6 +81,8 @@ class DrainResult:
     skipped: dict[int, str] = field(default_factory=dict)
     # Partitions whose run succeeded without moving the offset: counted as failures.
     stalled: dict[int, str] = field(default_factory=dict)
+    # Partitions whose commit Kafka lost (core/kept_commit.py): not run, counted as failures.
+    lost: dict[int, str] = field(default_factory=dict)
     # Set when a SIGTERM or SIGINT stopped the drain (its number), and what was left.
     signal: int | None = None
     caught_up: set[int] = field(default_factory=set)
@@ -90,12 +93,13 @@ class DrainResult:
 
     @property
     def failed(self) -> int:
-        return sum(1 for _, ok, _ in self.runs if not ok) + len(self.stalled)
+        return sum(1 for _, ok, _ in self.runs if not ok) + len(self.stalled) + len(self.lost)
 
     def merge(self, other: DrainResult) -> None:
         self.runs += other.runs
         self.skipped.update(other.skipped)
         self.stalled.update(other.stalled)
+        self.lost.update(other.lost)
         self.signal = self.signal or other.signal
         self.caught_up |= other.caught_up
         self.in_progress.update(other.in_progress)
@@ -271,6 +275,11 @@ def _drain(
             offsets = [o for o in topic if o.partition in partitions]
             lag.update((o.partition, o.lag) for o in offsets)
             pending = [o for o in offsets if o.lag > 0 and o.partition not in done]
+            for p, why in _lost(kafka, settings, pending).items():
+                result.lost[p] = why
+                say(f"partition {p}: not drained: {why}")
+                done.add(p)
+            pending = [o for o in pending if o.partition not in done]
             if not pending:
                 return result
             held = {o.partition: why for o in pending if (why := hold(o, topic))}
@@ -319,6 +328,15 @@ def _drain(
                     done.add(p)
                 if interrupted:
                     return _stopped(result, stop, lag, done)
+
+
+def _lost(kafka: Any, settings: Settings, pending: list[PartitionOffsets]) -> dict[int, str]:
+    """The pending partitions whose commit Kafka lost, each with its line; none when Cassandra
+    does not answer: each run then checks it before reading (and fails, saying why)."""
+    try:  # the runs' own connection: keep_connections() shares it
+        return lost_partitions(kafka, cassandra_resource(settings), pending)
+    except CassandraWriteFailed:
+        return {}
 
 
 def _stopped(

@@ -28,11 +28,15 @@ from dagster import (
     JobDefinition,
     OpExecutionContext,
     Out,
+    ResourceParam,
     in_process_executor,
     job,
     op,
 )
 
+from ..cassandra.client import CassandraWriteFailed
+from ..cassandra.io_manager import CassandraIOManager
+from ..cassandra.kept_commits import keep_commit
 from ..core.clock import WriteClock, now_us
 from ..core.clock_skew import skew_refusal
 from ..core.event_ages import lag_seconds
@@ -64,6 +68,7 @@ from .fault_pauses import (
     pause,
 )
 from .interrupts import DeferredSignals, interrupts_deferred
+from .offset_retention import refusal
 from .range_rows import Chunking, RangeRows
 from .run_config import IngestConfig, run_config
 from .run_tags import (
@@ -105,15 +110,23 @@ def _not_committed(context: OpExecutionContext) -> str:
     },
 )
 def flatten_events(
-    context: OpExecutionContext, config: IngestConfig, kafka: KafkaResource
+    context: OpExecutionContext, config: IngestConfig, kafka: KafkaResource,
+    cassandra_io_manager: ResourceParam[CassandraIOManager],
 ) -> RangeRows:
     """Plan one partition's range from its committed state, and hand it to the IO manager; a
-    partition added to the topic reads nothing while it is held (core/growth.py)."""
+    partition added to the topic reads nothing while it is held (core/growth.py), and a
+    partition whose commit Kafka lost is refused (core/kept_commit.py)."""
     partition = int(context.partition_key)
     # Re-read on every (re-)execution: never process records below the committed offset, so a
     # stale run re-executed after newer ones cannot overwrite newer values. The state read
     # here is what the commit is fenced on.
-    offsets = kafka.partition_offsets(partition)
+    try:
+        offsets, refused = refusal(kafka, cassandra_io_manager.cassandra, partition,
+                                   lambda: kafka.partition_offsets(partition))
+    except CassandraWriteFailed as exc:
+        raise Failure(description=f"{exc} {_not_committed(context)}") from exc
+    if refused:
+        raise Failure(description=refused)
     count = len(kafka.partitions())
     held, committed_clock = None, offsets.clock
     if offsets.partitions != count or offsets.barrier:
@@ -183,7 +196,8 @@ def flatten_events(
     out={},
 )
 def commit_offsets(
-    context: OpExecutionContext, report: RangeReport, kafka: KafkaResource
+    context: OpExecutionContext, report: RangeReport, kafka: KafkaResource,
+    cassandra_io_manager: ResourceParam[CassandraIOManager],
 ) -> Iterator[AssetCheckEvaluation | AssetMaterialization]:
     """Deliver the dead letters, check that every message is accounted for, then commit `end`:
     one transaction, fenced against every other committer of the partition. The decisions are
@@ -246,6 +260,8 @@ def commit_offsets(
             metadata=report.metadata(),
         )
     context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: COMMITTED})
+    keep_commit(cassandra_io_manager.cassandra, kafka.group_id, kafka.input_topic, txn.kept,
+                context.log.warning)
     summary = dead_letter_summary(report, kafka.dlq_topic)
     if summary:
         context.log.warning(summary)

@@ -13,6 +13,7 @@ from dagster import (
     schedule,
 )
 
+from ..cassandra.client import CassandraResource
 from ..kafka.resource import KafkaResource
 from ..settings import Settings
 from .backlog import plan_backlog
@@ -30,7 +31,7 @@ def build_backlog_schedule(job: JobDefinition, settings: Settings) -> ScheduleDe
         default_status=DefaultScheduleStatus.STOPPED,
     )
     def kafka_backlog_schedule(
-        context: ScheduleEvaluationContext, kafka: KafkaResource
+        context: ScheduleEvaluationContext, kafka: KafkaResource, cassandra: CassandraResource
     ) -> Iterator[RunRequest | SkipReason]:
         """Every 5 minutes (stopped by default): one run per partition with lag, as the sensor
         does, but without its trigger (PROGRAMUSER_TRIGGER_*): the cron's five minutes are the
@@ -38,7 +39,9 @@ def build_backlog_schedule(job: JobDefinition, settings: Settings) -> ScheduleDe
         add up to another interval to every event's latency. Keeps the job's partitions in step
         with the topic itself, since schedules cannot return partition requests.
         """
-        plan = plan_backlog(context.instance, kafka, settings)
+        plan = plan_backlog(context.instance, kafka, settings, cassandra=cassandra)
+        for warning in plan.warnings:
+            context.log.warning(warning)
         if plan.new_partitions:
             context.instance.add_dynamic_partitions(
                 kafka_partitions.name or "", plan.new_partitions

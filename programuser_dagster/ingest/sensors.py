@@ -14,15 +14,16 @@ from dagster import (
     sensor,
 )
 
-from ..cassandra.client import CassandraResource
+from ..cassandra.client import CassandraResource, CassandraWriteFailed
 from ..core.recording import due, memo, read_cursor, write_cursor
 from ..core.trigger import Trigger
 from ..kafka.resource import KafkaResource
 from ..settings import Settings
 from . import checks
 from .assets import JOB_NAME, PROGRAM_ENROLLMENT, RECENT_RUNS
-from .backlog import OldestRecords, plan_backlog
+from .backlog import OldestRecords, plan_backlog, runs_in_flight
 from .job import kafka_partitions
+from .offset_retention import lost_partitions, renew_commits
 
 
 def build_backlog_sensor(job: JobDefinition, settings: Settings) -> SensorDefinition:
@@ -37,7 +38,7 @@ def build_backlog_sensor(job: JobDefinition, settings: Settings) -> SensorDefini
         default_status=DefaultSensorStatus.RUNNING,
     )
     def kafka_backlog_sensor(
-        context: SensorEvaluationContext, kafka: KafkaResource
+        context: SensorEvaluationContext, kafka: KafkaResource, cassandra: CassandraResource
     ) -> SensorResult:
         """Fires every PROGRAMUSER_SENSOR_INTERVAL_S seconds. For each partition with records
         past its committed offset and no run queued or in progress, once they reach
@@ -48,7 +49,10 @@ def build_backlog_sensor(job: JobDefinition, settings: Settings) -> SensorDefini
         adds new partitions of the topic, and reports consumer lag per partition as an
         observation of program_enrollment when it changes (core/recording.py).
         """
-        plan = plan_backlog(context.instance, kafka, settings, trigger=trigger)
+        plan = plan_backlog(context.instance, kafka, settings, trigger=trigger,
+                            cassandra=cassandra)
+        for warning in plan.warnings:
+            context.log.warning(warning)
         if plan.oldest.why:
             context.log.warning(f"Lag in seconds unknown this tick: {plan.oldest.why}")
         # The lag observation: when its levels change, or every few minutes (core/recording.py).
@@ -84,15 +88,25 @@ def build_health_sensor(settings: Settings) -> SensorDefinition:
         """Every minute, whichever of the ingestion sensor or the schedule launches the runs:
         evaluates the asset checks of program_enrollment (lag without progress, dead-letter
         share, accounting) and records those that changed (or were last recorded a few minutes
-        ago), so that the asset page shows ingestion's health.
+        ago), so that the asset page shows ingestion's health; and renews the partitions'
+        commits before Kafka's offset retention removes them.
         """
         runs = checks.recent_runs_counts(context.instance, PROGRAM_ENROLLMENT, RECENT_RUNS)
         now, offsets = time.time(), kafka.offsets()
+        # Commits older than half the broker's offset retention are renewed (core/kept_commit.py).
+        renew_commits(kafka, cassandra, offsets, settings.offset_renew_s,
+                      lambda p: runs_in_flight(context.instance, p) > 0,
+                      context.log.info, context.log.warning)
+        try:
+            lost = lost_partitions(kafka, cassandra, offsets)
+        except CassandraWriteFailed as exc:
+            lost = {}
+            context.log.warning(f"Could not check for commits Kafka lost this tick: {exc}")
         # Partitions whose lag waits for the trigger are gathering, not stalled.
         gathering = trigger.holds(offsets, OldestRecords.read(kafka, offsets).ages_s())
         verdicts = [
             checks.stalled_partitions(context.instance, JOB_NAME, offsets, now,
-                                      settings.stall_warn_s, gathering),
+                                      settings.stall_warn_s, gathering, lost),
             checks.dead_letter_share(runs[:1], settings.dead_letter_share_warn),
             checks.accounting(runs),
         ]

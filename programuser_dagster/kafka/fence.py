@@ -26,6 +26,7 @@ from confluent_kafka import (
 )
 
 from ..core.growth import claims
+from ..core.kept_commit import KeptCommit
 from ..core.offsets import Barrier, CommitState, PartitionOffsets
 from ..settings import TRANSACTION_EXTRA_S
 from .dead_letter_topic import DeadLetterTopic
@@ -150,6 +151,7 @@ class FencedCommit:
         self.state: CommitState | None = None
         self.before: PartitionOffsets | None = None  # the committed state, as the fence read it
         self.committed = False
+        self.kept: KeptCommit | None = None  # what was committed, to keep (core/kept_commit.py)
 
     def call(self, what: str, fn: Callable[[], T], patience_s: float | None = None) -> T:
         """A transactional call; retriable errors are retried for `patience_s` (default: the
@@ -192,7 +194,8 @@ class FencedCommit:
                     f"This run's transaction on {self.kafka.input_topic!r} partition "
                     f"{self.partition} was fenced while it tried to {what}, and no other run "
                     "has committed the partition since: another committer began and did not "
-                    "finish, or the transaction outlived transaction.timeout.ms "
+                    "finish (or renewed the partition's commit: core/kept_commit.py), or the "
+                    "transaction outlived transaction.timeout.ms "
                     f"({self.timeout_s:.0f}s; KAFKA_DELIVERY_TIMEOUT_S + 30 s). Nothing of this "
                     "run was committed."
                 )
@@ -247,22 +250,40 @@ class FencedCommit:
         return delivered
 
     def commit(self, end: int, clock: int = 0, partitions: int | None = None,
-               barrier: Barrier | None = None, lower_clock: bool = False) -> CommitState:
+               barrier: Barrier | None = None, lower_clock: bool = False,
+               token_floor: int = 0) -> CommitState:
         """Commit `end` with the next token, together with the letters delivered; the write
         clock recorded is `clock`, never below the one committed (it only moves forward) unless
         `lower_clock` (reset-clock: the committed one is wrong). `partitions`: the topic's
         partition count the run saw; `barrier`: a claim's (core/growth.py). Either, when not
         given, is carried forward from the committed state: a commit that is not a run's
-        (replay, reset-clock) neither forgets the count nor releases a hold."""
+        (replay, reset-clock) neither forgets the count nor releases a hold. `token_floor`: the
+        next token is above it too (replay resuming a partition whose commit Kafka lost: its
+        tokens go on from the kept one's, core/kept_commit.py)."""
         assert self.state is not None and self.before is not None
-        new = CommitState(end, self.state.token + 1)
         recorded = clock if lower_clock else max(clock, self.before.clock)
         partitions = self.before.partitions if partitions is None else partitions
         barrier = self.before.barrier if barrier is None else barrier
+        return self._commit(end, max(self.state.token, token_floor) + 1, recorded, partitions,
+                            barrier)
+
+    def renew(self) -> CommitState:
+        """Commit the committed state again, unchanged but for its time: the same offset, token,
+        clock, count and barrier (core/kept_commit.py says why the token stays), so that the
+        broker's offset retention counts from now."""
+        before = self.before
+        assert before is not None and before.committed is not None
+        return self._commit(before.committed, before.token, before.clock, before.partitions,
+                            before.barrier)
+
+    def _commit(self, end: int, token: int, clock: int, partitions: int,
+                barrier: Barrier) -> CommitState:
+        new = CommitState(end, token)
+        at = time.time()
+        host = socket.gethostname()
         offsets = [TopicPartition(
             self.kafka.input_topic, self.partition, end,
-            metadata=commit_metadata(new.token, recorded, partitions, barrier,
-                                     socket.gethostname()))]
+            metadata=commit_metadata(token, clock, partitions, barrier, host, at))]
         group = self.kafka.consumer.consumer_group_metadata()
         timeout = self.kafka.request_timeout_s
         self.call("commit the offset", lambda: self.producer.send_offsets_to_transaction(
@@ -275,7 +296,7 @@ class FencedCommit:
         except KafkaUnavailable as exc:
             # Did it land all the same? Then the run committed, and must say so.
             try:
-                now = self.kafka.offsets([self.partition], settled=True)[0].state
+                now = self.kafka.offsets([self.partition], settled=True)[0]
             except KafkaUnavailable:
                 before = "none" if self.expected.offset is None else self.expected.offset
                 raise CommitUnknown(
@@ -283,11 +304,11 @@ class FencedCommit:
                     "unknown (the broker did not answer the check either): check with "
                     f"`programuser-dagster lag`. Committed {end}: it was; {before}: it was not."
                 ) from exc
-            if now == new:
-                self.committed = True
-                return new
-            raise
+            if now.state != new or now.committed_at != float(int(at)):
+                raise
         self.committed = True
+        self.kept = KeptCommit(self.partition, end, token, clock, partitions, float(int(at)),
+                               "".join(host.split())[:255])
         return new
 
     def abort(self) -> None:

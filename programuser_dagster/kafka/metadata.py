@@ -2,8 +2,9 @@
 
 It carries the fence's token, the partition's write clock, the topic's partition count and, on a
 new partition's claim, its barrier (core/growth.py):
-"programuser-dagster token=N clock=C id=2 partitions=P[ barrier=Q:M,...] host=H"
-(commit_metadata).
+"programuser-dagster token=N clock=C id=2 partitions=P[ barrier=Q:M,...] at=T host=H"
+(commit_metadata); `at`: when it was committed, in seconds (core/kept_commit.py renews commits
+before the broker's offset retention removes them).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ _BARRIER = re.compile(r"\bbarrier=(\d+:\d+(?:,\d+:\d+)*)")
 # `host=H`: the host whose clock the commit's clock came from (core/clock_skew.py names it).
 _ID_2 = re.compile(r"\bid=2\b")
 _HOST = re.compile(r"\bhost=(\S+)")
+_AT = re.compile(r"\bat=(\d+)\b")
 _TXN_PREFIX = "programuser-dagster"
 
 
@@ -49,17 +51,23 @@ def _host(metadata: str | None) -> str:
     return match.group(1) if match else ""
 
 
+def _at(metadata: str | None) -> float:
+    return float(_number(_AT, metadata))
+
+
 def commit_metadata(token: int, clock: int, partitions: int = 0, barrier: Barrier = (),
-                    host: str = "") -> str:
+                    host: str = "", at: float = 0) -> str:
     """The metadata committed with an offset (parsed back by KafkaResource.offsets): the
     fence's token, the write clock (core/clock.py), the mark of a commit under the escaped
-    transactional id, the topic's partition count and a claim's barrier (core/growth.py), and the
-    committing host (core/clock_skew.py)."""
+    transactional id, the topic's partition count and a claim's barrier (core/growth.py), the
+    commit's time (core/kept_commit.py) and the committing host (core/clock_skew.py)."""
     text = f"{_TXN_PREFIX} token={token} clock={clock} id=2"
     if partitions:
         text += f" partitions={partitions}"
     if barrier:
         text += " barrier=" + ",".join(f"{q}:{mark}" for q, mark in barrier)
+    if at > 0:
+        text += f" at={int(at)}"
     name = "".join(host.split())[:255]
     return text + (f" host={name}" if name else "")
 

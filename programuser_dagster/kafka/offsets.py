@@ -14,12 +14,13 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 from ..core.offsets import PartitionOffsets
 from ..settings import local_stack_hint
 from .clients import KafkaClients
 from .errors import KafkaUnavailable
-from .metadata import _PARTITIONS, _barrier, _clock, _host, _number, _token
+from .metadata import _PARTITIONS, _at, _barrier, _clock, _host, _number, _token
 
 
 class KafkaOffsets(KafkaClients):
@@ -95,6 +96,7 @@ class KafkaOffsets(KafkaClients):
                         partitions=_number(_PARTITIONS, tp.metadata),
                         barrier=_barrier(tp.metadata),
                         clock_host=_host(tp.metadata),
+                        committed_at=_at(tp.metadata),
                     )
                 )
         except KafkaException as exc:
@@ -106,6 +108,26 @@ class KafkaOffsets(KafkaClients):
 
     def partition_offsets(self, partition: int) -> PartitionOffsets:
         return self.offsets([partition])[0]
+
+    def offsets_retention_s(self) -> float | None:
+        """The broker's offsets.retention.minutes, in seconds (None: it could not be read, e.g.
+        no DescribeConfigs permission on the cluster). Read at most once an hour per process:
+        the health sensor asks every minute."""
+        cached = _RETENTION.get(self.bootstrap_servers)
+        if cached is not None and time.monotonic() - cached[1] < _RETENTION_READ_S:
+            return cached[0]
+        try:
+            admin = AdminClient(self._common_config())
+            brokers = admin.list_topics(timeout=self.request_timeout_s).brokers
+            [future] = admin.describe_configs(
+                [ConfigResource("BROKER", str(min(brokers)))],
+                request_timeout=self.request_timeout_s).values()
+            retention: float | None = 60.0 * int(
+                future.result()["offsets.retention.minutes"].value)
+        except (KafkaException, KeyError, ValueError, TypeError):
+            retention = None
+        _RETENTION[self.bootstrap_servers] = (retention, time.monotonic())
+        return retention
     def record_times(
         self, positions: dict[int, int], wait_s: float = 1.0, appended_only: bool = False
     ) -> dict[int, int | None]:
@@ -164,6 +186,12 @@ class KafkaOffsets(KafkaClients):
                 f"{self.input_topic!r} partitions {list(partitions)}: {exc}." + self._login_hint()
             ) from exc
         return result
+
+
+# The broker's offsets.retention.minutes (s, or None: unreadable) per bootstrap servers, with the
+# monotonic time it was read.
+_RETENTION: dict[str, tuple[float | None, float]] = {}
+_RETENTION_READ_S = 3600.0
 
 
 def record_time_ms(message: Message) -> int | None:

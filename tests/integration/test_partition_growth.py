@@ -152,7 +152,7 @@ def test_a_replay_keeps_the_known_count(instance, make_test_settings) -> None:
     assert run_partition(instance, s, partition=0).success
     kafka = kafka_resource(s)
     try:
-        replay.apply(kafka, replay.plan(kafka, [0], replay.Target(offset=0)), lambda _: None)
+        replay.apply(kafka, replay.plan(kafka, [0], replay.Target(offset=0), {}), lambda _: None)
     finally:
         kafka.close()
     rewound = offsets(s, 0)

@@ -390,6 +390,12 @@ def program_user_info_with_max(instance, s: Settings, max_messages: int):
     )
 
 
+def commit_step_resources(s: Settings) -> dict[str, Any]:
+    """What the commit step needs: Kafka, and the IO manager (its commit is kept through it)."""
+    resources = build_resources(s)
+    return {"kafka": resources["kafka"], "cassandra_io_manager": resources["cassandra_io_manager"]}
+
+
 def test_an_accounting_mismatch_records_the_failed_check_and_commits_nothing(
     instance, kafka_topics: Settings
 ) -> None:
@@ -402,7 +408,7 @@ def test_an_accounting_mismatch_records_the_failed_check_and_commits_nothing(
         return RangeReport(partition=0, start=0, end=1, high_watermark=1, read=1, written=0,
                            read_to_end=True)
 
-    @job(resource_defs={"kafka": kafka_resource(s)})
+    @job(resource_defs=commit_step_resources(s))
     def mismatch_job():
         commit_offsets(report=short_report())
 
@@ -430,7 +436,7 @@ def test_a_range_not_read_to_its_end_commits_nothing(instance, kafka_topics: Set
     def partial_report() -> RangeReport:
         return RangeReport(partition=0, start=0, end=2, high_watermark=2, read=1, written=1)
 
-    @job(resource_defs={"kafka": kafka_resource(s)})
+    @job(resource_defs=commit_step_resources(s))
     def partial_job():
         commit_offsets(report=partial_report())
 

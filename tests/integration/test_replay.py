@@ -187,6 +187,11 @@ def test_after_a_replay_the_table_is_what_a_fresh_drain_gives_hand_edits_include
     assert all_rows(cassandra_session, s) == fresh
 
 
+def _replay_resources(s: Settings) -> dict[str, Any]:
+    resources = build_resources(s)
+    return {"kafka": resources["kafka"], "cassandra": resources["cassandra"]}
+
+
 def test_the_replay_job_dry_runs_then_applies_from_its_config(
     instance, kafka_topics: Settings
 ) -> None:
@@ -195,11 +200,11 @@ def test_the_replay_job_dry_runs_then_applies_from_its_config(
     config: dict[str, Any] = {"partitions": [0], "to_offset": 2}
     dry = replay_job.execute_in_process(
         run_config={"ops": {"replay_partitions": {"config": config}}}, instance=instance,
-        resources={"kafka": build_resources(s)["kafka"]})
+        resources=_replay_resources(s))
     assert dry.success and offsets(s).committed == 10
     applied = replay_job.execute_in_process(
         run_config={"ops": {"replay_partitions": {"config": {**config, "apply": True}}}},
-        instance=instance, resources={"kafka": build_resources(s)["kafka"]})
+        instance=instance, resources=_replay_resources(s))
     assert applied.success and offsets(s).committed == 2
     [observation] = [e for e in applied.all_events if e.event_type_value == "ASSET_OBSERVATION"]
     md = observation.event_specific_data.asset_observation.metadata
@@ -216,7 +221,7 @@ def test_a_replay_stopped_halfway_records_what_it_rewound_and_says_what_it_did_n
         assert run_partition(instance, s, partition=p).success
     kafka = kafka_resource(s)
     try:
-        rewinds = replay.plan(kafka, [0, 1], replay.Target(earliest=True))
+        rewinds = replay.plan(kafka, [0, 1], replay.Target(earliest=True), {})
         # Another committer moves partition 1 on after the plan: its rewind must be refused.
         produce(s, [event("p", "late")], partition=1)
         assert run_partition(instance, s, partition=1).success

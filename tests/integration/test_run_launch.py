@@ -18,7 +18,7 @@ from dagster import (
 
 from programuser_dagster.ingest.job import kafka_partitions, program_user_info
 from programuser_dagster.ingest.schedules import build_backlog_schedule
-from programuser_dagster.resources import build_resources, kafka_resource
+from programuser_dagster.resources import build_resources, cassandra_resource, kafka_resource
 from programuser_dagster.settings import Settings
 from tests.support.pipeline import event, offsets, produce, tick
 
@@ -34,12 +34,14 @@ def sensor_requests(instance: DagsterInstance, s: Settings) -> list[RunRequest]:
 
 def schedule_requests(instance: DagsterInstance, s: Settings) -> list[RunRequest]:
     schedule = build_backlog_schedule(program_user_info, s)
-    kafka = kafka_resource(s)
+    kafka, cassandra = kafka_resource(s), cassandra_resource(s)
     try:
-        with build_schedule_context(instance=instance, resources={"kafka": kafka}) as ctx:
+        with build_schedule_context(instance=instance,
+                                    resources={"kafka": kafka, "cassandra": cassandra}) as ctx:
             result = list(schedule(ctx))  # the schedule adds the partitions itself
     finally:
         kafka.close()
+        cassandra.close()
     assert instance.get_dynamic_partitions(kafka_partitions.name or "")
     return [r for r in result if isinstance(r, RunRequest)]
 

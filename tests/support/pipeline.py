@@ -280,13 +280,14 @@ def tick(instance: DagsterInstance, s: Settings, cursor: str | None = None) -> S
     """One evaluation of the real backlog sensor for these settings, from `cursor` (the one it
     leaves, if it sets one: the result's)."""
     sensor = build_backlog_sensor(program_user_info, s)
-    kafka = kafka_resource(s)
+    kafka, cassandra = kafka_resource(s), cassandra_resource(s)
     try:
         with build_sensor_context(instance=instance, cursor=cursor,
-                                  resources={"kafka": kafka}) as ctx:
+                                  resources={"kafka": kafka, "cassandra": cassandra}) as ctx:
             result = sensor(ctx)
     finally:
         kafka.close()
+        cassandra.close()
     assert isinstance(result, SensorResult)
     return result
 

@@ -52,6 +52,7 @@ REFUSED = [
     ("KAFKA_REQUEST_TIMEOUT_S", "15.5", "at most 15 (a sensor tick"),
     ("PROGRAMUSER_CLOCK_SKEW_MAX_S", "0", "seconds above 0"),
     ("PROGRAMUSER_CLOCK_SKEW_MAX_S", "3601", "at most 3600"),
+    ("PROGRAMUSER_OFFSET_RENEW_S", "0", "half of the broker's offsets.retention.minutes"),
     ("CASSANDRA_CONSISTENCY", "SERIAL", "LOCAL_QUORUM"),  # a read level, not a write level
     ("KAFKA_SECURITY_PROTOCOL", "TLS", "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
     ("KAFKA_SASL_MECHANISM", "SCRAM", "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER, GSSAPI"),
@@ -176,6 +177,7 @@ def test_kafka_takes_a_ca_directory_or_probe_and_cassandra_a_file_only(tmp_path:
         ("PROGRAMUSER_MAX_MESSAGES", "1000000", "max_messages", 1_000_000),
         ("KAFKA_REQUEST_TIMEOUT_S", "15", "kafka_request_timeout_s", 15.0),
         ("PROGRAMUSER_CLOCK_SKEW_MAX_S", "0.001", "clock_skew_max_s", 0.001),
+        ("PROGRAMUSER_OFFSET_RENEW_S", "60", "offset_renew_s", 60),
         ("CASSANDRA_PORT", "65535", "cassandra_port", 65535),
         ("CASSANDRA_PORT", "1", "cassandra_port", 1),
         ("PROGRAMUSER_DLQ_SHARE_WARN", "1", "dead_letter_share_warn", 1.0),
@@ -287,6 +289,9 @@ def test_every_variable_sets_its_field(name: str, field: str, tmp_path: Path) ->
     # plus the sensor's interval.
     numbers: dict[str, tuple[str, Any]] = {"PROGRAMUSER_FRESHNESS_FAIL_S": ("7000", 7000)}
     default = getattr(DEFAULTS, field)
+    if name == "PROGRAMUSER_OFFSET_RENEW_S":  # a number whose default is unset
+        assert Settings.from_env({name: "7"}).offset_renew_s == 7 and default is None
+        return
     raw, expected = (special[name], special[name]) if name in special else numbers.get(
         name, by_kind[str if default is None else type(default)])
     got = getattr(Settings.from_env({name: raw}), field)
@@ -309,6 +314,7 @@ EXPECTED_VARIABLES = {
     "CASSANDRA_BATCH_BYTES", "CASSANDRA_REQUEST_TIMEOUT_S",
     "PROGRAMUSER_CLOCK_SKEW_MAX_S",  # issue 24
     "PROGRAMUSER_TRIGGER_LAG_RECORDS", "PROGRAMUSER_TRIGGER_AGE_S",  # issue 26: the trigger
+    "PROGRAMUSER_OFFSET_RENEW_S",  # issue 26: offsets outlive the broker's retention
 }
 
 
