@@ -244,6 +244,17 @@ def _ca_file(directory_ok: bool = False) -> Check:
     return check
 
 
+_CRON_FIELD = re.compile(r"[0-9*/,A-Za-z-]+")
+
+
+def _cron(value: Any) -> str:
+    """Five cron fields (Dagster checks the values when the definitions load)."""
+    fields = value.split() if isinstance(value, str) else []
+    if len(fields) != 5 or not all(_CRON_FIELD.fullmatch(f) for f in fields):
+        raise _use("a cron schedule of five fields, e.g. '17 3 * * *' (03:17 every day)")
+    return " ".join(fields)
+
+
 @dataclass(frozen=True)
 class _Variable:
     """One environment variable: the field it sets, how its text is read, what is allowed."""
@@ -343,6 +354,10 @@ _TABLE: tuple[_Variable, ...] = (
     # Above it a run refuses to write (core/clock_skew.py); a few seconds is what NTP keeps easily.
     _Variable("PROGRAMUSER_CLOCK_SKEW_MAX_S", "clock_skew_max_s", _number, _seconds(
         at_most=3600, allowed="seconds above 0, at most 3600")),
+    # -- history pruning (housekeeping/history.py) --
+    _Variable("PROGRAMUSER_HISTORY_KEEP_DAYS", "history_keep_days", _number, _seconds(
+        at_most=3650, allowed="days above 0, at most 3650 (fractions allowed, e.g. 0.5)")),
+    _Variable("PROGRAMUSER_HISTORY_PRUNE_CRON", "history_prune_cron", _text, _cron),
 )
 
 # Every variable Settings reads -> the field it sets (e.g. to check that a deployment passes
@@ -411,6 +426,12 @@ class Settings:
     # How far a run's host clock may be from the partition's clock or the broker's before the
     # run refuses to write (docs/contract.md: Write times).
     clock_skew_max_s: float = 2.0
+    # -- history pruning (housekeeping/history.py) --
+    # Days of Dagster history (runs, their events and logs, observations, check evaluations)
+    # the daily prune keeps; what it keeps whatever their age: docs/operating.md.
+    history_keep_days: float = 14.0
+    # When the prune runs (the instance's time zone, UTC unless set): at night, off the hour.
+    history_prune_cron: str = "17 3 * * *"
 
     def __post_init__(self) -> None:
         # Topic and group names default from the environment name, as the Flink job's did.

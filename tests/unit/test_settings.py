@@ -52,6 +52,12 @@ REFUSED = [
     ("KAFKA_REQUEST_TIMEOUT_S", "15.5", "at most 15 (a sensor tick"),
     ("PROGRAMUSER_CLOCK_SKEW_MAX_S", "0", "seconds above 0"),
     ("PROGRAMUSER_CLOCK_SKEW_MAX_S", "3601", "at most 3600"),
+    # issue 26: history pruning
+    ("PROGRAMUSER_HISTORY_KEEP_DAYS", "0", "days above 0"),
+    ("PROGRAMUSER_HISTORY_KEEP_DAYS", "3651", "at most 3650"),
+    ("PROGRAMUSER_HISTORY_KEEP_DAYS", "two weeks", "not a number"),
+    ("PROGRAMUSER_HISTORY_PRUNE_CRON", "daily", "a cron schedule of five fields"),
+    ("PROGRAMUSER_HISTORY_PRUNE_CRON", "17 3 * *", "a cron schedule of five fields"),
     ("CASSANDRA_CONSISTENCY", "SERIAL", "LOCAL_QUORUM"),  # a read level, not a write level
     ("KAFKA_SECURITY_PROTOCOL", "TLS", "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
     ("KAFKA_SASL_MECHANISM", "SCRAM", "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER, GSSAPI"),
@@ -176,6 +182,8 @@ def test_kafka_takes_a_ca_directory_or_probe_and_cassandra_a_file_only(tmp_path:
         ("PROGRAMUSER_MAX_MESSAGES", "1000000", "max_messages", 1_000_000),
         ("KAFKA_REQUEST_TIMEOUT_S", "15", "kafka_request_timeout_s", 15.0),
         ("PROGRAMUSER_CLOCK_SKEW_MAX_S", "0.001", "clock_skew_max_s", 0.001),
+        ("PROGRAMUSER_HISTORY_KEEP_DAYS", "0.0035", "history_keep_days", 0.0035),
+        ("PROGRAMUSER_HISTORY_PRUNE_CRON", " * *  * * * ", "history_prune_cron", "* * * * *"),
         ("CASSANDRA_PORT", "65535", "cassandra_port", 65535),
         ("CASSANDRA_PORT", "1", "cassandra_port", 1),
         ("PROGRAMUSER_DLQ_SHARE_WARN", "1", "dead_letter_share_warn", 1.0),
@@ -281,7 +289,7 @@ def test_every_variable_sets_its_field(name: str, field: str, tmp_path: Path) ->
         "KAFKA_SSL_CA_LOCATION": str(ca), "CASSANDRA_SSL_CA": str(ca),
         "CASSANDRA_KEYSPACE": "ks2", "CASSANDRA_TABLE": "t2", "CASSANDRA_CONSISTENCY": "ONE",
         "CASSANDRA_REPLICATION": "{'class': 'SimpleStrategy', 'replication_factor': 3}",
-        "PROGRAMUSER_DLQ_SHARE_WARN": "0.5",
+        "PROGRAMUSER_DLQ_SHARE_WARN": "0.5", "PROGRAMUSER_HISTORY_PRUNE_CRON": "* * * * *",
     }
     default = getattr(DEFAULTS, field)
     raw, expected = (special[name], special[name]) if name in special else by_kind[
@@ -306,6 +314,7 @@ EXPECTED_VARIABLES = {
     "KAFKA_REQUEST_TIMEOUT_S", "CASSANDRA_CONCURRENCY", "CASSANDRA_BATCH_ROWS",
     "CASSANDRA_BATCH_BYTES", "CASSANDRA_REQUEST_TIMEOUT_S",
     "PROGRAMUSER_CLOCK_SKEW_MAX_S",  # issue 24
+    "PROGRAMUSER_HISTORY_KEEP_DAYS", "PROGRAMUSER_HISTORY_PRUNE_CRON",  # issue 26: pruning
 }
 
 
