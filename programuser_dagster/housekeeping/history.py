@@ -112,7 +112,7 @@ def prune(instance: DagsterInstance, kafka: KafkaResource, keep_days: float, app
 
 def _plain(record: RunRecord) -> Run:
     run = record.dagster_run
-    ended = record.end_timestamp or record.update_timestamp.timestamp()
+    ended = record.end_time or record.update_timestamp.timestamp()
     return Run(run.run_id, run.job_name, run.tags.get(PARTITION_TAG), run.status.value, ended,
                run.tags.get(BACKFILL_ID_TAG))
 
@@ -209,6 +209,8 @@ def _delete_runs(instance: DagsterInstance, run_ids: Sequence[str], sharded: boo
             for suffix in ("", "-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(storage.path_for_shard(run_id) + suffix)
+            # A later read in this process makes an empty file again, not a table-less one.
+            getattr(storage, "_initialized_dbs", set()).discard(run_id)
     if run_ids:
         # PostgreSQL's cascade has removed them already; sqlite's foreign keys are off.
         with instance.run_storage.connect() as conn:  # type: ignore[attr-defined]
@@ -268,8 +270,8 @@ def _prune_runless_in(conn: Any, oldest_kept: float, apply: bool, counts: dict[s
         if not rows:
             return
         last = rows[-1].id
-        names = _check_names(conn, [r.id for r in rows]) if by_check else {}
-        events = [Event(r.id, (r.asset_key, r.dagster_event_type, names.get(r.id)),
+        checked = _checks_of(conn, [r.id for r in rows]) if by_check else {}
+        events = [Event(r.id, checked.get(r.id, (r.asset_key, r.dagster_event_type, None)),
                         _epoch(r.timestamp)) for r in rows]
         doomed = history.judge_events(events, newest, oldest_kept)
         kinds = {r.id: r.dagster_event_type for r in rows}
@@ -281,12 +283,14 @@ def _prune_runless_in(conn: Any, oldest_kept: float, apply: bool, counts: dict[s
             conn.execute(table.delete().where(table.c.id.in_(doomed)))
 
 
-def _check_names(conn: Any, event_ids: Sequence[int]) -> dict[int, str]:
-    """The check each of these check-evaluation events evaluated (keyed by event id)."""
+def _checks_of(conn: Any, event_ids: Sequence[int]) -> dict[int, Hashable]:
+    """The kind of each of these events that is a check evaluation: its asset and check (the
+    event row has neither), as its execution row says."""
     checks = AssetCheckExecutionsTable
-    return dict(conn.execute(
-        db.select(checks.c.evaluation_event_storage_id, checks.c.check_name)
-        .where(checks.c.evaluation_event_storage_id.in_(event_ids))).all())
+    return {event_id: (key, CHECK_EVALUATION, name) for event_id, key, name in conn.execute(
+        db.select(checks.c.evaluation_event_storage_id, checks.c.asset_key, checks.c.check_name)
+        .where(checks.c.run_id == RUNLESS_RUN_ID,
+               checks.c.evaluation_event_storage_id.in_(event_ids)))}
 
 
 def _prune_check_executions(instance: DagsterInstance, oldest_kept: float, apply: bool,
