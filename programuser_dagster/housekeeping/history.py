@@ -61,6 +61,7 @@ class PruneReport:
     runless_events: dict[str, int] = field(default_factory=dict)  # by event type
     check_executions: int = 0
     seconds: float = 0.0
+    seconds_by_kind: dict[str, float] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         verb = "deleted" if self.applied else "would delete"
@@ -74,7 +75,9 @@ class PruneReport:
             f"kept {sum(self.runs_kept.values())} older runs: {kept}",
             f"{verb} {sum(self.runless_events.values())} runless events: {runless or 'none'}",
             f"{verb} {self.check_executions} asset check executions",
-            f"in {self.seconds:.1f} s" + ("" if self.applied else
+            f"in {self.seconds:.1f} s ("
+            + ", ".join(f"{kind} {s:.1f} s" for kind, s in self.seconds_by_kind.items()) + ")"
+            + ("" if self.applied else
                                           " (dry run: nothing deleted; --apply deletes)"),
         ]
 
@@ -87,6 +90,7 @@ class PruneReport:
             "oldest_kept": datetime.fromtimestamp(self.oldest_kept, UTC).isoformat()}
         if self.run_events is not None:
             meta["run_event_rows_deleted"] = self.run_events
+        meta.update({f"seconds_{kind}": round(s, 3) for kind, s in self.seconds_by_kind.items()})
         meta.update({f"runs_kept_{why}": n for why, n in self.runs_kept.items()})
         meta.update({f"deleted_{kind.lower()}": n for kind, n in self.runless_events.items()})
         return meta
@@ -100,9 +104,15 @@ def prune(instance: DagsterInstance, kafka: KafkaResource, keep_days: float, app
     oldest_kept = history.cutoff(now, keep_days)
     report = PruneReport(applied=apply, keep_days=keep_days, oldest_kept=oldest_kept)
     protected = _protected(instance, kafka)
-    _prune_runs(instance, protected, oldest_kept, apply, report, say)
-    _prune_runless_events(instance, oldest_kept, apply, report)
-    _prune_check_executions(instance, oldest_kept, apply, report)
+    for kind, step in (("runs", lambda: _prune_runs(instance, protected, oldest_kept, apply,
+                                                     report, say)),
+                       ("runless_events", lambda: _prune_runless_events(
+                           instance, oldest_kept, apply, report)),
+                       ("check_executions", lambda: _prune_check_executions(
+                           instance, oldest_kept, apply, report))):
+        began = time.monotonic()
+        step()
+        report.seconds_by_kind[kind] = time.monotonic() - began
     report.seconds = time.monotonic() - started
     return report
 
