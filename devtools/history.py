@@ -37,6 +37,7 @@ from programuser_dagster.ingest.checks import (
 )
 from programuser_dagster.ingest.instance import hold_connections
 from programuser_dagster.ingest.job import kafka_partitions, program_user_info
+from programuser_dagster.ingest.run_tags import END_TAG, START_TAG, START_TOKEN_TAG
 from programuser_dagster.names import PROGRAM_ENROLLMENT
 from programuser_dagster.resources import build_resources, kafka_resource
 from programuser_dagster.settings import Settings, temporary_env
@@ -88,7 +89,12 @@ def copy_runs(conn: Any, template: str, n: int, first: float, step: float) -> No
         "end_time": "extract(epoch FROM gen.at) + (t.end_time - t.start_time)"}, p)
     _copy(conn, "run_tags", "t.run_id = :tid", {
         "run_id": "gen.run_id",
-        "value": "CASE WHEN t.key = 'dagster/partition' THEN (gen.g % 4)::text ELSE t.value END",
+        # Each copy its own partition and range, as the sensor's runs: copies sharing the
+        # template's start offset and token would all be attempts at one committed state.
+        "value": "CASE t.key WHEN 'dagster/partition' THEN (gen.g % 4)::text "
+                 f"WHEN '{START_TAG}' THEN (1000 + gen.g * 100)::text "
+                 f"WHEN '{END_TAG}' THEN (1100 + gen.g * 100)::text "
+                 f"WHEN '{START_TOKEN_TAG}' THEN (1000 + gen.g)::text ELSE t.value END",
     }, p)
     _copy(conn, "event_logs", "t.run_id = :tid", {
         "run_id": "gen.run_id", "event": "replace(t.event, :tid, gen.run_id)",
