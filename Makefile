@@ -18,7 +18,7 @@ export CASSANDRA_PASSWORD ?= programuser
 # arenas keep its peak flat, at no cost in speed (docs/performance.md). Set it where runs start.
 export MALLOC_ARENA_MAX ?= 2
 
-.PHONY: deps venv stack run test test-unit soak lint down produce lag drain bench bench-scale bench-parallel bench-incidents cluster-deps cluster cluster-down test-cluster test-cluster-full bench-cluster docker-deps image test-docker bench-docker docker-down
+.PHONY: deps venv stack run test test-unit soak lint down produce lag drain bench bench-scale bench-parallel bench-incidents bench-history cluster-deps cluster cluster-down test-cluster test-cluster-full bench-cluster docker-deps image test-docker bench-docker docker-down
 
 # Acts only when something is missing (we run as root on CI and dev boxes).
 deps:
@@ -105,6 +105,13 @@ bench-scale: stack
 # What verify and redrive cost (docs/performance.md): bench-incidents-results.json.
 bench-incidents: stack
 	$(BIN)/python -m devtools.incident_bench --events $(EVENTS)
+
+# Days of history on a throwaway PostgreSQL, and how long prune_history takes on it
+# (docs/performance.md): `make bench-history DAYS=4 KEEP_DAYS=2`.
+DAYS ?= 4
+KEEP_DAYS ?= 2
+bench-history: stack
+	$(BIN)/python -m devtools.history --days $(DAYS) --keep-days $(KEEP_DAYS)
 
 bench-parallel: stack
 	$(BIN)/python -m devtools.bench --events $(EVENTS) --parallel \

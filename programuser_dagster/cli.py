@@ -1,4 +1,4 @@
-"""programuser-dagster: drain | lag | replay | redrive | verify | reset-clock."""
+"""programuser-dagster: drain | lag | replay | redrive | verify | reset-clock | prune-history."""
 
 from __future__ import annotations
 
@@ -192,6 +192,33 @@ def _cmd_reset_clock(args: argparse.Namespace, settings: Settings) -> int:
         cassandra.close()
 
 
+def _cmd_prune_history(args: argparse.Namespace, settings: Settings) -> int:
+    from .housekeeping.history import prune
+    from .ingest.instance import open_instance
+
+    keep_days = settings.history_keep_days if args.keep_days is None else args.keep_days
+    kafka = kafka_resource(settings)
+    try:
+        with open_instance(_dagster_home("prune-history")) as instance:
+            report = prune(instance, kafka, keep_days, apply=args.apply, say=print)
+        for line in report.lines():
+            print(line)
+        return 0
+    finally:
+        kafka.close()
+
+
+def days(text: str) -> float:
+    """argparse type of --keep-days: days above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
+    if not 0 < value <= 3650:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 3650, not {text}")
+    return value
+
+
 def _cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:
     from .incidents import redrive
     from .incidents.jobs import redrive_filters, redrive_observation
@@ -275,6 +302,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     reset_p.add_argument("--partition", type=int, action="append", default=[],
                          help="a partition to reset (repeat it; default: all)")
     reset_p.add_argument("--apply", action="store_true", help="reset (default: dry run)")
+    prune_p = sub.add_parser(
+        "prune-history", help="delete Dagster history older than PROGRAMUSER_HISTORY_KEEP_DAYS "
+        "that no keep rule holds, as the job prune_history does (dry run unless --apply)")
+    prune_p.add_argument("--keep-days", type=days,
+                         help="days to keep (default: PROGRAMUSER_HISTORY_KEEP_DAYS, 14)")
+    prune_p.add_argument("--apply", action="store_true", help="delete (default: dry run)")
     args = parser.parse_args(argv)
     incident = args.command in ("replay", "redrive", "verify", "reset-clock")
     try:
@@ -282,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler: Callable[[argparse.Namespace, Settings], int] = {
             "drain": _cmd_drain, "lag": _cmd_lag,
             "replay": _cmd_replay, "redrive": _cmd_redrive, "verify": _cmd_verify,
-            "reset-clock": _cmd_reset_clock,
+            "reset-clock": _cmd_reset_clock, "prune-history": _cmd_prune_history,
         }[args.command]
         return handler(args, settings)
     except ValueError as exc:  # bad arguments or settings (Refused is one): nothing was done

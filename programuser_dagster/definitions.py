@@ -11,6 +11,7 @@ import warnings
 from dagster import BetaWarning, Definitions
 
 from . import client_logs
+from .housekeeping.job import build_prune_job, build_prune_schedule, dagster_history_spec
 from .incidents.jobs import redrive_job, replay_job
 from .ingest.assets import build_asset_checks, build_program_enrollment
 from .ingest.job import build_job
@@ -26,12 +27,14 @@ warnings.filterwarnings("ignore", category=BetaWarning, message=".*owners.*")
 def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
     job = build_job(settings)
+    prune_job = build_prune_job(settings)
     return Definitions(
-        assets=[build_program_enrollment(settings)],
+        assets=[build_program_enrollment(settings), dagster_history_spec(settings)],
         asset_checks=build_asset_checks(settings),
-        jobs=[job, replay_job, redrive_job],
+        jobs=[job, replay_job, redrive_job, prune_job],
         sensors=[build_backlog_sensor(job, settings), build_health_sensor(settings)],
-        schedules=[build_backlog_schedule(job, settings)],
+        schedules=[build_backlog_schedule(job, settings),
+                   build_prune_schedule(prune_job, settings)],
         resources=build_resources(settings),
     )
 

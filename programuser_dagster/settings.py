@@ -247,6 +247,17 @@ def _ca_file(directory_ok: bool = False) -> Check:
     return check
 
 
+_CRON_FIELD = re.compile(r"[0-9*/,A-Za-z-]+")
+
+
+def _cron(value: Any) -> str:
+    """Five cron fields (Dagster checks the values when the definitions load)."""
+    fields = value.split() if isinstance(value, str) else []
+    if len(fields) != 5 or not all(_CRON_FIELD.fullmatch(f) for f in fields):
+        raise _use("a cron schedule of five fields, e.g. '17 3 * * *' (03:17 every day)")
+    return " ".join(fields)
+
+
 @dataclass(frozen=True)
 class _Variable:
     """One environment variable: the field it sets, how its text is read, what is allowed."""
@@ -354,6 +365,10 @@ _TABLE: tuple[_Variable, ...] = (
     _Variable("PROGRAMUSER_OFFSET_RENEW_S", "offset_renew_s", _whole, _optional(_count(
         allowed="a whole number of seconds of at least 1 (or blank: half of the broker's "
         "offsets.retention.minutes)"))),
+    # -- history pruning (housekeeping/history.py) --
+    _Variable("PROGRAMUSER_HISTORY_KEEP_DAYS", "history_keep_days", _number, _seconds(
+        at_most=3650, allowed="days above 0, at most 3650 (fractions allowed, e.g. 0.5)")),
+    _Variable("PROGRAMUSER_HISTORY_PRUNE_CRON", "history_prune_cron", _text, _cron),
 )
 
 # Every variable Settings reads -> the field it sets (e.g. to check that a deployment passes
@@ -433,6 +448,12 @@ class Settings:
     # A commit older than this is renewed, so that Kafka's offset retention never removes it
     # (None: half of the broker's offsets.retention.minutes; core/kept_commit.py).
     offset_renew_s: int | None = None
+    # -- history pruning (housekeeping/history.py) --
+    # Days of Dagster history (runs, their events and logs, observations, check evaluations)
+    # the daily prune keeps; what it keeps whatever their age: docs/operating.md.
+    history_keep_days: float = 14.0
+    # When the prune runs (the instance's time zone, UTC unless set): at night, off the hour.
+    history_prune_cron: str = "17 3 * * *"
 
     def __post_init__(self) -> None:
         # Topic and group names default from the environment name, as the Flink job's did.

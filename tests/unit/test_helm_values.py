@@ -207,6 +207,15 @@ def postgres_storage(values: dict[str, Any], kind: str) -> dict[str, Any]:
     return {"module": f"dagster_postgres.{module}", "class": cls, "config": {"postgres_db": db}}
 
 
+def retention(values: dict[str, Any]) -> dict[str, Any] | None:
+    """configmap-instance.yaml's retention: each kind's purgeAfterDays as it is (toYaml)."""
+    kept = values.get("retention") or {}
+    if not kept.get("enabled"):
+        return None
+    return {kind: {"purge_after_days": copy.deepcopy(kept[kind]["purgeAfterDays"])}
+            for kind in ("sensor", "schedule") if kept.get(kind)}
+
+
 def instance(values: dict[str, Any]) -> dict[str, Any]:
     """The sections of the rendered dagster.yaml that this translation covers."""
     sections = {
@@ -217,6 +226,7 @@ def instance(values: dict[str, Any]) -> dict[str, Any]:
         "run_monitoring": run_monitoring(values),
         "run_retries": run_retries(values),
         "telemetry": {"enabled": _printed(values["telemetry"]["enabled"])},
+        "retention": retention(values),
     }
     return {key: section for key, section in sections.items() if section is not None}
 

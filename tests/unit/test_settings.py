@@ -53,6 +53,12 @@ REFUSED = [
     ("PROGRAMUSER_CLOCK_SKEW_MAX_S", "0", "seconds above 0"),
     ("PROGRAMUSER_CLOCK_SKEW_MAX_S", "3601", "at most 3600"),
     ("PROGRAMUSER_OFFSET_RENEW_S", "0", "half of the broker's offsets.retention.minutes"),
+    # issue 26: history pruning
+    ("PROGRAMUSER_HISTORY_KEEP_DAYS", "0", "days above 0"),
+    ("PROGRAMUSER_HISTORY_KEEP_DAYS", "3651", "at most 3650"),
+    ("PROGRAMUSER_HISTORY_KEEP_DAYS", "two weeks", "not a number"),
+    ("PROGRAMUSER_HISTORY_PRUNE_CRON", "daily", "a cron schedule of five fields"),
+    ("PROGRAMUSER_HISTORY_PRUNE_CRON", "17 3 * *", "a cron schedule of five fields"),
     ("CASSANDRA_CONSISTENCY", "SERIAL", "LOCAL_QUORUM"),  # a read level, not a write level
     ("KAFKA_SECURITY_PROTOCOL", "TLS", "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
     ("KAFKA_SASL_MECHANISM", "SCRAM", "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER, GSSAPI"),
@@ -178,6 +184,8 @@ def test_kafka_takes_a_ca_directory_or_probe_and_cassandra_a_file_only(tmp_path:
         ("KAFKA_REQUEST_TIMEOUT_S", "15", "kafka_request_timeout_s", 15.0),
         ("PROGRAMUSER_CLOCK_SKEW_MAX_S", "0.001", "clock_skew_max_s", 0.001),
         ("PROGRAMUSER_OFFSET_RENEW_S", "60", "offset_renew_s", 60),
+        ("PROGRAMUSER_HISTORY_KEEP_DAYS", "0.0035", "history_keep_days", 0.0035),
+        ("PROGRAMUSER_HISTORY_PRUNE_CRON", " * *  * * * ", "history_prune_cron", "* * * * *"),
         ("CASSANDRA_PORT", "65535", "cassandra_port", 65535),
         ("CASSANDRA_PORT", "1", "cassandra_port", 1),
         ("PROGRAMUSER_DLQ_SHARE_WARN", "1", "dead_letter_share_warn", 1.0),
@@ -283,7 +291,7 @@ def test_every_variable_sets_its_field(name: str, field: str, tmp_path: Path) ->
         "KAFKA_SSL_CA_LOCATION": str(ca), "CASSANDRA_SSL_CA": str(ca),
         "CASSANDRA_KEYSPACE": "ks2", "CASSANDRA_TABLE": "t2", "CASSANDRA_CONSISTENCY": "ONE",
         "CASSANDRA_REPLICATION": "{'class': 'SimpleStrategy', 'replication_factor': 3}",
-        "PROGRAMUSER_DLQ_SHARE_WARN": "0.5",
+        "PROGRAMUSER_DLQ_SHARE_WARN": "0.5", "PROGRAMUSER_HISTORY_PRUNE_CRON": "* * * * *",
     }
     # Numbers the rules between variables allow beside the defaults: above the trigger's age
     # plus the sensor's interval.
@@ -315,6 +323,7 @@ EXPECTED_VARIABLES = {
     "PROGRAMUSER_CLOCK_SKEW_MAX_S",  # issue 24
     "PROGRAMUSER_TRIGGER_LAG_RECORDS", "PROGRAMUSER_TRIGGER_AGE_S",  # issue 26: the trigger
     "PROGRAMUSER_OFFSET_RENEW_S",  # issue 26: offsets outlive the broker's retention
+    "PROGRAMUSER_HISTORY_KEEP_DAYS", "PROGRAMUSER_HISTORY_PRUNE_CRON",  # issue 26: pruning
 }
 
 
