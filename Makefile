@@ -18,7 +18,7 @@ export CASSANDRA_PASSWORD ?= programuser
 # arenas keep its peak flat, at no cost in speed (docs/performance.md). Set it where runs start.
 export MALLOC_ARENA_MAX ?= 2
 
-.PHONY: deps venv stack run test test-unit soak lint down produce lag drain bench bench-scale bench-parallel bench-incidents bench-history cluster-deps cluster cluster-down test-cluster test-cluster-full bench-cluster docker-deps image test-docker bench-docker docker-down
+.PHONY: deps venv stack run test test-unit soak lint down produce lag drain bench bench-scale bench-parallel bench-incidents bench-history bench-steady soak-steady cluster-deps cluster cluster-down test-cluster test-cluster-full bench-cluster docker-deps image test-docker bench-docker docker-down
 
 # Acts only when something is missing (we run as root on CI and dev boxes).
 deps:
@@ -74,6 +74,11 @@ test-unit: venv
 soak: deps venv
 	PROGRAMUSER_SOAK=1 $(BIN)/pytest -q -s tests/e2e/test_soak.py
 
+# The production path (dagster-daemon, PostgreSQL, deploy/dagster.yaml) at a trickle for ~5 min,
+# everything scaled down (trigger age 10 s, 2 min of history, a prune a minute): tests/e2e/test_steady.py.
+soak-steady: deps venv
+	$(BIN)/pytest -q -s -m steady tests/e2e/test_steady.py
+
 lint: venv
 	$(BIN)/ruff check .
 
@@ -112,6 +117,14 @@ DAYS ?= 4
 KEEP_DAYS ?= 2
 bench-history: stack
 	$(BIN)/python -m devtools.history --days $(DAYS) --keep-days $(KEEP_DAYS)
+
+# Months at a trickle compressed into minutes (docs/performance.md): 1 event/s over 4 partitions
+# on the production path for STEADY_MINUTES, the trigger age and the history window scaled down,
+# then STEADY_IDLE_MINUTES with nothing produced: steady-results.json.
+STEADY_MINUTES ?= 25
+STEADY_IDLE_MINUTES ?= 4
+bench-steady: stack
+	$(BIN)/python -m devtools.steady --minutes $(STEADY_MINUTES) --idle-minutes $(STEADY_IDLE_MINUTES)
 
 bench-parallel: stack
 	$(BIN)/python -m devtools.bench --events $(EVENTS) --parallel \

@@ -7,12 +7,14 @@ dagster-k8s and dagster-docker); the Docker one also runs for real in tests/dock
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from dagster._config import process_config
 from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.instance.config import dagster_instance_config
+from dagster._core.instance_for_test import instance_for_test
 from dagster._core.workspace.config_schema import ensure_workspace_config
 from dagster_docker import DockerRunLauncher
 from dagster_k8s import K8sRunLauncher
@@ -32,18 +34,46 @@ PG_ENV = {
 }
 
 
+PARTITION_LIMIT = {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True},
+                   "limit": 1}
+
+
+def run_queue(config: dict[str, Any]) -> tuple[Any, Any]:
+    """The run queue an instance of this config runs: its limits as Dagster reads them (from
+    `concurrency: runs:`, or the coordinator's own config) and its coordinator."""
+    sections = {k: config[k] for k in ("run_queue", "run_coordinator", "concurrency")
+                if k in config}
+    with instance_for_test(overrides=sections) as instance:
+        return instance.get_concurrency_config().run_queue_config, instance.run_coordinator
+
+
 @pytest.mark.parametrize("folder", ["", "k8s", "docker"])
 def test_each_instance_config_is_valid(folder: str, monkeypatch) -> None:
     for name, value in PG_ENV.items():
         monkeypatch.setenv(name, value)
     config, _ = dagster_instance_config(str(DEPLOY / folder))
     assert config["storage"]["postgres"]["postgres_db"]["hostname"] == {"env": "DAGSTER_PG_HOST"}
-    [limit] = config["run_coordinator"]["config"]["tag_concurrency_limits"]
-    assert limit == {
-        "key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1
-    }
     assert config["run_monitoring"]["enabled"] is True
     assert config["run_retries"]["enabled"] is False
+
+
+@pytest.mark.parametrize("path", [DEPLOY.parent, DEPLOY, DEPLOY / "k8s", DEPLOY / "docker"],
+                         ids=["dagster.yaml", "deploy", "k8s", "docker"])
+def test_every_instance_config_limits_runs_in_dagsters_concurrency_section(
+    path: Path, monkeypatch
+) -> None:
+    """The queue's limits are under `concurrency: runs:` (Dagster 1.13's place for them), the
+    queue's own section only says how it dequeues; the instance runs them as written."""
+    for name, value in PG_ENV.items():
+        monkeypatch.setenv(name, value)
+    config, _ = dagster_instance_config(str(path))
+    assert "run_coordinator" not in config
+    assert not {"max_concurrent_runs", "tag_concurrency_limits"} & set(config["run_queue"])
+    limits, coordinator = run_queue(config)
+    assert limits.tag_concurrency_limits == [PARTITION_LIMIT]
+    assert limits.max_concurrent_runs == config["concurrency"]["runs"]["max_concurrent_runs"]
+    assert limits.max_concurrent_runs >= 4  # one run per partition at once
+    assert coordinator._dequeue_use_threads and coordinator._dequeue_interval_seconds == 1
 
 
 @pytest.mark.parametrize(

@@ -307,8 +307,17 @@ def _class_config(section: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
 
 
 def test_the_run_queue_is_deploy_k8s_dagster_yaml_s() -> None:
-    assert (_class_config(instance(_values())["run_coordinator"])
-            == _class_config(_deployed()["run_coordinator"]))
+    """The chart writes the queue's limits into run_coordinator's config (it has no value for
+    Dagster's `concurrency:` section); deploy/k8s/dagster.yaml writes them under `concurrency:
+    runs:`. The queue Dagster runs from each is the same."""
+    from tests.unit.test_deploy_config import run_queue
+
+    rendered, deployed = run_queue(instance(_values())), run_queue(_deployed())
+    assert rendered[0] == deployed[0]
+    assert _class_config(instance(_values())["run_coordinator"])[:2] == (
+        "dagster._core.run_coordinator", type(deployed[1]).__name__)
+    for name in ("_dequeue_use_threads", "_dequeue_interval_seconds", "_dequeue_num_workers"):
+        assert getattr(rendered[1], name) == getattr(deployed[1], name), name
 
 
 # How Dagster reads the settings (its defaults for what a file leaves out).
