@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -55,6 +56,9 @@ _POOL_RECYCLE_S = 3600
 _POOL_MAX_OVERFLOW = 20
 
 
+_HELD: weakref.WeakSet[DagsterInstance] = weakref.WeakSet()
+
+
 def hold_connections(instance: DagsterInstance) -> None:
     """Keep a pooled connection to PostgreSQL storage open for the process's runs, as the
     webserver does: by default each stored event opens a connection of its own, ~20 a run
@@ -62,7 +66,11 @@ def hold_connections(instance: DagsterInstance) -> None:
 
     As in the webserver, a pooled connection the server dropped (a restart, a failover) fails
     the statement that finds it, not retried: that run fails and is retried by the sensor or
-    the next drain; the pool then connects afresh."""
+    the next drain; the pool then connects afresh. Once per instance: each call makes new
+    engines (a drain's runs, each calling it, would leave a pool behind per run)."""
+    if instance in _HELD:
+        return
+    _HELD.add(instance)
     instance.optimize_for_webserver(statement_timeout=_STATEMENT_TIMEOUT_MS,
                                     pool_recycle=_POOL_RECYCLE_S,
                                     max_overflow=_POOL_MAX_OVERFLOW)

@@ -116,6 +116,11 @@ def flatten_events(
     """Plan one partition's range from its committed state, and hand it to the IO manager; a
     partition added to the topic reads nothing while it is held (core/growth.py), and a
     partition whose commit Kafka lost is refused (core/kept_commit.py)."""
+    # A daemon-launched run's process otherwise opens a PostgreSQL connection for every event it
+    # stores (docs/performance.md: the cost of a run). Imported here: instance.py imports this.
+    from .instance import hold_connections
+
+    hold_connections(context.instance)
     partition = int(context.partition_key)
     # Re-read on every (re-)execution: never process records below the committed offset, so a
     # stale run re-executed after newer ones cannot overwrite newer values. The state read
