@@ -759,26 +759,19 @@ def daemon_path(
            "PROGRAMUSER_SENSOR_INTERVAL_S": str(DAEMON_SENSOR_INTERVAL_S)}
     log_path = home / "daemon.log"
     try:
-        with log_path.open("wb") as log:
-            daemon = subprocess.Popen(
-                [str(Path(sys.executable).parent / "dagster-daemon"), "run",
-                 "-w", str(REPO / "workspace.yaml")],
-                cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                _say(f"daemon path: warming up the daemon ({DAEMON_WARM_EVENTS} events) ...")
-                area.produce(DAEMON_WARM_EVENTS, seed)
-                _wait_drained(area.settings, daemon, log_path)
-                warm_until = time.time()
-                _say(f"daemon path: producing {n} events ...")
-                area.produce(n, seed + 1, made_first=True)
-                produced = time.time()
-                _wait_drained(area.settings, daemon, log_path)
-                drained = time.time()
-                # A run commits a moment before it is marked finished.
-                with _instance(home, pg) as instance:
-                    _wait_runs_ended(instance)
-            finally:
-                _stop_group(daemon)
+        with dagster_daemon(env, home, log_path) as daemon:
+            _say(f"daemon path: warming up the daemon ({DAEMON_WARM_EVENTS} events) ...")
+            area.produce(DAEMON_WARM_EVENTS, seed)
+            _wait_drained(area.settings, daemon, log_path)
+            warm_until = time.time()
+            _say(f"daemon path: producing {n} events ...")
+            area.produce(n, seed + 1, made_first=True)
+            produced = time.time()
+            _wait_drained(area.settings, daemon, log_path)
+            drained = time.time()
+            # A run commits a moment before it is marked finished.
+            with _instance(home, pg) as instance:
+                _wait_runs_ended(instance)
         with _instance(home, pg) as instance:
             records = [r for r in instance.get_run_records(RunsFilter(job_name="program_user_info"))
                        if r.create_timestamp.timestamp() > warm_until]
@@ -810,6 +803,22 @@ def daemon_path(
         "run_start_to_first_read_s_mean": round(sum(starts) / len(starts), 3) if starts else None,
         "timeline": timeline,
     }
+
+
+@contextmanager
+def dagster_daemon(env: dict[str, str], home: Path, log: Path
+                   ) -> Iterator[subprocess.Popen[bytes]]:
+    """`dagster-daemon run` on this repo's workspace in DAGSTER_HOME `home`, its output appended
+    to `log`, its process group stopped at the end."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster-daemon"), "run",
+             "-w", str(REPO / "workspace.yaml")],
+            cwd=home, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield proc
+        finally:
+            _stop_group(proc)
 
 
 def _first_read_at(instance: Any, run_id: str, kinds: Any) -> float | None:

@@ -39,7 +39,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -61,7 +60,7 @@ from programuser_dagster.names import PROGRAM_ENROLLMENT
 from programuser_dagster.resources import kafka_resource
 from programuser_dagster.settings import Settings
 
-from .bench import REPO, Area, _stop_group, machine, pipeline_env
+from .bench import REPO, Area, dagster_daemon, machine, pipeline_env
 from .samples import sample_events
 
 SECONDS_PER_DAY = 86_400
@@ -334,19 +333,6 @@ def daemon_env(settings: Settings, pg: dict[str, str], home: Path, plan: Plan,
     }
 
 
-@contextmanager
-def daemon(env: dict[str, str], home: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dagster-daemon"), "run",
-             "-w", str(REPO / "workspace.yaml")],
-            cwd=home, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            yield proc
-        finally:
-            _stop_group(proc)
-
-
 class Meter:
     """Samples CPU every 0.5 s, runs and materializations every 10 s, the database every
     minute, while the block it is entered for runs; `check` is called with each sample."""
@@ -425,7 +411,7 @@ def soak(settings: Settings, pg: dict[str, str], plan: Plan, say: Say = print) -
     try:
         with DagsterInstance.from_config(str(home)) as instance:
             env = daemon_env(settings, pg, home, plan, plan.prune_cron)
-            with daemon(env, home, log) as proc:
+            with dagster_daemon(env, home, log) as proc:
                 def alive() -> None:
                     if proc.poll() is not None:
                         raise RuntimeError(f"dagster-daemon exited ({proc.returncode}):\n"
@@ -455,7 +441,7 @@ def soak(settings: Settings, pg: dict[str, str], plan: Plan, say: Say = print) -
             if plan.idle_s:
                 # The production schedule again (daily): at the defaults, idle hours see no prune.
                 env = daemon_env(settings, pg, home, plan, DEFAULT_PRUNE_CRON)
-                with daemon(env, home, log) as proc:
+                with dagster_daemon(env, home, log) as proc:
                     meter.dagster = TreeCpu(proc.pid)
                     say(f"steady: idle for {plan.idle_s / 60:g} min (daemon restarted with the"
                         " daily prune)")
