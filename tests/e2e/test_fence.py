@@ -318,6 +318,11 @@ def test_drain_beside_a_running_sensor_commits_each_range_once(
         "module_name": "programuser_dagster.definitions", "working_directory": str(REPO)}}]}))
     env = env_for(s, home, PROGRAMUSER_SENSOR_INTERVAL_S="5")
     bin_dir = Path(sys.executable).parent
+    # The home's sqlite storage is created here, before the daemon and its code server open it:
+    # two processes creating it at once can leave two schema versions recorded, and every
+    # later open of it fails.
+    with DagsterInstance.from_config(str(home)):
+        pass
     log = (tmp_path / "daemon.log").open("wb")
     daemon = subprocess.Popen(
         [str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)],
