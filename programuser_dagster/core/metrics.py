@@ -141,9 +141,9 @@ def source_families(up: Mapping[str, bool]) -> list[Family]:
     return [family]
 
 
-# The quantiles of a run's event ages at write (core/event_ages.py: Ages.metadata()).
-AGE_QUANTILES = (("0.5", "event_age_p50_s"), ("0.99", "event_age_p99_s"),
-                 ("1", "event_age_max_s"))
+# A run's event ages at write (core/event_ages.py: Ages.metadata()): one gauge each, since a
+# "quantile" label belongs to summaries only (promtool's lint), and a run's ages are no summary.
+AGES = (("p50", "event_age_p50_s"), ("p99", "event_age_p99_s"), ("max", "event_age_max_s"))
 
 
 @dataclass
@@ -168,9 +168,9 @@ class EventTotals:
             self.skipped[reason] = self.skipped.get(reason, 0) + int(n)
         for reason, n in (counts.get("dead_lettered_by_reason") or {}).items():
             self.dead_lettered[reason] = self.dead_lettered.get(reason, 0) + int(n)
-        if "partition" in counts and AGE_QUANTILES[0][1] in counts:
+        if "partition" in counts and all(key in counts for _, key in AGES):
             self.last_ages[int(counts["partition"])] = {
-                q: float(counts[key]) for q, key in AGE_QUANTILES if key in counts}
+                name: float(counts[key]) for name, key in AGES}
 
     def families(self) -> list[Family]:
         read = counter("events_read_total", "Events read by committed runs.")
@@ -188,13 +188,15 @@ class EventTotals:
                           "by reason.")
         for reason, n in sorted(self.dead_lettered.items()):
             letters.add(n, reason=reason)
-        ages = gauge("last_run_event_age_seconds", "The partition's last committed run's event "
-                     "ages at write (record time to Cassandra's acknowledgement), by quantile "
-                     "(1: the oldest).")
-        for partition, quantiles in sorted(self.last_ages.items()):
-            for q, value in quantiles.items():
-                ages.add(value, partition=str(partition), quantile=q)
-        return [read, written, lost, skipped, letters, ages]
+        ages = {name: gauge(f"last_run_event_age_{name}_seconds", f"The {what} of the "
+                            "event ages at write (record time to Cassandra's acknowledgement) "
+                            "of the partition's last committed run that wrote events.")
+                for name, what in (("p50", "median"), ("p99", "99th percentile"),
+                                   ("max", "largest"))}
+        for partition, last in sorted(self.last_ages.items()):
+            for name, value in last.items():
+                ages[name].add(value, partition=str(partition))
+        return [read, written, lost, skipped, letters, *ages.values()]
 
 
 @dataclass
