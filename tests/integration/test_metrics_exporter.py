@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -112,3 +115,25 @@ def test_a_scrape_shows_lag_commits_runs_counts_and_checks_and_no_secret(
     lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
                           text=True, timeout=30)
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_the_command_serves_until_sigterm(kafka_topics: Settings, tmp_path) -> None:
+    s = kafka_topics
+    produce(s, [event(PROGRAM, USER)] * 2, partition=3)
+    port = free_port()
+    env = {**os.environ, **s.environment(), "DAGSTER_HOME": str(tmp_path),
+           "PROGRAMUSER_METRICS_PORT": str(port)}
+    process = subprocess.Popen([sys.executable, "-m", "programuser_dagster.cli", "metrics"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # once it has read the history
+        assert line.startswith(f"serving http://127.0.0.1:{port}/metrics"), line
+        assert samples(scrape(port))[("programuser_lag_records", p(3))] == 2
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
