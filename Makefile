@@ -1,6 +1,7 @@
 # Local development: `make run` (stack + Dagster UI on http://127.0.0.1:3000), `make test`.
 # Works on a fresh Debian machine: `deps` installs what is missing of Maven, JDK 17,
-# python3-venv, PostgreSQL (deployment test) and Chromium (UI test).
+# python3-venv, PostgreSQL (deployment test), Chromium (UI test) and Prometheus (promtool: the
+# alert rules' tests).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -20,6 +21,14 @@ export MALLOC_ARENA_MAX ?= 2
 
 .PHONY: deps venv stack run test test-unit soak lint down produce lag drain bench bench-scale bench-parallel bench-incidents bench-history cluster-deps cluster cluster-down test-cluster test-cluster-full bench-cluster docker-deps image test-docker bench-docker docker-down
 
+# apt-get install of $$missing with policy-rc.d saying no, so that no package starts a system
+# service on a host with an init system (docker.io's dockerd, prometheus's server).
+APT_INSTALL = made=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	printf '\#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
+	made=1; fi; \
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; rc=$$?; \
+	if [ -n "$$made" ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$rc
+
 # Acts only when something is missing (we run as root on CI and dev boxes).
 deps:
 	@missing=""; \
@@ -28,9 +37,10 @@ deps:
 	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	  $(APT_INSTALL); \
 	fi
 
 $(BIN)/python:
@@ -152,10 +162,7 @@ docker-deps: deps
 	dpkg -s debootstrap >/dev/null 2>&1 || missing="$$missing debootstrap"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  made=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
-	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made=1; fi; \
-	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; rc=$$?; \
-	  if [ -n "$$made" ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$rc; \
+	  $(APT_INSTALL); \
 	fi
 
 # The run image (deploy/Dockerfile) on the project's engine: ~2 min cold, seconds warm.

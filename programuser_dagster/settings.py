@@ -207,6 +207,13 @@ def _hosts(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _listen_host(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or any(
+            c.isspace() or c in ",/" for c in value.strip()):
+        raise _use("one host name or address to listen on, e.g. 127.0.0.1 or 0.0.0.0")
+    return value.strip()
+
+
 def _replication(value: Any) -> str:
     # It is written into CREATE KEYSPACE as is (a map cannot be bound as a parameter).
     text = value.strip() if isinstance(value, str) else ""
@@ -369,6 +376,10 @@ _TABLE: tuple[_Variable, ...] = (
     _Variable("PROGRAMUSER_HISTORY_KEEP_DAYS", "history_keep_days", _number, _seconds(
         at_most=3650, allowed="days above 0, at most 3650 (fractions allowed, e.g. 0.5)")),
     _Variable("PROGRAMUSER_HISTORY_PRUNE_CRON", "history_prune_cron", _text, _cron),
+    # -- the metrics exporter (observe/exporter.py) --
+    _Variable("PROGRAMUSER_METRICS_HOST", "metrics_host", _text, _listen_host),
+    _Variable("PROGRAMUSER_METRICS_PORT", "metrics_port", _whole,
+              _count(at_most=65535, allowed="a port, 1 to 65535")),
 )
 
 # Every variable Settings reads -> the field it sets (e.g. to check that a deployment passes
@@ -454,6 +465,11 @@ class Settings:
     history_keep_days: float = 14.0
     # When the prune runs (the instance's time zone, UTC unless set): at night, off the hour.
     history_prune_cron: str = "17 3 * * *"
+    # -- the metrics exporter (observe/exporter.py) --
+    # Where `programuser-dagster metrics` serves /metrics: loopback unless told (a container
+    # sets 0.0.0.0); 9464 is the port OpenTelemetry's Prometheus exporters use.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
 
     def __post_init__(self) -> None:
         # Topic and group names default from the environment name, as the Flink job's did.

@@ -59,6 +59,11 @@ REFUSED = [
     ("PROGRAMUSER_HISTORY_KEEP_DAYS", "two weeks", "not a number"),
     ("PROGRAMUSER_HISTORY_PRUNE_CRON", "daily", "a cron schedule of five fields"),
     ("PROGRAMUSER_HISTORY_PRUNE_CRON", "17 3 * *", "a cron schedule of five fields"),
+    # issue 27: the metrics exporter
+    ("PROGRAMUSER_METRICS_PORT", "65536", "a port, 1 to 65535"),
+    ("PROGRAMUSER_METRICS_PORT", "http", "not a whole number"),
+    ("PROGRAMUSER_METRICS_HOST", "0.0.0.0:9464/metrics", "one host name or address"),
+    ("PROGRAMUSER_METRICS_HOST", "a b", "one host name or address"),
     ("CASSANDRA_CONSISTENCY", "SERIAL", "LOCAL_QUORUM"),  # a read level, not a write level
     ("KAFKA_SECURITY_PROTOCOL", "TLS", "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
     ("KAFKA_SASL_MECHANISM", "SCRAM", "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER, GSSAPI"),
@@ -186,6 +191,8 @@ def test_kafka_takes_a_ca_directory_or_probe_and_cassandra_a_file_only(tmp_path:
         ("PROGRAMUSER_OFFSET_RENEW_S", "60", "offset_renew_s", 60),
         ("PROGRAMUSER_HISTORY_KEEP_DAYS", "0.0035", "history_keep_days", 0.0035),
         ("PROGRAMUSER_HISTORY_PRUNE_CRON", " * *  * * * ", "history_prune_cron", "* * * * *"),
+        ("PROGRAMUSER_METRICS_HOST", " 0.0.0.0 ", "metrics_host", "0.0.0.0"),
+        ("PROGRAMUSER_METRICS_PORT", "9100", "metrics_port", 9100),
         ("CASSANDRA_PORT", "65535", "cassandra_port", 65535),
         ("CASSANDRA_PORT", "1", "cassandra_port", 1),
         ("PROGRAMUSER_DLQ_SHARE_WARN", "1", "dead_letter_share_warn", 1.0),
@@ -324,6 +331,7 @@ EXPECTED_VARIABLES = {
     "PROGRAMUSER_TRIGGER_LAG_RECORDS", "PROGRAMUSER_TRIGGER_AGE_S",  # issue 26: the trigger
     "PROGRAMUSER_OFFSET_RENEW_S",  # issue 26: offsets outlive the broker's retention
     "PROGRAMUSER_HISTORY_KEEP_DAYS", "PROGRAMUSER_HISTORY_PRUNE_CRON",  # issue 26: pruning
+    "PROGRAMUSER_METRICS_HOST", "PROGRAMUSER_METRICS_PORT",  # issue 27: the exporter
 }
 
 
