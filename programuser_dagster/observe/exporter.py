@@ -23,8 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
-from dagster import AssetCheckKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster import AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
 from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
@@ -53,7 +52,6 @@ OUTCOMES: dict[str, RunsFilter] = {
     "failed": RunsFilter(job_name=JOB_NAME, statuses=[DagsterRunStatus.FAILURE]),
     "canceled": RunsFilter(job_name=JOB_NAME, statuses=[DagsterRunStatus.CANCELED]),
 }
-FINISHED = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
 
 
 class Exporter:
@@ -131,22 +129,13 @@ class Exporter:
                 return
 
     def _verdicts(self) -> dict[str, CheckVerdict]:
-        found = {}
-        storage = self.instance.event_log_storage
-        for name in CHECKS:
-            history = storage.get_asset_check_execution_history(
-                AssetCheckKey(PROGRAM_ENROLLMENT, name), limit=1, status=FINISHED)
-            if history and history[0].event is not None:
-                found[name] = _verdict(history[0].event)
-        return found
-
-
-def _verdict(entry: Any) -> CheckVerdict:
-    evaluation = entry.dagster_event.event_specific_data
-    meta = {k: v.value for k, v in evaluation.metadata.items()}
-    return CheckVerdict(passed=bool(evaluation.passed), at=float(entry.timestamp),
-                        rows_missing=int(meta.get("rows_missing", 0)),
-                        cells_differing=int(meta.get("cells_differing", 0)))
+        return {
+            name: CheckVerdict(passed=e.passed, at=e.at,
+                               rows_missing=int(e.metadata.get("rows_missing", 0)),
+                               cells_differing=int(e.metadata.get("cells_differing", 0)))
+            for name, e in checks.latest_evaluations(self.instance, PROGRAM_ENROLLMENT,
+                                                     CHECKS).items()
+        }
 
 
 def _client_family(family: Family) -> Metric:
