@@ -163,12 +163,15 @@ def _stop(process: subprocess.Popen[Any]) -> None:
 
 
 @contextmanager
-def _server(argv: list[str], ready_url: str, log: Path) -> Iterator[None]:
+def _server(binary: str, config: Path, args: list[str], log: Path) -> Iterator[int]:
+    """`binary` with its config file on a free loopback port, until ready; yields the port."""
+    port = free_port()
+    argv = [binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}", *args]
     with log.open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait_ready(process, ready_url, log)
-        yield
+        _wait_ready(process, f"http://127.0.0.1:{port}/-/ready", log)
+        yield port
     finally:
         _stop(process)
 
@@ -187,10 +190,9 @@ def alertmanager(folder: Path, webhook_port: int, group_s: int = 1) -> Iterator[
         "receivers": [{"name": "webhook", "webhook_configs": [
             {"url": f"http://127.0.0.1:{webhook_port}/", "send_resolved": True}]}],
     }))
-    port = free_port()
-    with _server([binary, f"--config.file={config}", f"--storage.path={folder / 'data'}",
-                  f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-                 f"http://127.0.0.1:{port}/-/ready", folder / "alertmanager.log"):
+    with _server(binary, config, [f"--storage.path={folder / 'data'}",
+                                  "--cluster.listen-address="],
+                 folder / "alertmanager.log") as port:
         yield port
 
 
@@ -213,10 +215,9 @@ def prometheus(folder: Path, target_port: int, alertmanager_port: int, rules: st
         "scrape_configs": [{"job_name": JOB, "static_configs": [
             {"targets": [f"127.0.0.1:{target_port}"]}]}],
     }))
-    port = free_port()
-    with _server([binary, f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
-                  f"--web.listen-address=127.0.0.1:{port}", "--rules.alert.resend-delay=1s"],
-                 f"http://127.0.0.1:{port}/-/ready", folder / "prometheus.log"):
+    with _server(binary, config, [f"--storage.tsdb.path={folder / 'data'}",
+                                  "--rules.alert.resend-delay=1s"],
+                 folder / "prometheus.log") as port:
         yield port
 
 
