@@ -1,7 +1,7 @@
 # Local development: `make run` (stack + Dagster UI on http://127.0.0.1:3000), `make test`.
 # Works on a fresh Debian machine: `deps` installs what is missing of Maven, JDK 17,
-# python3-venv, PostgreSQL (deployment test), Chromium (UI test) and Prometheus (promtool: the
-# alert rules' tests).
+# python3-venv, PostgreSQL (deployment test), Chromium (UI test), Prometheus (promtool: the
+# alert rules' tests) and Alertmanager (the end-to-end alerting test).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -22,7 +22,8 @@ export MALLOC_ARENA_MAX ?= 2
 .PHONY: deps venv stack run test test-unit soak lint down produce lag drain bench bench-scale bench-parallel bench-incidents bench-history cluster-deps cluster cluster-down test-cluster test-cluster-full bench-cluster docker-deps image test-docker bench-docker docker-down
 
 # apt-get install of $$missing with policy-rc.d saying no, so that no package starts a system
-# service on a host with an init system (docker.io's dockerd, prometheus's server).
+# service on a host with an init system (docker.io's dockerd, prometheus's and alertmanager's
+# servers: the alerting test starts its own).
 APT_INSTALL = made=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
 	printf '\#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
 	made=1; fi; \
@@ -38,6 +39,7 @@ deps:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v prometheus-alertmanager >/dev/null 2>&1 || missing="$$missing prometheus-alertmanager"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(APT_INSTALL); \

@@ -57,3 +57,24 @@ def test_the_prometheus_rule_holds_the_same_rules() -> None:
     resource = yaml.safe_load((DEPLOY / "k8s" / "prometheus-rule.yaml").read_text())
     assert resource["kind"] == "PrometheusRule"
     assert resource["spec"] == yaml.safe_load(RULES.read_text())
+
+
+def test_the_scaled_rules_are_the_same_rules_in_less_time() -> None:
+    """The alerting end-to-end test runs these rules with times scaled down: every `for:` and
+    the stall rule's no-commit bound scaled, nothing else changed, still valid."""
+    from tests.support.alerting import scaled_rules
+
+    scaled = yaml.safe_load(scaled_rules(RULES.read_text(), 1 / 30))
+    original = yaml.safe_load(RULES.read_text())
+    rules = {r["alert"]: r for g in scaled["groups"] for r in g["rules"]}
+    assert rules["ProgramuserPartitionStalled"]["for"] == "20s"  # 10m
+    assert rules["ProgramuserRunsFailing"]["for"] == "2s"  # 1m
+    assert "programuser_last_commit_timestamp_seconds) < 10" in \
+        rules["ProgramuserPartitionStalled"]["expr"]
+    for group in original["groups"]:
+        for rule in group["rules"]:
+            got = rules[rule["alert"]]
+            assert {k: v for k, v in got.items() if k not in ("for", "expr")} == \
+                {k: v for k, v in rule.items() if k not in ("for", "expr")}
+            if rule["alert"] != "ProgramuserPartitionStalled":
+                assert got["expr"] == rule["expr"]
