@@ -71,12 +71,12 @@ run: stack
 	  -w ../workspace.yaml -h 127.0.0.1 -p 3000
 
 # tests/conftest.py starts the stack (reusing running servers) and stops what it started.
-# Side by side in TEST_WORKERS processes (pytest-xdist), each test file on one worker: most
-# tests wait on servers, sensors and runs, not on the CPU, and every test has its own topics,
-# keyspace and Dagster home (docs/development.md: the test suite).
+# Side by side in TEST_WORKERS processes (pytest-xdist): most tests wait on servers, sensors
+# and runs, not on the CPU, and every test has its own topics, keyspace and Dagster home. A module
+# with private servers keeps its tests on one worker (xdist_group) so they start once.
 TEST_WORKERS ?= 4
 test: deps venv
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The unit tests alone: no server, no stack (seconds).
 test-unit: venv
