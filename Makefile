@@ -1,6 +1,7 @@
 # Local development: `make run` (stack + Dagster UI on http://127.0.0.1:3000), `make test`.
 # Works on a fresh Debian machine: `deps` installs what is missing of Maven, JDK 17,
-# python3-venv, PostgreSQL (deployment test) and Chromium (UI test).
+# python3-venv, PostgreSQL (deployment test), Chromium (UI test), Prometheus (promtool: the
+# alert rules' tests) and Alertmanager (the end-to-end alerting test).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -20,6 +21,15 @@ export MALLOC_ARENA_MAX ?= 2
 
 .PHONY: deps venv stack run test test-unit soak lint down produce lag drain bench bench-scale bench-parallel bench-incidents bench-history bench-steady soak-steady cluster-deps cluster cluster-down test-cluster test-cluster-full bench-cluster docker-deps image test-docker bench-docker docker-down
 
+# apt-get install of $$missing with policy-rc.d saying no, so that no package starts a system
+# service on a host with an init system (docker.io's dockerd, prometheus's and alertmanager's
+# servers: the alerting test starts its own).
+APT_INSTALL = made=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	printf '\#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
+	made=1; fi; \
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; rc=$$?; \
+	if [ -n "$$made" ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$rc
+
 # Acts only when something is missing (we run as root on CI and dev boxes).
 deps:
 	@missing=""; \
@@ -28,9 +38,11 @@ deps:
 	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v prometheus-alertmanager >/dev/null 2>&1 || missing="$$missing prometheus-alertmanager"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	  $(APT_INSTALL); \
 	fi
 
 $(BIN)/python:
@@ -59,12 +71,12 @@ run: stack
 	  -w ../workspace.yaml -h 127.0.0.1 -p 3000
 
 # tests/conftest.py starts the stack (reusing running servers) and stops what it started.
-# Side by side in TEST_WORKERS processes (pytest-xdist), each test file on one worker: most
-# tests wait on servers, sensors and runs, not on the CPU, and every test has its own topics,
-# keyspace and Dagster home (docs/development.md: the test suite).
+# Side by side in TEST_WORKERS processes (pytest-xdist): most tests wait on servers, sensors
+# and runs, not on the CPU, and every test has its own topics, keyspace and Dagster home. A module
+# with private servers keeps its tests on one worker (xdist_group) so they start once.
 TEST_WORKERS ?= 4
 test: deps venv
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The unit tests alone: no server, no stack (seconds).
 test-unit: venv
@@ -165,10 +177,7 @@ docker-deps: deps
 	dpkg -s debootstrap >/dev/null 2>&1 || missing="$$missing debootstrap"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  made=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
-	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made=1; fi; \
-	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; rc=$$?; \
-	  if [ -n "$$made" ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$rc; \
+	  $(APT_INSTALL); \
 	fi
 
 # The run image (deploy/Dockerfile) on the project's engine: ~2 min cold, seconds warm.

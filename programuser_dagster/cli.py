@@ -1,8 +1,10 @@
-"""programuser-dagster: drain | lag | replay | redrive | verify | reset-clock | prune-history."""
+"""programuser-dagster: drain | lag | replay | redrive | verify | reset-clock | prune-history |
+metrics."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -208,6 +210,34 @@ def _cmd_prune_history(args: argparse.Namespace, settings: Settings) -> int:
         kafka.close()
 
 
+def _cmd_metrics(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+    import threading
+
+    from .ingest.instance import open_instance
+    from .observe.exporter import Exporter, serve
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    kafka = kafka_resource(settings)
+    try:
+        with open_instance(_dagster_home("metrics")) as instance:
+            exporter = Exporter(settings, instance, kafka)
+            # The first reading counts every stored run's report: done before serving, so
+            # that no scrape waits for it.
+            exporter.families()
+            server = serve(exporter, settings.metrics_host, settings.metrics_port)
+            print(f"serving http://{settings.metrics_host}:{settings.metrics_port}/metrics "
+                  f"(topic {settings.kafka_input_topic}, group {settings.kafka_group_id})",
+                  flush=True)
+            with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: stop as on SIGTERM
+                stop.wait()
+            server.shutdown()
+        return 0
+    finally:
+        kafka.close()
+
+
 def days(text: str) -> float:
     """argparse type of --keep-days: days above 0."""
     try:
@@ -308,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     prune_p.add_argument("--keep-days", type=days,
                          help="days to keep (default: PROGRAMUSER_HISTORY_KEEP_DAYS, 14)")
     prune_p.add_argument("--apply", action="store_true", help="delete (default: dry run)")
+    sub.add_parser("metrics", help="serve the metrics Prometheus scrapes on "
+                   "PROGRAMUSER_METRICS_HOST:PROGRAMUSER_METRICS_PORT (until stopped)")
     args = parser.parse_args(argv)
     incident = args.command in ("replay", "redrive", "verify", "reset-clock")
     try:
@@ -316,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "drain": _cmd_drain, "lag": _cmd_lag,
             "replay": _cmd_replay, "redrive": _cmd_redrive, "verify": _cmd_verify,
             "reset-clock": _cmd_reset_clock, "prune-history": _cmd_prune_history,
+            "metrics": _cmd_metrics,
         }[args.command]
         return handler(args, settings)
     except ValueError as exc:  # bad arguments or settings (Refused is one): nothing was done

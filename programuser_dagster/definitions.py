@@ -17,8 +17,10 @@ from .ingest.assets import build_asset_checks, build_program_enrollment
 from .ingest.job import build_job
 from .ingest.schedules import build_backlog_schedule
 from .ingest.sensors import build_backlog_sensor, build_health_sensor
+from .observe.notices import build_notice_sensor
 from .resources import build_resources
-from .settings import Settings
+from .secrets import env_secret
+from .settings import ALERT_WEBHOOK_URL, Settings
 
 # Dagster 1.13 warns about a beta `owners` parameter that its own sensor decorator passes.
 warnings.filterwarnings("ignore", category=BetaWarning, message=".*owners.*")
@@ -32,7 +34,8 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
         assets=[build_program_enrollment(settings), dagster_history_spec(settings)],
         asset_checks=build_asset_checks(settings),
         jobs=[job, replay_job, redrive_job, prune_job],
-        sensors=[build_backlog_sensor(job, settings), build_health_sensor(settings)],
+        sensors=[build_backlog_sensor(job, settings), build_health_sensor(settings),
+                 build_notice_sensor(settings, env_secret(ALERT_WEBHOOK_URL))],
         schedules=[build_backlog_schedule(job, settings),
                    build_prune_schedule(prune_job, settings)],
         resources=build_resources(settings),

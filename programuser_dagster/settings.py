@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
 
@@ -207,6 +208,13 @@ def _hosts(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _listen_host(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or any(
+            c.isspace() or c in ",/" for c in value.strip()):
+        raise _use("one host name or address to listen on, e.g. 127.0.0.1 or 0.0.0.0")
+    return value.strip()
+
+
 def _replication(value: Any) -> str:
     # It is written into CREATE KEYSPACE as is (a map cannot be bound as a parameter).
     text = value.strip() if isinstance(value, str) else ""
@@ -248,6 +256,30 @@ def _ca_file(directory_ok: bool = False) -> Check:
 
 
 _CRON_FIELD = re.compile(r"[0-9*/,A-Za-z-]+")
+
+
+def _http_url(value: Any) -> str:
+    if not isinstance(value, str) or not _is_http_url(value):
+        raise _Refused("is not an http(s) URL with a host, e.g. https://dagster.example.org")
+    return value.rstrip("/")
+
+
+def _is_http_url(text: str) -> bool:
+    try:
+        parts = urlsplit(text)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and (
+            parts.port is None or parts.port > 0)
+    except ValueError:  # a bad port or bracketed host
+        return False
+
+
+def check_webhook_url(raw: str) -> str:
+    """The alert webhook's URL, checked without ever showing it: its path may hold a token."""
+    url = raw.strip()
+    if not _is_http_url(url):
+        raise ValueError(f"{ALERT_WEBHOOK_URL} is not an http(s) URL with a host (the value is "
+                         "not shown: it may hold a token); unset it to send no notices.")
+    return url
 
 
 def _cron(value: Any) -> str:
@@ -369,6 +401,12 @@ _TABLE: tuple[_Variable, ...] = (
     _Variable("PROGRAMUSER_HISTORY_KEEP_DAYS", "history_keep_days", _number, _seconds(
         at_most=3650, allowed="days above 0, at most 3650 (fractions allowed, e.g. 0.5)")),
     _Variable("PROGRAMUSER_HISTORY_PRUNE_CRON", "history_prune_cron", _text, _cron),
+    # -- the metrics exporter (observe/exporter.py) --
+    _Variable("PROGRAMUSER_METRICS_HOST", "metrics_host", _text, _listen_host),
+    _Variable("PROGRAMUSER_METRICS_PORT", "metrics_port", _whole,
+              _count(at_most=65535, allowed="a port, 1 to 65535")),
+    # -- failure notices (observe/notices.py): the UI's address, for links to runs --
+    _Variable("PROGRAMUSER_UI_URL", "ui_url", _text, _optional(_http_url)),
 )
 
 # Every variable Settings reads -> the field it sets (e.g. to check that a deployment passes
@@ -378,6 +416,9 @@ VARIABLES: Mapping[str, str] = MappingProxyType({v.name: v.field for v in _TABLE
 KAFKA_SASL_PASSWORD = "KAFKA_SASL_PASSWORD"
 CASSANDRA_PASSWORD = "CASSANDRA_PASSWORD"
 SECRET_VARIABLES = (KAFKA_SASL_PASSWORD, CASSANDRA_PASSWORD)
+# Where failure notices are posted (observe/notices.py; unset: none). Its path may hold a token,
+# so it is a secret too, read by the notice sensors only (runs do not need it).
+ALERT_WEBHOOK_URL = "PROGRAMUSER_ALERT_WEBHOOK_URL"
 
 
 @dataclass(frozen=True)
@@ -454,6 +495,14 @@ class Settings:
     history_keep_days: float = 14.0
     # When the prune runs (the instance's time zone, UTC unless set): at night, off the hour.
     history_prune_cron: str = "17 3 * * *"
+    # -- the metrics exporter (observe/exporter.py) --
+    # Where `programuser-dagster metrics` serves /metrics: loopback unless told (a container
+    # sets 0.0.0.0); 9464 is the port OpenTelemetry's Prometheus exporters use.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
+    # -- failure notices (observe/notices.py) --
+    # The Dagster UI's address (e.g. https://dagster.example.org): a notice links to the run.
+    ui_url: str | None = None
 
     def __post_init__(self) -> None:
         # Topic and group names default from the environment name, as the Flink job's did.
@@ -527,6 +576,8 @@ class Settings:
             raw = env.get(variable.name, "").strip()
             if raw:
                 values[variable.field] = variable.read(raw)
+        if env.get(ALERT_WEBHOOK_URL, "").strip():
+            check_webhook_url(env[ALERT_WEBHOOK_URL])
         return cls(**values)
 
 

@@ -290,8 +290,20 @@ def failed_attempts(instance: DagsterInstance, o: PartitionOffsets) -> list[RunR
     """Runs at the partition's committed state that failed, were canceled, or succeeded
     without moving it (no progress). A run that committed moved the state on (its token), and
     a superseded run's range was another run's: neither is counted."""
-    tags = {PARTITION_TAG: str(o.partition), START_TAG: str(o.next_offset),
-            START_TOKEN_TAG: str(o.token)}
+    return failed_attempts_at(instance, o.partition, str(o.next_offset), str(o.token))
+
+
+def failed_attempt(run: DagsterRun) -> bool:
+    """A run that counts as a failed attempt at its committed state (failed_attempts)."""
+    return (run.status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
+            or (run.status == DagsterRunStatus.SUCCESS
+                and run.tags.get(OUTCOME_TAG) == NO_PROGRESS))
+
+
+def failed_attempts_at(instance: DagsterInstance, partition: int, start: str,
+                       token: str) -> list[RunRecord]:
+    """failed_attempts, at a committed state given as the runs' tags give it (newest first)."""
+    tags = {PARTITION_TAG: str(partition), START_TAG: start, START_TOKEN_TAG: token}
     records = instance.get_run_records(
         RunsFilter(
             job_name=JOB_NAME,
@@ -301,8 +313,4 @@ def failed_attempts(instance: DagsterInstance, o: PartitionOffsets) -> list[RunR
         ),
         limit=100,
     )
-    return [
-        r for r in records
-        if r.dagster_run.status != DagsterRunStatus.SUCCESS
-        or r.dagster_run.tags.get(OUTCOME_TAG) == NO_PROGRESS
-    ]
+    return [r for r in records if failed_attempt(r.dagster_run)]

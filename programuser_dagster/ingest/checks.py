@@ -12,12 +12,14 @@ from typing import Any
 
 from dagster import (
     AssetCheckEvaluation,
+    AssetCheckKey,
     AssetCheckResult,
     AssetCheckSeverity,
     DagsterInstance,
     DagsterRunStatus,
     RunsFilter,
 )
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from ..cassandra.client import CassandraResource
 from ..core.offsets import PartitionOffsets
@@ -222,3 +224,35 @@ def matches_source(
     report = verify(settings, ranges={partition: (start, end)}, max_keys=MATCHES_SOURCE_KEYS,
                     recheck_delay_s=1.0, kafka=kafka, cassandra=cassandra)
     return table_matches(report, partition, start, end)
+
+
+FINISHED = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """A check's latest recorded evaluation: its verdict, when (s since the epoch), its words
+    and metadata."""
+
+    passed: bool
+    at: float
+    description: str
+    metadata: dict[str, Any]
+
+
+def latest_evaluations(instance: DagsterInstance, asset_key: Any,
+                       names: Sequence[str]) -> dict[str, Evaluated]:
+    """The latest finished evaluation of each named check of the asset, as recorded (by the
+    health sensor, or a check launched from the UI); a check never evaluated is left out."""
+    found = {}
+    for name in names:
+        history = instance.event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(asset_key, name), limit=1, status=FINISHED)
+        if history and history[0].event is not None:
+            entry = history[0].event
+            evaluation = entry.dagster_event.event_specific_data
+            found[name] = Evaluated(
+                passed=bool(evaluation.passed), at=float(entry.timestamp),
+                description=evaluation.description or "",
+                metadata={k: v.value for k, v in evaluation.metadata.items()})
+    return found

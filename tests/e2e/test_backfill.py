@@ -162,6 +162,8 @@ def test_a_failed_and_missing_backfill_from_the_partitions_page_drains_exactly_t
         # no lag left), and does not tick again (nor retry 1) during the test, so only the
         # backfill can drain 1, 2 and 3.
         "PROGRAMUSER_SENSOR_INTERVAL_S": "3600",
+        # Above the trigger's age plus that interval, as the settings require.
+        "PROGRAMUSER_FRESHNESS_FAIL_S": "7200",
     }
     port, log = free_port(), tmp_path / "dagster-dev.log"
     with dagster_dev(home, log, env, port) as dev:

@@ -48,7 +48,9 @@ from tests.support.pipeline import (
     step_metadata,
 )
 
-pytestmark = pytest.mark.stack
+# `make test` runs tests side by side; this module's stay on one worker so that
+# its private Cassandra node starts once.
+pytestmark = [pytest.mark.stack, pytest.mark.xdist_group("test_every_row_refused")]
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ from programuser_dagster.ingest.run_tags import (
 )
 from programuser_dagster.resources import kafka_resource
 from programuser_dagster.settings import Settings
-from tests.support.dagster_dev import REPO, free_port
+from tests.support.dagster_dev import REPO, create_storage, free_port
 from tests.support.faults import (
     RunInThread,
     assert_ranges_tile,
@@ -85,7 +85,9 @@ from tests.support.pipeline import (
     written_metadata,
 )
 
-pytestmark = pytest.mark.stack
+# `make test` runs tests side by side; this module's stay on one worker so that
+# its private Kafka and Cassandra start once.
+pytestmark = [pytest.mark.stack, pytest.mark.xdist_group("test_faults")]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -617,6 +619,7 @@ def test_a_daemon_launched_run_killed_between_upsert_and_commit_loses_nothing(
     env = env_for(s, home, PROGRAMUSER_SENSOR_INTERVAL_S="5",
                   **{PAUSE_BEFORE_COMMIT_ENV: "300"})
     bin_dir = Path(sys.executable).parent
+    create_storage(home)  # before the daemon and this test open it side by side
     log = (tmp_path / "daemon.log").open("wb")
     daemon = subprocess.Popen(
         [str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)],

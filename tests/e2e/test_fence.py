@@ -31,7 +31,7 @@ from programuser_dagster.ingest.run_tags import COMMITTED, OUTCOME_TAG, PARTITIO
 from programuser_dagster.kafka.resource import CommitState, KafkaUnavailable, Superseded
 from programuser_dagster.resources import kafka_resource
 from programuser_dagster.settings import Settings
-from tests.support.dagster_dev import REPO
+from tests.support.dagster_dev import REPO, create_storage
 from tests.support.faults import (
     committed_report,
     env_for,
@@ -225,6 +225,9 @@ def test_a_committer_fenced_with_no_newer_commit_fails_and_is_not_superseded(
 ROUNDS = 20
 
 
+# 20 rounds of two drain processes, each importing Dagster: minutes on 2 cores shared with other
+# tests (`make test` runs tests side by side).
+@pytest.mark.timeout(1200)
 def test_two_drains_released_together_commit_each_range_once(
     make_test_settings, tmp_path: Path
 ) -> None:
@@ -318,6 +321,7 @@ def test_drain_beside_a_running_sensor_commits_each_range_once(
         "module_name": "programuser_dagster.definitions", "working_directory": str(REPO)}}]}))
     env = env_for(s, home, PROGRAMUSER_SENSOR_INTERVAL_S="5")
     bin_dir = Path(sys.executable).parent
+    create_storage(home)  # before the daemon and this test open it side by side
     log = (tmp_path / "daemon.log").open("wb")
     daemon = subprocess.Popen(
         [str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)],

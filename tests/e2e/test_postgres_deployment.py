@@ -21,7 +21,9 @@ from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import REPO, free_port, settings_env
 from tests.support.pipeline import event, offsets, produce
 
-pytestmark = pytest.mark.stack
+# `make test` runs tests side by side; this module's stay on one worker so that
+# its PostgreSQL server starts once.
+pytestmark = [pytest.mark.stack, pytest.mark.xdist_group("test_postgres_deployment")]
 
 
 

@@ -24,7 +24,9 @@ from programuser_dagster.settings import Settings
 from tests.support.dagster_dev import free_port
 from tests.support.pipeline import SEED_EVENT, failure_text, row, run_partition
 
-pytestmark = pytest.mark.stack
+# `make test` runs tests side by side; this module's stay on one worker so that
+# its private secure stack starts once.
+pytestmark = [pytest.mark.stack, pytest.mark.xdist_group("test_secure_stack")]
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from devtools.stack.postgres import free_port
+from programuser_dagster.ingest.instance import open_instance
 from programuser_dagster.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,6 +35,14 @@ def settings_env(s: Settings) -> dict[str, str]:
     }
 
 
+def create_storage(home: Path) -> None:
+    """Create the home's sqlite storage now, as the project's own processes do (under the home's
+    lock: ingest/instance.py): a daemon or `dagster dev` and a test opening a fresh home at once
+    can record two schema versions, and every later open of it fails."""
+    with open_instance(home):
+        pass
+
+
 @contextmanager
 def dagster_dev(
     home: Path, log_path: Path, env: Mapping[str, str], port: int | None = None
@@ -42,6 +51,7 @@ def dagster_dev(
     dagster.yaml), all output to log_path; interrupted like Ctrl-C at the end."""
     home.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    create_storage(home)
     full_env = {**os.environ, "DAGSTER_HOME": str(home), **env}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(

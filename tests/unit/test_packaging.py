@@ -17,6 +17,11 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "programuser_dagster"
 
 
+# `make test` runs tests side by side; this module's stay on one worker so that
+# the wheel is built once.
+pytestmark = pytest.mark.xdist_group("test_packaging")
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
     """The wheel pip builds from a copy of the checkout (a build writes build/ and *.egg-info

@@ -59,6 +59,14 @@ REFUSED = [
     ("PROGRAMUSER_HISTORY_KEEP_DAYS", "two weeks", "not a number"),
     ("PROGRAMUSER_HISTORY_PRUNE_CRON", "daily", "a cron schedule of five fields"),
     ("PROGRAMUSER_HISTORY_PRUNE_CRON", "17 3 * *", "a cron schedule of five fields"),
+    # issue 27: the metrics exporter
+    ("PROGRAMUSER_METRICS_PORT", "65536", "a port, 1 to 65535"),
+    ("PROGRAMUSER_METRICS_PORT", "http", "not a whole number"),
+    ("PROGRAMUSER_METRICS_HOST", "0.0.0.0:9464/metrics", "one host name or address"),
+    ("PROGRAMUSER_METRICS_HOST", "a b", "one host name or address"),
+    # issue 27: failure notices
+    ("PROGRAMUSER_UI_URL", "dagster.example.org", "an http(s) URL with a host"),
+    ("PROGRAMUSER_UI_URL", "ftp://dagster.example.org", "an http(s) URL with a host"),
     ("CASSANDRA_CONSISTENCY", "SERIAL", "LOCAL_QUORUM"),  # a read level, not a write level
     ("KAFKA_SECURITY_PROTOCOL", "TLS", "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
     ("KAFKA_SASL_MECHANISM", "SCRAM", "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER, GSSAPI"),
@@ -186,6 +194,8 @@ def test_kafka_takes_a_ca_directory_or_probe_and_cassandra_a_file_only(tmp_path:
         ("PROGRAMUSER_OFFSET_RENEW_S", "60", "offset_renew_s", 60),
         ("PROGRAMUSER_HISTORY_KEEP_DAYS", "0.0035", "history_keep_days", 0.0035),
         ("PROGRAMUSER_HISTORY_PRUNE_CRON", " * *  * * * ", "history_prune_cron", "* * * * *"),
+        ("PROGRAMUSER_METRICS_HOST", " 0.0.0.0 ", "metrics_host", "0.0.0.0"),
+        ("PROGRAMUSER_METRICS_PORT", "9100", "metrics_port", 9100),
         ("CASSANDRA_PORT", "65535", "cassandra_port", 65535),
         ("CASSANDRA_PORT", "1", "cassandra_port", 1),
         ("PROGRAMUSER_DLQ_SHARE_WARN", "1", "dead_letter_share_warn", 1.0),
@@ -290,6 +300,7 @@ def test_every_variable_sets_its_field(name: str, field: str, tmp_path: Path) ->
         "KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "PLAIN",
         "KAFKA_SSL_CA_LOCATION": str(ca), "CASSANDRA_SSL_CA": str(ca),
         "CASSANDRA_KEYSPACE": "ks2", "CASSANDRA_TABLE": "t2", "CASSANDRA_CONSISTENCY": "ONE",
+        "PROGRAMUSER_UI_URL": "https://dagster.example.org",
         "CASSANDRA_REPLICATION": "{'class': 'SimpleStrategy', 'replication_factor': 3}",
         "PROGRAMUSER_DLQ_SHARE_WARN": "0.5", "PROGRAMUSER_HISTORY_PRUNE_CRON": "* * * * *",
     }
@@ -324,6 +335,8 @@ EXPECTED_VARIABLES = {
     "PROGRAMUSER_TRIGGER_LAG_RECORDS", "PROGRAMUSER_TRIGGER_AGE_S",  # issue 26: the trigger
     "PROGRAMUSER_OFFSET_RENEW_S",  # issue 26: offsets outlive the broker's retention
     "PROGRAMUSER_HISTORY_KEEP_DAYS", "PROGRAMUSER_HISTORY_PRUNE_CRON",  # issue 26: pruning
+    "PROGRAMUSER_METRICS_HOST", "PROGRAMUSER_METRICS_PORT",  # issue 27: the exporter
+    "PROGRAMUSER_UI_URL",  # issue 27: links in failure notices
 }
 
 
@@ -531,3 +544,19 @@ def test_drain_max_messages_is_capped_like_the_setting() -> None:
     assert run_length("1000000") == 1_000_000
     with pytest.raises(argparse.ArgumentTypeError, match="must be at most 1000000"):
         run_length("1000001")
+
+
+@pytest.mark.parametrize("bad", ["hooks.slack.com/services/T0/B0/SECRETTOKEN",
+                                 "ftp://hooks.example.org/SECRETTOKEN", "https:///SECRETTOKEN",
+                                 "https://h:99999/SECRETTOKEN"])
+def test_a_bad_alert_webhook_url_is_refused_without_showing_it(bad: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        Settings.from_env({"PROGRAMUSER_ALERT_WEBHOOK_URL": bad})
+    assert str(refused.value).startswith("PROGRAMUSER_ALERT_WEBHOOK_URL is not an http(s) URL")
+    assert "SECRETTOKEN" not in str(refused.value)
+
+
+def test_an_http_alert_webhook_url_is_allowed_and_not_a_setting() -> None:
+    url = "https://hooks.example.org/services/T0/B0/SECRETTOKEN"
+    s = Settings.from_env({"PROGRAMUSER_ALERT_WEBHOOK_URL": url})
+    assert "SECRETTOKEN" not in repr(s) and "SECRETTOKEN" not in str(s.environment())

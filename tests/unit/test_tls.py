@@ -46,6 +46,11 @@ def tls_listener(directory: Path, certificate_for: str, host: str) -> Iterator[i
         server.close()
 
 
+# `make test` runs tests side by side; this module's stay on one worker so that
+# the certificates are made once.
+pytestmark = pytest.mark.xdist_group("test_tls")
+
+
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("tls")

@@ -1,0 +1,1 @@
+"""Observability: the metrics exporter Prometheus scrapes (exporter.py)."""
