@@ -5,3 +5,5 @@ from dagster import AssetKey
 
 PROGRAM_ENROLLMENT = AssetKey("program_enrollment")
 JOB_NAME = "program_user_info"
+# The job's dynamic partitions: one per Kafka partition of the input topic.
+PARTITIONS_NAME = "kafka_partitions"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
-from .job import kafka_partitions
+from ..names import PARTITIONS_NAME
 
 LOCK_FILE = ".programuser-dagster.lock"
 
@@ -42,7 +42,7 @@ def open_instance(home: str | os.PathLike[str]) -> Iterator[DagsterInstance]:
         instance = DagsterInstance.from_config(str(home))
         # Open every storage now, inside the lock: run, event-log and schedule databases.
         instance.get_run_records(limit=1)
-        instance.get_dynamic_partitions(kafka_partitions.name or "")
+        instance.get_dynamic_partitions(PARTITIONS_NAME)
         instance.all_instigator_state()
     with instance:
         hold_connections(instance)
@@ -78,7 +78,7 @@ def hold_connections(instance: DagsterInstance) -> None:
 
 def add_partitions(instance: DagsterInstance, keys: Sequence[str]) -> None:
     """Add the job's dynamic partitions that no other process added first."""
-    name = kafka_partitions.name or ""
+    name = PARTITIONS_NAME
     home = instance.root_directory
     with home_lock(home) if home else nullcontext():
         known = set(instance.get_dynamic_partitions(name))

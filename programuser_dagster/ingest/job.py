@@ -50,6 +50,7 @@ from ..kafka.resource import (
     KafkaUnavailable,
     Superseded,
 )
+from ..names import PARTITIONS_NAME
 from ..settings import DEFAULTS, MAX_RANGE_MESSAGES, Settings
 from .assets import ACCOUNTING_CHECK, JOB_NAME, PROGRAM_ENROLLMENT
 from .commit_plan import (
@@ -82,7 +83,7 @@ from .run_tags import (
 )
 
 # One dynamic partition per Kafka partition of the input topic ("0", "1", ...).
-kafka_partitions = DynamicPartitionsDefinition(name="kafka_partitions")
+kafka_partitions = DynamicPartitionsDefinition(name=PARTITIONS_NAME)
 
 
 
