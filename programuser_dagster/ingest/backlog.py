@@ -276,9 +276,14 @@ def plan_backlog(
 def skip_lost(decision: Plan, kafka: KafkaResource, cassandra: CassandraResource) -> list[str]:
     """Take the partitions whose commit Kafka lost out of the plan's launches, each waiting with
     its line (core/kept_commit.py); the warning when Cassandra could not tell (then the runs
-    launched check it themselves, and refuse)."""
+    launched check it themselves, and refuse). Only the partitions about to launch are checked:
+    at a trickle most ticks launch nothing, and the health sensor reports every lost one."""
+    launching = {launch.partition for launch in decision.launches}
+    if not launching:
+        return []
     try:
-        lost = lost_partitions(kafka, cassandra, decision.offsets)
+        lost = lost_partitions(kafka, cassandra,
+                               [o for o in decision.offsets if o.partition in launching])
     except CassandraWriteFailed as exc:
         return [f"Could not check for commits Kafka lost this tick: {exc}"]
     decision.launches = [launch for launch in decision.launches if launch.partition not in lost]
